@@ -1,0 +1,58 @@
+/**
+ * Shared state between replicas. The data path never awaits a store call: it decides on local
+ * state, and a background sync (see state/sync.ts) converges that local state with the store.
+ * Every method may reject when the store is unreachable; callers treat that as "no news".
+ *
+ * Keys: a backend is named `pool/address` (see backendKey), e.g. `ingress/10.0.1.5:8443`.
+ */
+export type AdminState = 'enabled' | 'draining' | 'disabled';
+
+/** What replicas share about one backend, beyond connection counts. */
+export interface BackendFact {
+  /** Verdict of the elected active prober: true up, false down. */
+  readonly healthy?: boolean;
+  /** Admin state set through any replica's API. */
+  readonly admin?: AdminState;
+  /** Passive ejection end, epoch milliseconds. */
+  readonly ejectedUntil?: number;
+}
+
+export interface StateStore {
+  readonly kind: 'memory' | 'redis';
+  /** Reachable now. The memory store is always up. */
+  isUp(): boolean;
+  /** Called on every change of reachability. */
+  onStatus(listener: (up: boolean) => void): void;
+  start(): Promise<void>;
+  close(): Promise<void>;
+
+  /**
+   * Replaces this replica's open-session counts per backend key. They vanish after `ttlMs` unless
+   * published again, so a replica that dies stops counting.
+   */
+  publishCounts(replicaId: string, counts: ReadonlyMap<string, number>, ttlMs: number): Promise<void>;
+  /** Sum of every live replica's published counts per backend key, leaving out `exceptReplica`. */
+  readCounts(exceptReplica: string): Promise<Map<string, number>>;
+  /** Removes this replica's counts at once (clean shutdown). */
+  withdraw(replicaId: string): Promise<void>;
+
+  /** Takes or renews a lease; true when `owner` holds `name` for the next `ttlMs`. */
+  lease(name: string, owner: string, ttlMs: number): Promise<boolean>;
+  /** Gives a lease up if `owner` still holds it. */
+  release(name: string, owner: string): Promise<void>;
+
+  /** Merges `fact` into the backend's shared facts; fields set to undefined are left as they are. */
+  putFact(key: string, fact: BackendFact): Promise<void>;
+  /** Removes one field of a backend's facts (e.g. admin back to its default). */
+  clearFact(key: string, field: keyof BackendFact): Promise<void>;
+  readFacts(): Promise<Map<string, BackendFact>>;
+
+  /** Registry discovery: `address` belongs to `pool` for `ttlMs` unless registered again. */
+  register(pool: string, address: string, ttlMs: number): Promise<void>;
+  deregister(pool: string, address: string): Promise<void>;
+  registered(pool: string): Promise<string[]>;
+}
+
+export function backendKey(pool: string, address: string): string {
+  return `${pool}/${address}`;
+}
