@@ -1,0 +1,140 @@
+import http from 'node:http';
+import { readFileSync } from 'node:fs';
+import { timingSafeEqual } from 'node:crypto';
+import type { AdminApi } from './api.js';
+import { listenError } from '../listener/bind-error.js';
+import { formatHostPort } from '../config/values.js';
+import type { Logger } from '../telemetry/logger.js';
+
+/** The admin HTTP server: health, readiness, metrics, the pools API and runtime actions. */
+export class AdminServer {
+  readonly #server: http.Server;
+  readonly #api: AdminApi;
+  readonly #logger: Logger;
+  #token: Buffer | undefined;
+  boundAddress = '';
+
+  constructor(api: AdminApi, logger: Logger) {
+    this.#api = api;
+    this.#logger = logger.child({ component: 'admin' });
+    this.#server = http.createServer((req, res) => {
+      this.#handle(req, res).catch((err: unknown) => {
+        this.#logger.error({ err }, 'admin request failed');
+        if (!res.headersSent) send(res, 500, { error: 'internal error' });
+        else res.destroy();
+      });
+    });
+    this.#server.on('clientError', (_err, socket) => socket.destroy());
+    this.#server.requestTimeout = 10_000;
+    this.#server.headersTimeout = 5_000;
+  }
+
+  /** Reads the bearer token for mutating calls; undefined path means no token. Throws with a one-line cause. */
+  setTokenFile(path: string | undefined): void {
+    if (path === undefined) {
+      this.#token = undefined;
+      return;
+    }
+    let text: string;
+    try {
+      text = readFileSync(path, 'utf8').trim();
+    } catch (err) {
+      throw new Error(`admin.token_file: cannot read ${path} (${(err as NodeJS.ErrnoException).code ?? 'EIO'})`, {
+        cause: err,
+      });
+    }
+    if (text === '') throw new Error(`admin.token_file: ${path} is empty`);
+    this.#token = Buffer.from(text);
+  }
+
+  listen(host: string, port: number): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const onError = (err: NodeJS.ErrnoException): void => reject(listenError('admin', host, port, err));
+      this.#server.once('error', onError);
+      this.#server.listen({ host, port }, () => {
+        this.#server.off('error', onError);
+        this.#server.on('error', (err) => this.#logger.error({ err }, 'admin server error'));
+        const a = this.#server.address();
+        this.boundAddress = a !== null && typeof a === 'object' ? formatHostPort(a.address, a.port) : '';
+        resolve();
+      });
+    });
+  }
+
+  close(): Promise<void> {
+    return new Promise((resolve) => {
+      this.#server.close(() => resolve());
+      this.#server.closeAllConnections();
+    });
+  }
+
+  async #handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    const url = new URL(req.url ?? '/', 'http://admin');
+    const path = url.pathname;
+    const method = req.method ?? 'GET';
+    res.setHeader('Cache-Control', 'no-store');
+    res.setHeader('X-Content-Type-Options', 'nosniff');
+
+    if (method === 'GET' || method === 'HEAD') {
+      switch (path) {
+        case '/healthz':
+          return sendText(res, 200, 'ok\n');
+        case '/readyz': {
+          const r = this.#api.readiness();
+          return sendText(res, r.ready ? 200 : 503, `${r.reason}\n`);
+        }
+        case '/metrics': {
+          const m = await this.#api.metricsText();
+          res.writeHead(200, { 'Content-Type': m.contentType });
+          res.end(m.body);
+          return;
+        }
+        case '/api/v1/pools':
+          return send(res, 200, this.#api.poolsJson());
+        case '/':
+          res.writeHead(200, {
+            'Content-Type': 'text/html; charset=utf-8',
+            'Content-Security-Policy': "default-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; connect-src 'self'",
+          });
+          res.end(this.#api.statusPage());
+          return;
+      }
+    }
+    const action = /^\/api\/v1\/pools\/([^/]+)\/backends\/([^/]+)\/(drain|enable|disable)$/.exec(path);
+    if (action !== null || path === '/api/v1/reload') {
+      if (method !== 'POST') return send(res, 405, { error: 'use POST' }, { Allow: 'POST' });
+      if (!this.#authorized(req)) return send(res, 401, { error: 'missing or wrong bearer token' });
+      if (path === '/api/v1/reload') {
+        const r = await this.#api.reload();
+        return send(res, r.ok ? 200 : 400, r.ok ? { result: 'success' } : { result: 'failure', errors: r.errors });
+      }
+      const [, pool = '', address = '', verb = 'enable'] = action ?? [];
+      const r = this.#api.setAdmin(decodeURIComponent(pool), decodeURIComponent(address), verb as 'drain' | 'enable' | 'disable');
+      return r === undefined ? send(res, 404, { error: 'no such pool or backend' }) : send(res, 200, r);
+    }
+    if (['/healthz', '/readyz', '/metrics', '/api/v1/pools', '/'].includes(path))
+      return send(res, 405, { error: 'use GET' }, { Allow: 'GET, HEAD' });
+    return send(res, 404, { error: 'not found' });
+  }
+
+  #authorized(req: http.IncomingMessage): boolean {
+    if (this.#token === undefined) return true;
+    const h = req.headers.authorization ?? '';
+    const m = /^Bearer (.+)$/.exec(h);
+    if (m === null) return false;
+    const given = Buffer.from(m[1] ?? '');
+    // Compare in constant time; hash lengths first would leak nothing useful, a mismatch in length is a plain no.
+    return given.length === this.#token.length && timingSafeEqual(given, this.#token);
+  }
+}
+
+function send(res: http.ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
+  const text = JSON.stringify(body);
+  res.writeHead(status, { 'Content-Type': 'application/json', ...headers });
+  res.end(text);
+}
+
+function sendText(res: http.ServerResponse, status: number, text: string): void {
+  res.writeHead(status, { 'Content-Type': 'text/plain; charset=utf-8' });
+  res.end(text);
+}

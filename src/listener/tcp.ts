@@ -1,0 +1,257 @@
+import net from 'node:net';
+import type { ListenerConfig } from '../config/schema.js';
+import { formatHostPort } from '../config/values.js';
+import type { Session, SessionHost } from '../proxy/session.js';
+import { Session as TcpSession } from '../proxy/session.js';
+import type { CloseReason } from '../proxy/close-reason.js';
+import type { Logger } from '../telemetry/logger.js';
+import type { Metrics, RejectReason } from '../telemetry/metrics.js';
+import type { Backend } from '../upstream/backend.js';
+import type { Pool } from '../upstream/pool.js';
+import { CidrSet, normalizeIp } from '../util/cidr.js';
+import type { Sweeper } from '../util/sweeper.js';
+import { SourceLimits } from './source-limits.js';
+import { listenError } from './bind-error.js';
+
+/** What a listener needs from the process around it. */
+export interface ListenerDeps {
+  readonly metrics: Metrics;
+  readonly logger: Logger;
+  readonly sweeper: Sweeper;
+  readonly accessLog: boolean;
+  /** Pools by name, as of the current config. */
+  pool(name: string): Pool | undefined;
+  /** Passive health: a connect to `backend` failed or succeeded. */
+  passive(pool: Pool, backend: Backend, ok: boolean): void;
+}
+
+/** Stage between accept and connect (PROXY header, ClientHello); set up by the edge-protocol wiring. */
+export interface Preface {
+  /** Takes over a new session; ends by calling session.connect(pool) or session.close(reason). */
+  begin(session: Session, listener: TcpListener): void;
+}
+
+const SERVER_OPTIONS: net.ServerOpts = {
+  allowHalfOpen: true,
+  pauseOnConnect: true,
+  noDelay: true,
+  keepAlive: true,
+  keepAliveInitialDelay: 60_000,
+  highWaterMark: 256 * 1024,
+};
+
+/**
+ * A TCP listener: accepts, applies the ACL and limits on the client address, and hands each
+ * connection to a Session. Reload swaps its config in place; the socket stays bound.
+ */
+export class TcpListener implements SessionHost {
+  readonly name: string;
+  readonly logger: Logger;
+  readonly sweeper: Sweeper;
+  readonly accessLog: boolean;
+  #cfg: ListenerConfig;
+  readonly #deps: ListenerDeps;
+  readonly #server: net.Server;
+  readonly sessions = new Set<Session>();
+  #allow: CidrSet;
+  #deny: CidrSet;
+  #limits: SourceLimits;
+  #bytesUp;
+  #bytesDown;
+  #accepted;
+  #lastAcceptError = 0;
+  preface: Preface | undefined;
+  /** Address actually bound (port 0 in the config picks a free one). */
+  boundAddress = '';
+
+  constructor(cfg: ListenerConfig, deps: ListenerDeps) {
+    this.name = cfg.name;
+    this.#cfg = cfg;
+    this.#deps = deps;
+    this.logger = deps.logger.child({ listener: cfg.name });
+    this.sweeper = deps.sweeper;
+    this.accessLog = deps.accessLog;
+    this.#allow = CidrSet.parse(cfg.access.allow);
+    this.#deny = CidrSet.parse(cfg.access.deny);
+    this.#limits = new SourceLimits(cfg.limits.per_source_connections, cfg.limits.per_source_rate);
+    this.#bytesUp = deps.metrics.bytes.labels(cfg.name, 'upstream');
+    this.#bytesDown = deps.metrics.bytes.labels(cfg.name, 'downstream');
+    this.#accepted = deps.metrics.listenerConnections.labels(cfg.name);
+    this.#server = net.createServer(SERVER_OPTIONS, (s) => this.#onConnection(s));
+    this.#server.on('error', (err: NodeJS.ErrnoException) => this.#onServerError(err));
+  }
+
+  get config(): ListenerConfig {
+    return this.#cfg;
+  }
+
+  get connectTimeoutMs(): number {
+    return this.#cfg.timeouts.connect;
+  }
+
+  get idleTimeoutMs(): number {
+    return this.#cfg.timeouts.idle;
+  }
+
+  /** Binds the socket. Rejects with a one-line message such as `listener "web": 0.0.0.0:443 already in use`. */
+  listen(): Promise<void> {
+    const { host, port } = this.#cfg.bind;
+    return new Promise((resolve, reject) => {
+      const onError = (err: NodeJS.ErrnoException): void => reject(listenError(this.name, host, port, err));
+      this.#server.once('error', onError);
+      this.#server.listen({ host, port, backlog: 4096, ipv6Only: host === '::' ? false : undefined }, () => {
+        this.#server.off('error', onError);
+        const a = this.#server.address();
+        this.boundAddress = a !== null && typeof a === 'object' ? formatHostPort(a.address, a.port) : '';
+        resolve();
+      });
+    });
+  }
+
+  /** Stops accepting; open sessions go on. */
+  close(): Promise<void> {
+    return new Promise((resolve) => this.#server.close(() => resolve()));
+  }
+
+  /** Applies a new config with the same bind address (reload). Open sessions keep their backend. */
+  update(cfg: ListenerConfig): void {
+    this.#cfg = cfg;
+    this.#allow = CidrSet.parse(cfg.access.allow);
+    this.#deny = CidrSet.parse(cfg.access.deny);
+    this.#limits = new SourceLimits(cfg.limits.per_source_connections, cfg.limits.per_source_rate);
+    for (const s of this.sessions) if (cfg.limits.per_source_connections > 0) this.#limits.admit(s.clientIp, 0);
+  }
+
+  /** The ACL on the client address (the PROXY header's, once trusted). */
+  allowed(ip: string): boolean {
+    return this.#allow.has(ip) && !this.#deny.has(ip);
+  }
+
+  /** Applies per-source limits to a session's client; closes it and returns false when over. */
+  admitSource(session: Session): boolean {
+    if (!this.#limits.enabled) return true;
+    const verdict = this.#limits.admit(session.clientIp, this.sweeper.now);
+    if (verdict === 'ok') {
+      sourceCounted.add(session);
+      return true;
+    }
+    this.reject(session, verdict);
+    return false;
+  }
+
+  /** Closes a session that was turned away before contacting a backend, counting why. */
+  reject(session: Session, reason: RejectReason): void {
+    this.#deps.metrics.listenerRejected.labels(this.name, reason).inc();
+    session.close(rejectCloseReason(reason));
+  }
+
+  countBytes(toUpstream: number, toDownstream: number): void {
+    if (toUpstream > 0) this.#bytesUp.inc(toUpstream);
+    if (toDownstream > 0) this.#bytesDown.inc(toDownstream);
+  }
+
+  connectFailed(pool: Pool, backend: Backend, code: string): void {
+    this.#deps.metrics.connectFailures.labels(pool.name, backend.address).inc();
+    this.logger.debug({ pool: pool.name, backend: backend.address, code }, 'upstream connect failed');
+    this.#deps.passive(pool, backend, false);
+  }
+
+  connectSucceeded(pool: Pool, backend: Backend): void {
+    this.#deps.passive(pool, backend, true);
+  }
+
+  upstreamPreamble(_session: Session, _pool: Pool): Buffer | undefined {
+    return undefined;
+  }
+
+  /** Routes a session that needs no preface, or whose preface is done, to `pool`. */
+  route(session: Session, poolName: string): void {
+    const pool = this.#deps.pool(poolName);
+    if (pool === undefined || pool.readyCount === 0) {
+      this.reject(session, 'no_backend');
+      return;
+    }
+    session.connect(pool);
+  }
+
+  sessionClosed(session: Session, reason: CloseReason): void {
+    this.sessions.delete(session);
+    if (sourceCounted.delete(session)) this.#limits.release(session.clientIp);
+    if (reason === 'connect_failed') this.#deps.metrics.listenerRejected.labels(this.name, 'no_backend').inc();
+    this.#deps.metrics.sessionsClosed.labels(this.name, reason).inc();
+    if (this.accessLog) {
+      this.logger.info(
+        {
+          id: session.id,
+          pool: session.pool?.name,
+          client: formatHostPort(session.clientIp, session.clientPort),
+          backend: session.backend?.address,
+          sni: session.sni,
+          bytes_in: session.bytesIn,
+          bytes_out: session.bytesOut,
+          duration_ms: Math.round(performance.now() - session.started),
+          attempts: session.attempts,
+          reason,
+          error: session.errorCode,
+        },
+        'session',
+      );
+    }
+  }
+
+  #onConnection(socket: net.Socket): void {
+    const remote = socket.remoteAddress;
+    if (remote === undefined) {
+      socket.destroy();
+      return;
+    }
+    this.#accepted.inc();
+    const session = new TcpSession(this, socket, normalizeIp(remote), socket.remotePort ?? 0);
+    this.sessions.add(session);
+    if (this.sessions.size > this.#cfg.limits.max_connections && this.#cfg.limits.max_connections > 0) {
+      this.reject(session, 'max_connections');
+      return;
+    }
+    if (this.preface !== undefined) {
+      this.preface.begin(session, this);
+      return;
+    }
+    if (!this.allowed(session.clientIp)) {
+      this.reject(session, 'acl');
+      return;
+    }
+    if (!this.admitSource(session)) return;
+    this.route(session, this.#cfg.pool);
+  }
+
+  #onServerError(err: NodeJS.ErrnoException): void {
+    // accept() failures (EMFILE, ENFILE, ENOBUFS) arrive here once the socket is bound. libuv
+    // keeps a spare descriptor to shed the pending connection, so this does not spin; log at
+    // most once a second and count every one.
+    const code = err.code ?? 'EIO';
+    this.#deps.metrics.acceptErrors.labels(this.name, code).inc();
+    const now = performance.now();
+    if (now - this.#lastAcceptError > 1000) {
+      this.#lastAcceptError = now;
+      this.logger.warn({ code }, 'accept failed');
+    }
+  }
+}
+
+/** Sessions whose source was counted by SourceLimits, so exactly those are released. */
+const sourceCounted = new WeakSet<Session>();
+
+function rejectCloseReason(reason: RejectReason): CloseReason {
+  switch (reason) {
+    case 'no_backend':
+      return 'no_backend';
+    case 'proxy_protocol':
+      return 'proxy_protocol';
+    case 'tls':
+      return 'tls';
+    case 'preface_timeout':
+      return 'preface_timeout';
+    default:
+      return 'rejected';
+  }
+}

@@ -1,0 +1,65 @@
+import type { Config } from './config/schema.js';
+import { loadConfigFile } from './config/load.js';
+import { Runtime } from './lifecycle/runtime.js';
+import { MemoryStore } from './state/memory.js';
+import type { StateStore } from './state/store.js';
+import { createLogger } from './telemetry/logger.js';
+import type { Logger } from './telemetry/logger.js';
+import { systemClock, systemRandom } from './util/clock.js';
+
+/** Builds the state store the config asks for. */
+async function createStore(cfg: Config, logger: Logger): Promise<StateStore> {
+  if (cfg.state.store === 'memory') return new MemoryStore(systemClock);
+  const { RedisStore } = await import('./state/redis.js');
+  return new RedisStore({ config: cfg.state.redis, logger: logger.child({ component: 'state' }) });
+}
+
+/**
+ * `sluice run`: the composition root. Loads the config, builds the runtime, binds, and wires
+ * signals: SIGHUP reloads; SIGTERM/SIGINT drain and exit 0; a second one exits at once.
+ */
+export async function run(configPath: string, cfg: Config): Promise<void> {
+  const logger = createLogger(cfg.log.level);
+  const store = await createStore(cfg, logger);
+  const runtime = new Runtime(cfg, {
+    logger,
+    clock: systemClock,
+    random: systemRandom,
+    store,
+    reloadConfig: () => loadConfigFile(configPath),
+  });
+
+  let stopping = false;
+  const onStop = (signal: NodeJS.Signals): void => {
+    if (stopping) {
+      logger.warn({ signal }, 'second signal: exiting now');
+      logger.flush();
+      process.exit(0);
+    }
+    stopping = true;
+    logger.info({ signal }, 'shutting down');
+    runtime
+      .drain()
+      .then(() => {
+        logger.info('stopped');
+        logger.flush();
+        process.exit(0);
+      })
+      .catch((err: unknown) => {
+        logger.error({ err }, 'shutdown failed');
+        process.exit(1);
+      });
+  };
+  process.on('SIGTERM', onStop);
+  process.on('SIGINT', onStop);
+  process.on('SIGHUP', () => {
+    runtime.reload().catch((err: unknown) => logger.error({ err }, 'reload failed'));
+  });
+
+  try {
+    await runtime.start();
+  } catch (err) {
+    await runtime.stop().catch(() => undefined);
+    throw err;
+  }
+}

@@ -1,0 +1,339 @@
+import net from 'node:net';
+import type { Logger } from '../telemetry/logger.js';
+import type { Backend } from '../upstream/backend.js';
+import type { PickContext } from '../upstream/balancer/picker.js';
+import type { Holder, Pool } from '../upstream/pool.js';
+import type { Sweepable, Sweeper } from '../util/sweeper.js';
+import type { CloseReason } from './close-reason.js';
+
+/** What a session needs from the listener that accepted it. */
+export interface SessionHost {
+  readonly name: string;
+  readonly logger: Logger;
+  readonly accessLog: boolean;
+  readonly sweeper: Sweeper;
+  readonly connectTimeoutMs: number;
+  readonly idleTimeoutMs: number;
+  /** Adds relayed bytes to the listener's counters (called at most once per tick per session). */
+  countBytes(toUpstream: number, toDownstream: number): void;
+  /** A connect attempt to `backend` failed (passive health, metrics). */
+  connectFailed(pool: Pool, backend: Backend, code: string): void;
+  /** A connect attempt to `backend` succeeded (passive health). */
+  connectSucceeded(pool: Pool, backend: Backend): void;
+  /** The session is over; called exactly once. */
+  sessionClosed(session: Session, reason: CloseReason): void;
+  /** Bytes to write upstream before any client byte (PROXY header); undefined for none. */
+  upstreamPreamble(session: Session, pool: Pool): Buffer | undefined;
+}
+
+const kSession = Symbol('sluice.session');
+type Tagged = net.Socket & { [kSession]?: Session | undefined };
+
+const enum State {
+  Preface,
+  Connecting,
+  Open,
+  Closed,
+}
+
+const UPSTREAM_SOCKET_OPTIONS: net.SocketConstructorOpts = {
+  allowHalfOpen: true,
+  noDelay: true,
+  keepAlive: true,
+  keepAliveInitialDelay: 60_000,
+};
+let sequence = 0;
+const idPrefix = `${process.pid.toString(36)}${Date.now().toString(36).slice(-4)}`;
+
+/**
+ * One client connection pinned to one backend for its whole life. Reads from the client stay
+ * paused until the upstream connects; a connect failure is retried on a backend not yet tried,
+ * which is safe because no client byte has gone upstream yet. Then bytes flow both ways with
+ * backpressure (a write that returns false pauses the other side until 'drain'), FIN is relayed
+ * each way on its own (half-close), and the session ends when both sockets have closed.
+ *
+ * Socket events reach the session through shared handler functions (the session hangs off the
+ * socket), so a session costs no closures.
+ */
+export class Session implements Holder, Sweepable {
+  readonly id = `${idPrefix}-${(++sequence).toString(36)}`;
+  readonly host: SessionHost;
+  readonly down: Tagged;
+  /** The client as seen after a trusted PROXY header. */
+  clientIp: string;
+  clientPort: number;
+  /** The address the client connected to (PROXY header destination when trusted). */
+  localIp: string;
+  localPort: number;
+  sni: string | undefined;
+  alpn: readonly string[] = [];
+  /** Client bytes read during the preface (PROXY header stripped), replayed upstream first. */
+  pending: Buffer | undefined;
+  /** TLVs received in a trusted PROXY v2 header, for relaying. */
+  receivedTlvs: readonly { type: number; value: Buffer }[] = [];
+  pool: Pool | undefined;
+  backend: Backend | undefined;
+  up: Tagged | undefined;
+  attempts = 0;
+  readonly started = performance.now();
+  #state = State.Preface;
+  #tried: Set<Backend> | undefined;
+  #deadline = 0;
+  #lastActive = 0;
+  #seenBytes = 0;
+  #countedUp = 0;
+  #countedDown = 0;
+  #reason: CloseReason | undefined;
+  #errorCode: string | undefined;
+  #openSockets = 0;
+
+  constructor(host: SessionHost, down: net.Socket, clientIp: string, clientPort: number) {
+    this.host = host;
+    this.down = down as Tagged;
+    this.down[kSession] = this;
+    this.clientIp = clientIp;
+    this.clientPort = clientPort;
+    this.localIp = down.localAddress ?? '';
+    this.localPort = down.localPort ?? 0;
+    this.#openSockets = 1;
+    down.on('error', onDownError);
+    down.on('close', onSocketClose);
+  }
+
+  get reason(): CloseReason | undefined {
+    return this.#reason;
+  }
+
+  get errorCode(): string | undefined {
+    return this.#errorCode;
+  }
+
+  get pickContext(): PickContext {
+    return { clientIp: this.clientIp, clientPort: this.clientPort, sni: this.sni };
+  }
+
+  /** Sets a deadline for the preface stage (PROXY header, ClientHello); checked by the sweeper. */
+  armPreface(ms: number): void {
+    this.#deadline = this.host.sweeper.now + ms;
+    this.host.sweeper.add(this);
+  }
+
+  /** Starts connecting to a backend of `pool`. */
+  connect(pool: Pool): void {
+    if (this.#state === State.Closed) return;
+    this.pool = pool;
+    this.#state = State.Connecting;
+    this.host.sweeper.add(this);
+    this.#attempt();
+  }
+
+  /** Ends the session now: both sockets are destroyed and the access line says `reason`. */
+  close(reason: CloseReason): void {
+    if (this.#state === State.Closed) return;
+    this.#reason ??= reason;
+    this.#state = State.Closed;
+    this.down.destroy();
+    this.up?.destroy();
+    if (this.#openSockets === 0) this.#finish();
+  }
+
+  sweep(now: number): void {
+    if (this.#state === State.Open) {
+      const seen = this.down.bytesRead + (this.up?.bytesRead ?? 0);
+      if (seen !== this.#seenBytes) {
+        this.#seenBytes = seen;
+        this.#lastActive = now;
+        this.#flushBytes();
+      } else if (now - this.#lastActive >= this.host.idleTimeoutMs) {
+        this.close('idle_timeout');
+      }
+    } else if (this.#state === State.Connecting) {
+      if (now >= this.#deadline) this.#connectFailed('ETIMEDOUT');
+    } else if (this.#state === State.Preface) {
+      if (this.#deadline > 0 && now >= this.#deadline) this.close('preface_timeout');
+    }
+  }
+
+  #attempt(): void {
+    const pool = this.pool;
+    if (pool === undefined) return;
+    const backend = pool.pick(this.pickContext, this.#tried);
+    if (backend === undefined) {
+      this.close(this.attempts === 0 ? 'no_backend' : 'connect_failed');
+      return;
+    }
+    this.attempts++;
+    (this.#tried ??= new Set()).add(backend);
+    this.backend = backend;
+    pool.acquire(backend, this);
+    this.#deadline = this.host.sweeper.now + this.host.connectTimeoutMs;
+    const up = new net.Socket(UPSTREAM_SOCKET_OPTIONS) as Tagged;
+    up[kSession] = this;
+    this.up = up;
+    this.#openSockets++;
+    up.on('error', onUpError);
+    up.on('close', onSocketClose);
+    up.once('connect', onUpConnect);
+    up.connect(backend.port, backend.host);
+  }
+
+  /** A connect attempt failed before any byte went upstream: try another backend. */
+  #connectFailed(code: string): void {
+    const { pool, backend, up } = this;
+    if (pool === undefined || backend === undefined || up === undefined) return;
+    this.host.connectFailed(pool, backend, code);
+    pool.release(backend, this);
+    this.backend = undefined;
+    this.up = undefined;
+    up[kSession] = undefined;
+    this.#openSockets--;
+    up.destroy();
+    if (this.attempts > pool.config.connect_retries) {
+      this.#errorCode = code;
+      this.close('connect_failed');
+    } else {
+      this.#attempt();
+    }
+  }
+
+  /** @internal */
+  onConnected(): void {
+    const { pool, backend, up } = this;
+    if (pool === undefined || backend === undefined || up === undefined) return;
+    this.host.connectSucceeded(pool, backend);
+    this.#state = State.Open;
+    this.#lastActive = this.host.sweeper.now;
+    const preamble = this.host.upstreamPreamble(this, pool);
+    if (preamble !== undefined) up.write(preamble);
+    if (this.pending !== undefined) {
+      up.write(this.pending);
+      this.pending = undefined;
+    }
+    const down = this.down;
+    down.on('data', onDownData);
+    down.on('end', onDownEnd);
+    up.on('data', onUpData);
+    up.on('end', onUpEnd);
+    up.on('drain', onUpDrain);
+    down.on('drain', onDownDrain);
+    // A client that already half-closed during the preface gets its FIN relayed at once.
+    if (down.readableEnded) up.end();
+    else down.resume();
+  }
+
+  /** @internal */
+  onError(side: 'down' | 'up', err: NodeJS.ErrnoException): void {
+    if (side === 'up' && this.#state === State.Connecting) {
+      this.#connectFailed(err.code ?? 'EIO');
+      return;
+    }
+    this.#errorCode ??= err.code;
+    this.close(side === 'down' ? 'downstream_error' : 'upstream_error');
+  }
+
+  /** @internal */
+  onEnd(side: 'down' | 'up'): void {
+    this.#reason ??= side === 'down' ? 'downstream_closed' : 'upstream_closed';
+    const other = side === 'down' ? this.up : this.down;
+    other?.end();
+  }
+
+  /** @internal */
+  onSocketClosed(socket: Tagged): void {
+    socket[kSession] = undefined;
+    this.#openSockets--;
+    if (this.#state !== State.Closed) {
+      // One side is gone for good (destroyed, or both its directions finished). If the other is
+      // still open, it may yet have bytes to flush or receive only when it is half-closed itself.
+      const other = socket === this.down ? this.up : this.down;
+      if (this.#state !== State.Open || other === undefined || other.destroyed) {
+        this.close(socket === this.down ? 'downstream_closed' : 'upstream_closed');
+      } else if (!other.writableEnded) {
+        // The peer of the closed side can receive nothing more: end it so it finishes.
+        other.end();
+      }
+    }
+    if (this.#openSockets === 0) {
+      this.#state = State.Closed;
+      this.#finish();
+    }
+  }
+
+  #flushBytes(): void {
+    const toUp = this.down.bytesRead;
+    const toDown = this.up?.bytesRead ?? 0;
+    if (toUp !== this.#countedUp || toDown !== this.#countedDown) {
+      this.host.countBytes(toUp - this.#countedUp, toDown - this.#countedDown);
+      this.#countedUp = toUp;
+      this.#countedDown = toDown;
+    }
+  }
+
+  #finished = false;
+  #finish(): void {
+    if (this.#finished) return;
+    this.#finished = true;
+    this.host.sweeper.delete(this);
+    if (this.up !== undefined) this.#flushBytes();
+    if (this.pool !== undefined && this.backend !== undefined) this.pool.release(this.backend, this);
+    this.host.sessionClosed(this, this.#reason ?? 'downstream_closed');
+  }
+
+  /** Bytes the client sent (after any PROXY header) and bytes it received. */
+  get bytesIn(): number {
+    return this.#countedUp;
+  }
+
+  get bytesOut(): number {
+    return this.#countedDown;
+  }
+}
+
+function sessionOf(socket: Tagged): Session | undefined {
+  return socket[kSession];
+}
+
+function onDownData(this: Tagged, chunk: Buffer): void {
+  const s = sessionOf(this);
+  const up = s?.up;
+  if (up !== undefined && !up.write(chunk)) this.pause();
+}
+
+function onUpData(this: Tagged, chunk: Buffer): void {
+  const s = sessionOf(this);
+  if (s !== undefined && !s.down.write(chunk)) this.pause();
+}
+
+function onUpDrain(this: Tagged): void {
+  const s = sessionOf(this);
+  if (s !== undefined && !s.down.readableEnded) s.down.resume();
+}
+
+function onDownDrain(this: Tagged): void {
+  const up = sessionOf(this)?.up;
+  if (up !== undefined && !up.readableEnded) up.resume();
+}
+
+function onDownEnd(this: Tagged): void {
+  sessionOf(this)?.onEnd('down');
+}
+
+function onUpEnd(this: Tagged): void {
+  sessionOf(this)?.onEnd('up');
+}
+
+function onUpConnect(this: Tagged): void {
+  sessionOf(this)?.onConnected();
+}
+
+function onDownError(this: Tagged, err: NodeJS.ErrnoException): void {
+  sessionOf(this)?.onError('down', err);
+}
+
+function onUpError(this: Tagged, err: NodeJS.ErrnoException): void {
+  sessionOf(this)?.onError('up', err);
+}
+
+function onSocketClose(this: Tagged): void {
+  sessionOf(this)?.onSocketClosed(this);
+}

@@ -1,0 +1,104 @@
+import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+
+/** Why a listener turned a connection or datagram away (the SPEC's `reason` label values). */
+export type RejectReason =
+  | 'acl'
+  | 'max_connections'
+  | 'per_source_limit'
+  | 'rate_limit'
+  | 'proxy_protocol'
+  | 'tls'
+  | 'no_backend'
+  | 'preface_timeout'
+  | 'flow_limit'
+  | 'overload';
+
+/** Read at scrape time: the live numbers are never pushed on the connection path. */
+export interface MetricsSource {
+  backends(): Iterable<{ pool: string; address: string; up: boolean; local: number; remote: number }>;
+  udpFlows(): Iterable<{ listener: string; flows: number }>;
+  storeUp(): boolean;
+}
+
+/**
+ * The Prometheus registry. Labelled children are fetched once per listener or backend and kept by
+ * their owners, so the hot path only increments a number.
+ */
+export class Metrics {
+  readonly registry = new Registry();
+  readonly listenerConnections: Counter<'listener'>;
+  readonly listenerRejected: Counter<'listener' | 'reason'>;
+  readonly connectFailures: Counter<'pool' | 'backend'>;
+  readonly bytes: Counter<'listener' | 'direction'>;
+  readonly configReloads: Counter<'result'>;
+  readonly acceptErrors: Counter<'listener' | 'code'>;
+  readonly sessionsClosed: Counter<'listener' | 'reason'>;
+  readonly healthChecks: Counter<'pool' | 'backend' | 'result'>;
+  readonly healthTransitions: Counter<'pool' | 'backend' | 'to'>;
+  readonly ejections: Counter<'pool' | 'backend'>;
+  readonly proxyTlvsDropped: Counter<'pool'>;
+  readonly udpDatagrams: Counter<'listener' | 'direction'>;
+  readonly udpDrops: Counter<'listener' | 'reason'>;
+
+  constructor(source: MetricsSource, opts: { defaultMetrics?: boolean } = {}) {
+    const r = this.registry;
+    if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: r, prefix: 'sluice_' });
+    const counter = <L extends string>(name: string, help: string, labelNames: readonly L[]): Counter<L> =>
+      new Counter({ name, help, labelNames, registers: [r] });
+    this.listenerConnections = counter('sluice_listener_connections_total', 'Connections accepted', ['listener']);
+    this.listenerRejected = counter('sluice_listener_rejected_total', 'Connections or datagrams turned away', ['listener', 'reason']);
+    this.connectFailures = counter('sluice_upstream_connect_failures_total', 'Failed upstream connects', ['pool', 'backend']);
+    this.bytes = counter('sluice_bytes_total', 'Bytes relayed', ['listener', 'direction']);
+    this.configReloads = counter('sluice_config_reloads_total', 'Config reloads', ['result']);
+    this.acceptErrors = counter('sluice_accept_errors_total', 'accept() failures such as EMFILE', ['listener', 'code']);
+    this.sessionsClosed = counter('sluice_sessions_closed_total', 'TCP sessions closed, by reason', ['listener', 'reason']);
+    this.healthChecks = counter('sluice_health_checks_total', 'Active health checks', ['pool', 'backend', 'result']);
+    this.healthTransitions = counter('sluice_health_transitions_total', 'Health state changes', ['pool', 'backend', 'to']);
+    this.ejections = counter('sluice_backend_ejections_total', 'Passive-health ejections', ['pool', 'backend']);
+    this.proxyTlvsDropped = counter('sluice_proxy_tlvs_dropped_total', 'PROXY v2 headers sent without relayed TLVs (too large)', ['pool']);
+    this.udpDatagrams = counter('sluice_udp_datagrams_total', 'UDP datagrams relayed', ['listener', 'direction']);
+    this.udpDrops = counter('sluice_udp_dropped_total', 'UDP datagrams dropped', ['listener', 'reason']);
+
+    new Gauge({
+      name: 'sluice_backend_up',
+      help: '1 when the backend takes new sessions',
+      labelNames: ['pool', 'backend'],
+      registers: [r],
+      collect() {
+        this.reset();
+        for (const b of source.backends()) this.set({ pool: b.pool, backend: b.address }, b.up ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: 'sluice_backend_connections',
+      help: 'Open sessions and flows per backend: this process (local) and all replicas (cluster)',
+      labelNames: ['pool', 'backend', 'scope'],
+      registers: [r],
+      collect() {
+        this.reset();
+        for (const b of source.backends()) {
+          this.set({ pool: b.pool, backend: b.address, scope: 'local' }, b.local);
+          this.set({ pool: b.pool, backend: b.address, scope: 'cluster' }, b.local + b.remote);
+        }
+      },
+    });
+    new Gauge({
+      name: 'sluice_udp_flows',
+      help: 'Live UDP flows',
+      labelNames: ['listener'],
+      registers: [r],
+      collect() {
+        this.reset();
+        for (const f of source.udpFlows()) this.set({ listener: f.listener }, f.flows);
+      },
+    });
+    new Gauge({
+      name: 'sluice_state_store_up',
+      help: '1 when the state store is reachable',
+      registers: [r],
+      collect() {
+        this.set(source.storeUp() ? 1 : 0);
+      },
+    });
+  }
+}

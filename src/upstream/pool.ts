@@ -1,0 +1,254 @@
+import type { PoolConfig } from '../config/schema.js';
+import { formatHostPort } from '../config/values.js';
+import type { Clock, Random, Timer } from '../util/clock.js';
+import { buildPicker } from './balancer/index.js';
+import type { PickContext, Picker } from './balancer/picker.js';
+import type { HealthVerdict } from './backend.js';
+import { Backend } from './backend.js';
+
+/** Something that holds a backend: a TCP session or a UDP flow. */
+export interface Holder {
+  /** Ends the holder now (drain deadline, shutdown); `reason` goes to its access-log line. */
+  close(reason: string): void;
+}
+
+/** A member as a membership source (config, DNS, registry) reports it. */
+export interface Member {
+  readonly address: string;
+  readonly host: string;
+  readonly port: number;
+  readonly weight: number;
+}
+
+/** Told when the ready set changes, so health checkers can follow membership. */
+export interface PoolObserver {
+  added?(backend: Backend): void;
+  removed?(backend: Backend): void;
+  readyChanged?(pool: Pool): void;
+}
+
+const SLOW_START_STEP_MS = 1000;
+
+/**
+ * A named group of backends and the picker over its ready ones. Membership is the union of the
+ * config's backends and what discovery reports; a backend that leaves drains instead of
+ * vanishing. The picker is rebuilt on every change of the ready set or of an effective weight,
+ * never per pick.
+ */
+export class Pool {
+  readonly name: string;
+  #cfg: PoolConfig;
+  readonly #clock: Clock;
+  readonly #random: Random;
+  /** Every backend known, including removed ones that still hold sessions. */
+  readonly #backends = new Map<string, Backend>();
+  readonly #sources = new Map<string, readonly Member[]>();
+  readonly #holders = new Map<Backend, Set<Holder>>();
+  readonly #drainTimers = new Map<Backend, Timer>();
+  #ready = new Set<Backend>();
+  /** False until the first build: backends present at start-up skip slow start and begin up. */
+  #started = false;
+  #picker: Picker<Backend>;
+  #rampTimer: Timer | undefined;
+  observer: PoolObserver = {};
+
+  constructor(cfg: PoolConfig, clock: Clock, random: Random) {
+    this.name = cfg.name;
+    this.#cfg = cfg;
+    this.#clock = clock;
+    this.#random = random;
+    this.#picker = this.#build([]);
+    this.setMembers('config', configMembers(cfg));
+  }
+
+  get config(): PoolConfig {
+    return this.#cfg;
+  }
+
+  /** Every backend, removed-but-draining ones included. */
+  backends(): IterableIterator<Backend> {
+    return this.#backends.values();
+  }
+
+  get(address: string): Backend | undefined {
+    return this.#backends.get(address);
+  }
+
+  get readyCount(): number {
+    return this.#ready.size;
+  }
+
+  /** Applies a new config for this pool (reload): algorithm, weights, static members. */
+  update(cfg: PoolConfig): void {
+    this.#cfg = cfg;
+    this.setMembers('config', configMembers(cfg));
+    this.rebuild();
+  }
+
+  /** Replaces the members reported by one source; others' members are kept. */
+  setMembers(source: string, members: readonly Member[]): void {
+    this.#sources.set(source, members);
+    const wanted = new Map<string, Member>();
+    for (const list of this.#sources.values()) for (const m of list) if (!wanted.has(m.address)) wanted.set(m.address, m);
+    for (const m of wanted.values()) {
+      const b = this.#backends.get(m.address);
+      if (b === undefined) {
+        // Members present at start-up begin up (traffic flows at once, the first failed check
+        // removes them); later arrivals wait for a passing check when one is configured.
+        const nb = new Backend(this.name, m.address, m.host, m.port, m.weight, this.#started ? 'unknown' : 'up');
+        nb.readySince = this.#started ? this.#clock.now() : -Infinity;
+        this.#backends.set(m.address, nb);
+        this.observer.added?.(nb);
+      } else {
+        b.configWeight = m.weight;
+        if (b.removed) {
+          b.removed = false;
+          this.#cancelDrain(b);
+        }
+      }
+    }
+    for (const b of this.#backends.values()) {
+      if (!wanted.has(b.address) && !b.removed) this.#retire(b);
+    }
+    this.rebuild();
+  }
+
+  /** Sets the active-health verdict of a backend. */
+  setHealth(b: Backend, verdict: HealthVerdict): void {
+    if (b.health === verdict) return;
+    b.health = verdict;
+    this.rebuild();
+  }
+
+  /** Chooses a ready backend for a new session; undefined when none is left. */
+  pick(ctx: PickContext, exclude: ReadonlySet<Backend> | undefined): Backend | undefined {
+    return this.#picker.pick(ctx, exclude);
+  }
+
+  /** Counts a session or flow on `b` until `release`. */
+  acquire(b: Backend, h: Holder): void {
+    let set = this.#holders.get(b);
+    if (set === undefined) this.#holders.set(b, (set = new Set()));
+    set.add(h);
+    b.local++;
+  }
+
+  release(b: Backend, h: Holder): void {
+    const set = this.#holders.get(b);
+    if (set?.delete(h)) {
+      b.local--;
+      if (set.size === 0) {
+        this.#holders.delete(b);
+        if (b.removed) this.#forget(b);
+      }
+    }
+  }
+
+  /**
+   * Admin drain: no new sessions; open ones run until they end or `deadlineMs` passes, then close.
+   * disable: no new sessions, open ones kept. enable: back to normal.
+   */
+  setAdmin(b: Backend, state: 'enabled' | 'draining' | 'disabled', deadlineMs?: number): void {
+    b.admin = state;
+    this.#cancelDrain(b);
+    if (state === 'draining') this.#scheduleDrain(b, deadlineMs ?? this.#drainDeadline());
+    this.rebuild();
+  }
+
+  /** Recomputes the ready set, slow-start weights and the picker. */
+  rebuild(): void {
+    const now = this.#clock.now();
+    const ready: Backend[] = [];
+    const readySet = new Set<Backend>();
+    let ramping = false;
+    for (const b of this.#backends.values()) {
+      if (b.readiness(now) !== 'ready') continue;
+      if (this.#started && !this.#ready.has(b)) b.readySince = now;
+      b.weight = this.#effectiveWeight(b, now);
+      if (b.weight < b.configWeight) ramping = true;
+      ready.push(b);
+      readySet.add(b);
+    }
+    this.#started = true;
+    this.#ready = readySet;
+    this.#picker = this.#build(ready);
+    this.#scheduleRamp(ramping);
+    this.observer.readyChanged?.(this);
+  }
+
+  /** Closes every holder on every backend (end of a shutdown drain). */
+  closeAll(reason: string): void {
+    for (const set of [...this.#holders.values()]) for (const h of [...set]) h.close(reason);
+  }
+
+  /** Stops timers (the pool is being discarded). */
+  stop(): void {
+    this.#rampTimer?.cancel();
+    for (const t of this.#drainTimers.values()) t.cancel();
+    this.#drainTimers.clear();
+  }
+
+  #build(ready: readonly Backend[]): Picker<Backend> {
+    return buildPicker(this.#cfg.algorithm, ready, {
+      hashKey: this.#cfg.hash_key,
+      random: this.#random,
+      maglevTableSize: this.#cfg.maglev_table_size,
+      ...(this.#cfg.bounded_load !== undefined ? { boundedLoadFactor: this.#cfg.bounded_load } : {}),
+    });
+  }
+
+  /** Slow start: weight grows linearly from 10 % to 100 % over `slow_start` after becoming ready. */
+  #effectiveWeight(b: Backend, now: number): number {
+    const window = this.#cfg.slow_start;
+    const age = now - b.readySince;
+    if (window <= 0 || age >= window) return b.configWeight;
+    const share = Math.max(0.1, age / window);
+    return Math.max(1, Math.round(b.configWeight * share * 100) / 100);
+  }
+
+  #scheduleRamp(ramping: boolean): void {
+    this.#rampTimer?.cancel();
+    this.#rampTimer = ramping ? this.#clock.setTimer(SLOW_START_STEP_MS, () => this.rebuild()) : undefined;
+  }
+
+  #drainDeadline(): number {
+    return this.#cfg.drain_timeout ?? 300_000;
+  }
+
+  #retire(b: Backend): void {
+    b.removed = true;
+    if (!this.#holders.has(b)) this.#forget(b);
+    else this.#scheduleDrain(b, this.#drainDeadline());
+  }
+
+  #forget(b: Backend): void {
+    this.#cancelDrain(b);
+    this.#backends.delete(b.address);
+    this.observer.removed?.(b);
+  }
+
+  #scheduleDrain(b: Backend, ms: number): void {
+    this.#drainTimers.set(
+      b,
+      this.#clock.setTimer(ms, () => {
+        this.#drainTimers.delete(b);
+        const set = this.#holders.get(b);
+        if (set) for (const h of [...set]) h.close('backend_drained');
+      }),
+    );
+  }
+
+  #cancelDrain(b: Backend): void {
+    this.#drainTimers.get(b)?.cancel();
+    this.#drainTimers.delete(b);
+  }
+}
+
+function configMembers(cfg: PoolConfig): Member[] {
+  return cfg.backends.map((b) => ({
+    address: formatHostPort(b.address.host, b.address.port),
+    host: b.address.host,
+    port: b.address.port,
+    weight: b.weight,
+  }));
+}
