@@ -1,0 +1,244 @@
+import type { Logger } from '../telemetry/logger.js';
+import type { Clock, Random, Timer } from '../util/clock.js';
+import { systemClock, systemRandom } from '../util/clock.js';
+import {
+  RedisKeys,
+  decodeFacts,
+  encodeCounts,
+  encodeFact,
+  factField,
+  stringList,
+  sumCounts,
+} from './redis-codec.js';
+import type { Backoff, RedisClient, RedisConfig } from './redis-connect.js';
+import { backoff, createClient } from './redis-connect.js';
+import * as scripts from './redis-scripts.js';
+import type { Script } from './redis-scripts.js';
+import { StoreStatus, classify, replyCode } from './redis-status.js';
+import type { BackendFact, StateStore } from './store.js';
+
+/** What the Redis store needs besides its config section. */
+export interface RedisStoreOptions {
+  readonly config: RedisConfig;
+  readonly logger: Logger;
+  readonly clock?: Clock;
+  readonly random?: Random;
+  /** Reconnect delays: doubling from `baseMs` up to `maxMs`, with jitter. Default 100 ms → 2 s. */
+  readonly backoff?: Backoff;
+  /**
+   * TTL of the facts hash, reset by every putFact/clearFact. Facts are runtime state (like an
+   * admin drain in HAProxy's runtime API): they outlive replicas, but not a fleet that wrote
+   * nothing for this long. Default 7 days.
+   */
+  readonly factsTtlMs?: number;
+  /** Builds the client; tests may pass their own. Default: standalone, Sentinel or Cluster per config. */
+  readonly createClient?: (config: RedisConfig, backoff: Backoff, random: Random) => RedisClient;
+}
+
+const DEFAULT_BACKOFF: Backoff = { baseMs: 100, maxMs: 2000 };
+const DEFAULT_FACTS_TTL_MS = 7 * 24 * 3_600_000;
+
+/** Whole positive milliseconds, as PX and PEXPIRE require. */
+function ttlArg(ms: number): number {
+  return Math.max(1, Math.ceil(ms));
+}
+
+/**
+ * The shared store on Redis (standalone, Sentinel or Cluster through ioredis). See redis-codec.ts
+ * for the key layout and redis-scripts.ts for the atomic steps.
+ *
+ * Failure behaviour: no call ever waits on an unreachable Redis. While disconnected every call
+ * rejects at once; a call in flight rejects within `command_timeout`, and a silent server also
+ * has its connection dropped. The client reconnects forever in the background with capped,
+ * jittered backoff. Error replies that mean "unavailable" (READONLY, LOADING, OOM, …) mark the
+ * store down; READONLY also forces a new connection so that a failover is followed. Every
+ * rejection is returned to the caller; nothing is left unhandled.
+ */
+export class RedisStore implements StateStore {
+  readonly kind = 'redis';
+  readonly keys: RedisKeys;
+  readonly #client: RedisClient;
+  readonly #status: StoreStatus;
+  readonly #clock: Clock;
+  readonly #retry: (attempt: number) => number;
+  readonly #timeoutMs: number;
+  readonly #factsTtlMs: number;
+  #started = false;
+  #closed = false;
+  #revive: Timer | undefined;
+  #revives = 0;
+
+  constructor(opts: RedisStoreOptions) {
+    this.#clock = opts.clock ?? systemClock;
+    const random = opts.random ?? systemRandom;
+    const b = opts.backoff ?? DEFAULT_BACKOFF;
+    this.#retry = backoff(b, random);
+    this.#timeoutMs = opts.config.command_timeout;
+    this.#factsTtlMs = opts.factsTtlMs ?? DEFAULT_FACTS_TTL_MS;
+    this.keys = new RedisKeys(opts.config.key_prefix);
+    this.#status = new StoreStatus(opts.logger, this.#clock);
+    this.#client = (opts.createClient ?? createClient)(opts.config, b, random);
+    this.#watch();
+  }
+
+  isUp(): boolean {
+    return this.#status.up;
+  }
+
+  onStatus(listener: (up: boolean) => void): void {
+    this.#status.onChange(listener);
+  }
+
+  /**
+   * Connects, waiting at most `command_timeout` for the first 'ready'. Always resolves: when
+   * Redis is down the store reports down and keeps connecting in the background.
+   */
+  async start(): Promise<void> {
+    if (this.#started) return;
+    this.#started = true;
+    let timer: Timer | undefined;
+    const connected = this.#client.connect().catch(() => {
+      // Reported through the 'error'/'close' events; the client retries on its own.
+    });
+    const deadline = new Promise<void>((resolve) => (timer = this.#clock.setTimer(this.#timeoutMs, resolve)));
+    await Promise.race([connected, deadline]);
+    timer?.cancel();
+  }
+
+  /** Says goodbye politely when connected (bounded by `command_timeout`), then drops the connection. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#revive?.cancel();
+    if (this.#client.status === 'ready') await this.#client.quit().catch(() => undefined);
+    this.#client.disconnect(false);
+    this.#status.set(false, 'closed');
+  }
+
+  async publishCounts(replicaId: string, counts: ReadonlyMap<string, number>, ttlMs: number): Promise<void> {
+    const keys = [this.keys.counts(replicaId), this.keys.replicas];
+    await this.#run(scripts.PUBLISH_COUNTS, keys, [replicaId, ttlArg(ttlMs), ...encodeCounts(counts)]);
+  }
+
+  async readCounts(exceptReplica: string): Promise<Map<string, number>> {
+    return sumCounts(
+      await this.#run(scripts.READ_COUNTS, [this.keys.replicas], [this.keys.countsPrefix, exceptReplica]),
+    );
+  }
+
+  async withdraw(replicaId: string): Promise<void> {
+    await this.#run(scripts.WITHDRAW, [this.keys.counts(replicaId), this.keys.replicas], [replicaId]);
+  }
+
+  async lease(name: string, owner: string, ttlMs: number): Promise<boolean> {
+    return (await this.#run(scripts.LEASE, [this.keys.lease(name)], [owner, ttlArg(ttlMs)])) === 1;
+  }
+
+  async release(name: string, owner: string): Promise<void> {
+    await this.#run(scripts.RELEASE, [this.keys.lease(name)], [owner]);
+  }
+
+  async putFact(key: string, fact: BackendFact): Promise<void> {
+    const fields = encodeFact(key, fact);
+    if (fields.length === 0) return;
+    await this.#run(scripts.PUT_FIELDS, [this.keys.facts], [this.#factsTtlMs, ...fields]);
+  }
+
+  async clearFact(key: string, field: keyof BackendFact): Promise<void> {
+    await this.#run(scripts.DELETE_FIELD, [this.keys.facts], [this.#factsTtlMs, factField(key, field)]);
+  }
+
+  async readFacts(): Promise<Map<string, BackendFact>> {
+    return decodeFacts(await this.#call('HGETALL', this.keys.facts));
+  }
+
+  async register(pool: string, address: string, ttlMs: number): Promise<void> {
+    await this.#run(scripts.REGISTER, [this.keys.registry(pool)], [address, ttlArg(ttlMs)]);
+  }
+
+  async deregister(pool: string, address: string): Promise<void> {
+    await this.#call('ZREM', this.keys.registry(pool), address);
+  }
+
+  async registered(pool: string): Promise<string[]> {
+    return stringList(await this.#run(scripts.REGISTERED, [this.keys.registry(pool)], []));
+  }
+
+  /** Runs a script by its SHA, sending the source once when the server does not know it yet. */
+  async #run(script: Script, keys: readonly string[], args: readonly (string | number)[]): Promise<unknown> {
+    try {
+      return await this.#send('EVALSHA', script.sha, script.keys, ...keys, ...args);
+    } catch (err) {
+      if (replyCode(err) !== 'NOSCRIPT') throw this.#failed(`script ${script.name}`, err);
+    }
+    try {
+      return await this.#send('EVAL', script.lua, script.keys, ...keys, ...args);
+    } catch (err) {
+      throw this.#failed(`script ${script.name}`, err);
+    }
+  }
+
+  async #call(command: string, ...args: (string | number)[]): Promise<unknown> {
+    try {
+      return await this.#send(command, ...args);
+    } catch (err) {
+      throw this.#failed(command, err);
+    }
+  }
+
+  /** Sends one command; a reply on a ready connection proves the store is up again. */
+  async #send(command: string, ...args: (string | number)[]): Promise<unknown> {
+    // Before start() or after close() the client must not connect on its own (lazyConnect would).
+    if (!this.#started || this.#closed) throw new Error(this.#closed ? 'store closed' : 'store not started');
+    const reply = await this.#client.call(command, ...args);
+    if (this.#client.status === 'ready') this.#status.set(true, 'reply');
+    return reply;
+  }
+
+  /** Classifies a failed call, updates the status, and returns the error to reject with. */
+  #failed(op: string, err: unknown): Error {
+    const verdict = classify(err);
+    this.#status.error(op, err);
+    if (verdict.down) this.#status.set(false, verdict.reason);
+    // After a failover the old primary answers READONLY over a healthy socket: only a new
+    // connection lets Sentinel (or DNS) lead us to the new one.
+    if (verdict.reconnect && this.#client.status === 'ready') this.#client.disconnect(true);
+    return new Error(`redis ${op}: ${verdict.reason}`, { cause: err });
+  }
+
+  /** Wires every client event: nothing the client emits may go unhandled. */
+  #watch(): void {
+    const c = this.#client;
+    c.on('ready', () => {
+      this.#revives = 0;
+      this.#status.set(true, 'ready');
+    });
+    c.on('error', (err: unknown) => {
+      this.#status.error('connection', err);
+      if (c.status !== 'ready') this.#status.set(false, classify(err).reason);
+    });
+    c.on('node error', (err: unknown) => this.#status.error('cluster node', err));
+    c.on('close', () => this.#status.set(false, 'connection closed'));
+    c.on('reconnecting', () => this.#status.set(false, 'reconnecting'));
+    c.on('end', () => {
+      this.#status.set(false, 'connection ended');
+      this.#reviveLater();
+    });
+  }
+
+  /**
+   * The client stops for good ('end') only when we close it or when its connector gives up (e.g.
+   * Sentinel could not name a primary). The store must reconnect for as long as it lives, so it
+   * starts the client again after a backoff.
+   */
+  #reviveLater(): void {
+    if (this.#closed || !this.#started || this.#revive) return;
+    this.#revive = this.#clock.setTimer(this.#retry(++this.#revives), () => {
+      this.#revive = undefined;
+      if (this.#closed || this.#client.status !== 'end') return;
+      this.#client.connect().catch(() => {
+        // Reported through the client's events; 'end' brings us back here.
+      });
+    });
+  }
+}

@@ -1,0 +1,174 @@
+import { randomUUID } from 'node:crypto';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { MemoryStore } from '../../src/state/memory.js';
+import { RedisStore } from '../../src/state/redis.js';
+import type { StateStore } from '../../src/state/store.js';
+import { backendKey } from '../../src/state/store.js';
+import { silentLogger } from '../../src/telemetry/logger.js';
+import type { RedisServer } from '../support/redis-server.js';
+import { startRedis, stopAllRedis } from '../support/redis-server.js';
+
+/** Two replicas' views of one shared store; for the memory store both are the same object. */
+interface Pair {
+  readonly a: StateStore;
+  readonly b: StateStore;
+  close(): Promise<void>;
+}
+
+/** Polls `check` until it passes or `ms` runs out (then its last failure is thrown). */
+async function eventually(check: () => Promise<void>, ms = 3000): Promise<void> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    try {
+      await check();
+      return;
+    } catch (err) {
+      if (Date.now() > deadline) throw err;
+      await new Promise((r) => setTimeout(r, 25));
+    }
+  }
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+const map = (entries: Record<string, number>): Map<string, number> => new Map(Object.entries(entries));
+const K1 = backendKey('ingress', '10.0.1.5:8443');
+const K2 = backendKey('ingress', '[2001:db8::1]:8443');
+
+/** The behaviour every StateStore promises, run against each implementation. */
+function contract(name: string, makePair: () => Promise<Pair>): void {
+  describe(`StateStore contract: ${name}`, () => {
+    let pair: Pair;
+    let a: StateStore;
+    let b: StateStore;
+    beforeEach(async () => {
+      pair = await makePair();
+      ({ a, b } = pair);
+    });
+    afterEach(() => pair.close());
+
+    it('is up once started', () => {
+      expect(a.isUp()).toBe(true);
+      expect(b.isUp()).toBe(true);
+    });
+
+    it('sums the counts of other replicas and leaves out the reader', async () => {
+      await a.publishCounts('r1', map({ [K1]: 2, [K2]: 1 }), 5000);
+      await b.publishCounts('r2', map({ [K1]: 3 }), 5000);
+      expect(await a.readCounts('r1')).toEqual(map({ [K1]: 3 }));
+      expect(await b.readCounts('r2')).toEqual(map({ [K1]: 2, [K2]: 1 }));
+      expect(await b.readCounts('nobody')).toEqual(map({ [K1]: 5, [K2]: 1 }));
+    });
+
+    it('replaces a replica’s counts on each publish and keeps only positive ones', async () => {
+      await a.publishCounts('r1', map({ [K1]: 4 }), 5000);
+      await a.publishCounts('r1', map({ [K1]: 0, [K2]: 2, 'p/x:1': -3 }), 5000);
+      expect(await b.readCounts('r2')).toEqual(map({ [K2]: 2 }));
+      await a.publishCounts('r1', new Map(), 5000);
+      expect(await b.readCounts('r2')).toEqual(new Map());
+    });
+
+    it('forgets a replica whose counts were not published again within the TTL', async () => {
+      await a.publishCounts('short', map({ [K1]: 1 }), 300);
+      await b.publishCounts('long', map({ [K1]: 10 }), 10_000);
+      expect(await b.readCounts('x')).toEqual(map({ [K1]: 11 }));
+      await eventually(async () => expect(await b.readCounts('x')).toEqual(map({ [K1]: 10 })));
+    });
+
+    it('keeps counts alive while they are published again before the TTL', async () => {
+      await a.publishCounts('r1', map({ [K1]: 1 }), 400);
+      for (let i = 0; i < 3; i++) {
+        await sleep(200);
+        await a.publishCounts('r1', map({ [K1]: 1 }), 400);
+      }
+      expect(await b.readCounts('r2')).toEqual(map({ [K1]: 1 }));
+    });
+
+    it('withdraws a replica’s counts at once', async () => {
+      await a.publishCounts('r1', map({ [K1]: 2 }), 10_000);
+      await b.publishCounts('r2', map({ [K1]: 1 }), 10_000);
+      await a.withdraw('r1');
+      expect(await b.readCounts('x')).toEqual(map({ [K1]: 1 }));
+      await a.withdraw('never-published');
+    });
+
+    it('gives a lease to one owner at a time and lets only the owner renew it', async () => {
+      expect(await a.lease('probe:K1', 'r1', 10_000)).toBe(true);
+      expect(await b.lease('probe:K1', 'r2', 10_000)).toBe(false);
+      expect(await a.lease('probe:K1', 'r1', 10_000)).toBe(true);
+      expect(await b.lease('probe:K2', 'r2', 10_000)).toBe(true);
+    });
+
+    it('releases a lease only for its owner', async () => {
+      expect(await a.lease('l', 'r1', 10_000)).toBe(true);
+      await b.release('l', 'r2');
+      expect(await b.lease('l', 'r2', 10_000)).toBe(false);
+      await a.release('l', 'r1');
+      expect(await b.lease('l', 'r2', 10_000)).toBe(true);
+      expect(await a.lease('l', 'r1', 10_000)).toBe(false);
+    });
+
+    it('hands an expired lease to another owner, but not one the owner renewed', async () => {
+      expect(await a.lease('renewed', 'r1', 400)).toBe(true);
+      expect(await a.lease('lapsed', 'r1', 300)).toBe(true);
+      await sleep(200);
+      expect(await a.lease('renewed', 'r1', 400)).toBe(true);
+      await eventually(async () => expect(await b.lease('lapsed', 'r2', 10_000)).toBe(true));
+      expect(await b.lease('renewed', 'r2', 10_000)).toBe(false);
+    });
+
+    it('merges facts field by field and clears single fields', async () => {
+      await a.putFact(K1, { healthy: true });
+      await b.putFact(K1, { admin: 'draining' });
+      await a.putFact(K2, { ejectedUntil: 1_767_225_600_123 });
+      expect(await b.readFacts()).toEqual(
+        new Map([
+          [K1, { healthy: true, admin: 'draining' }],
+          [K2, { ejectedUntil: 1_767_225_600_123 }],
+        ]),
+      );
+      await a.putFact(K1, { healthy: false });
+      await a.putFact(K1, {});
+      await b.clearFact(K1, 'admin');
+      await b.clearFact('ingress/unknown:1', 'admin');
+      expect((await a.readFacts()).get(K1)).toEqual({ healthy: false });
+    });
+
+    it('lists registered addresses until their TTL runs out or they deregister', async () => {
+      await a.register('api', '10.0.0.1:80', 10_000);
+      await b.register('api', '10.0.0.2:80', 300);
+      await b.register('web', '10.0.0.3:80', 10_000);
+      expect((await a.registered('api')).sort()).toEqual(['10.0.0.1:80', '10.0.0.2:80']);
+      await eventually(async () => expect(await a.registered('api')).toEqual(['10.0.0.1:80']));
+      await a.deregister('api', '10.0.0.1:80');
+      expect(await b.registered('api')).toEqual([]);
+      expect(await b.registered('web')).toEqual(['10.0.0.3:80']);
+      expect(await b.registered('none')).toEqual([]);
+    });
+  });
+}
+
+contract('memory', async () => {
+  const store = new MemoryStore();
+  await store.start();
+  return { a: store, b: store, close: () => store.close() };
+});
+
+let redis: RedisServer;
+beforeAll(async () => {
+  redis = await startRedis();
+});
+afterAll(() => stopAllRedis());
+
+contract('redis', async () => {
+  // A fresh prefix per test: the two stores share it, and no test sees another's keys.
+  const prefix = `t-${randomUUID().slice(0, 8)}`;
+  const make = (): RedisStore =>
+    new RedisStore({
+      config: { url: redis.url, key_prefix: prefix, command_timeout: 1000 },
+      logger: silentLogger(),
+    });
+  const a = make();
+  const b = make();
+  await Promise.all([a.start(), b.start()]);
+  return { a, b, close: async () => void (await Promise.all([a.close(), b.close()])) };
+});

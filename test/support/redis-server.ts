@@ -1,0 +1,263 @@
+import type { ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+/**
+ * Test fixtures for the Redis store: a real redis-server of our own on a free loopback port
+ * (never the machine's 6379), and small fake servers for faults a real server will not produce
+ * on demand (a black hole, error replies, a link that goes silent mid-session).
+ */
+
+const REDIS_SERVER = '/usr/bin/redis-server';
+
+/** A free TCP port on 127.0.0.1 (the kernel picks it; we release it for redis-server to take). */
+export async function freePort(): Promise<number> {
+  const srv = net.createServer();
+  await new Promise<void>((resolve, reject) => {
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', resolve);
+  });
+  const addr = srv.address();
+  await new Promise<void>((resolve) => srv.close(() => resolve()));
+  if (addr === null || typeof addr === 'string') throw new Error('no port');
+  return addr.port;
+}
+
+/** True when a PING over a fresh connection gets +PONG within `ms`. */
+function pingOnce(port: number, ms: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const sock = net.connect(port, '127.0.0.1');
+    let data = '';
+    const done = (ok: boolean): void => {
+      sock.destroy();
+      resolve(ok);
+    };
+    sock.setTimeout(ms, () => done(false));
+    sock.on('error', () => done(false));
+    sock.on('connect', () => sock.write('PING\r\n'));
+    sock.on('data', (chunk) => {
+      data += chunk.toString('latin1');
+      if (data.includes('\r\n')) done(data.startsWith('+PONG'));
+    });
+  });
+}
+
+const running = new Set<RedisServer>();
+
+/** A redis-server process with persistence off, on 127.0.0.1. Use `startRedis()`. */
+export class RedisServer {
+  readonly port: number;
+  readonly #dir: string;
+  #proc: ChildProcess | undefined;
+
+  constructor(port: number, dir: string) {
+    this.port = port;
+    this.#dir = dir;
+  }
+
+  get url(): string {
+    return `redis://127.0.0.1:${this.port}/0`;
+  }
+
+  /** Starts the process and waits until it answers PING. */
+  async launch(): Promise<void> {
+    const args = ['--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'];
+    args.push('--dir', this.#dir, '--daemonize', 'no', '--protected-mode', 'no', '--loglevel', 'warning');
+    const proc = spawn(REDIS_SERVER, args, { stdio: 'ignore' });
+    proc.on('error', () => undefined); // spawn failures surface as the PING deadline below
+    this.#proc = proc;
+    running.add(this);
+    const deadline = Date.now() + 10_000;
+    while (Date.now() < deadline) {
+      if (proc.exitCode !== null)
+        throw new Error(`redis-server exited with ${proc.exitCode} on port ${this.port}`);
+      if (await pingOnce(this.port, 200)) return;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    throw new Error(`redis-server on port ${this.port} did not answer PING`);
+  }
+
+  /** SIGKILL: no goodbye to clients, no save. Resolves once the process is gone. */
+  async kill(): Promise<void> {
+    const proc = this.#proc;
+    this.#proc = undefined;
+    if (!proc || proc.exitCode !== null || proc.signalCode !== null) return;
+    const exited = new Promise((resolve) => proc.once('exit', resolve));
+    proc.kill('SIGKILL');
+    await exited;
+  }
+
+  /** Kills the server and starts an empty one on the same port. */
+  async restart(): Promise<void> {
+    await this.kill();
+    await this.launch();
+  }
+
+  /** Kills the server for good and removes its directory. */
+  async stop(): Promise<void> {
+    await this.kill();
+    running.delete(this);
+    rmSync(this.#dir, { recursive: true, force: true });
+  }
+}
+
+/** Starts a fresh redis-server on a free port. Pair with `stopAllRedis()` in afterAll. */
+export async function startRedis(): Promise<RedisServer> {
+  if (!existsSync(REDIS_SERVER)) throw new Error('redis-server not found: install the redis-server package');
+  const server = new RedisServer(await freePort(), mkdtempSync(join(tmpdir(), 'sluice-redis-')));
+  await server.launch();
+  return server;
+}
+
+/** Stops every server started by this process. */
+export async function stopAllRedis(): Promise<void> {
+  await Promise.all([...running].map((s) => s.stop()));
+}
+
+// Last resort if a test run dies before afterAll: no redis-server may outlive it.
+process.once('exit', () => {
+  for (const s of running) void s.kill();
+});
+
+/** A TCP server for fault tests; `connections` counts accepted sockets. */
+export interface FakeServer {
+  readonly port: number;
+  readonly url: string;
+  readonly connections: number;
+  close(): Promise<void>;
+}
+
+async function fakeServer(onSocket: (sock: net.Socket) => void): Promise<FakeServer> {
+  const sockets = new Set<net.Socket>();
+  let connections = 0;
+  const srv = net.createServer((sock) => {
+    connections++;
+    sockets.add(sock);
+    sock.on('error', () => undefined);
+    sock.on('close', () => sockets.delete(sock));
+    onSocket(sock);
+  });
+  await new Promise<void>((resolve) => srv.listen(0, '127.0.0.1', resolve));
+  const addr = srv.address();
+  if (addr === null || typeof addr === 'string') throw new Error('no port');
+  return {
+    port: addr.port,
+    url: `redis://127.0.0.1:${addr.port}/0`,
+    get connections() {
+      return connections;
+    },
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const s of sockets) s.destroy();
+        srv.close(() => resolve());
+      }),
+  };
+}
+
+/** Accepts connections and never answers a byte (a server behind a DROP rule, or hung). */
+export function blackHoleServer(): Promise<FakeServer> {
+  return fakeServer((sock) => sock.resume());
+}
+
+/**
+ * Takes complete RESP commands (arrays of bulk strings) off the front of `buf`. Returns the
+ * commands and the unread rest; inline commands (`PING\r\n`) are split on spaces.
+ */
+export function takeCommands(buf: Buffer): { commands: string[][]; rest: Buffer } {
+  const commands: string[][] = [];
+  let at = 0;
+  for (;;) {
+    const parsed = buf[at] === 0x2a ? parseArray(buf, at) : parseInline(buf, at);
+    if (!parsed) break;
+    commands.push(parsed.args);
+    at = parsed.end;
+  }
+  return { commands, rest: buf.subarray(at) };
+}
+
+function readLine(buf: Buffer, at: number): { line: string; end: number } | undefined {
+  const nl = buf.indexOf('\r\n', at);
+  return nl < 0 ? undefined : { line: buf.toString('latin1', at, nl), end: nl + 2 };
+}
+
+function parseInline(buf: Buffer, at: number): { args: string[]; end: number } | undefined {
+  const l = readLine(buf, at);
+  return l && { args: l.line.split(' ').filter((w) => w !== ''), end: l.end };
+}
+
+function parseArray(buf: Buffer, at: number): { args: string[]; end: number } | undefined {
+  const head = readLine(buf, at);
+  if (!head) return undefined;
+  const args: string[] = [];
+  let pos = head.end;
+  for (let n = Number(head.line.slice(1)); n > 0; n--) {
+    const len = readLine(buf, pos);
+    if (!len) return undefined;
+    const size = Number(len.line.slice(1));
+    if (buf.length < len.end + size + 2) return undefined;
+    args.push(buf.toString('utf8', len.end, len.end + size));
+    pos = len.end + size + 2;
+  }
+  return { args, end: pos };
+}
+
+const HANDSHAKE_REPLIES: Record<string, string> = {
+  PING: '+PONG\r\n',
+  AUTH: '+OK\r\n',
+  SELECT: '+OK\r\n',
+  CLIENT: '+OK\r\n',
+  QUIT: '+OK\r\n',
+  HELLO: "-ERR unknown command 'HELLO'\r\n",
+  INFO: '$31\r\n# Server\r\nredis_version:7.0.0\r\n\r\n',
+};
+
+/**
+ * Answers every command with `-<error>` (e.g. `READONLY You can't write against a read only
+ * replica.` or `LOADING Redis is loading the dataset in memory`). With `handshake`, the commands
+ * a client sends while connecting (PING, AUTH, CLIENT, INFO, …) get normal answers first, so the
+ * client becomes ready and then meets the error on its own commands, as after a failover.
+ */
+export function errorServer(error: string, opts: { handshake?: boolean } = {}): Promise<FakeServer> {
+  return fakeServer((sock) => {
+    let pending: Buffer = Buffer.alloc(0);
+    sock.on('data', (chunk: Buffer) => {
+      const { commands, rest } = takeCommands(Buffer.concat([pending, chunk]));
+      pending = rest;
+      for (const args of commands) {
+        const name = (args[0] ?? '').toUpperCase();
+        const normal = opts.handshake ? HANDSHAKE_REPLIES[name] : undefined;
+        sock.write(normal ?? `-${error}\r\n`);
+      }
+    });
+  });
+}
+
+/** A TCP relay to a real server that can be made to drop every byte, both ways, and healed. */
+export interface SilentLink extends FakeServer {
+  /** From now on bytes are dropped silently: no FIN, no RST (like an iptables DROP rule). */
+  silence(): void;
+  heal(): void;
+}
+
+export async function silentLink(targetPort: number): Promise<SilentLink> {
+  let silent = false;
+  const server = await fakeServer((down) => {
+    const up = net.connect(targetPort, '127.0.0.1');
+    up.on('error', () => down.destroy());
+    down.on('close', () => up.destroy());
+    up.on('close', () => down.destroy());
+    up.on('data', (b: Buffer) => {
+      if (!silent) down.write(b);
+    });
+    down.on('data', (b: Buffer) => {
+      if (!silent) up.write(b);
+    });
+  });
+  return Object.assign(server, {
+    silence: () => void (silent = true),
+    heal: () => void (silent = false),
+  });
+}
