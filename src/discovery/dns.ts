@@ -157,16 +157,19 @@ export class DnsDiscovery {
   async #resolveBounded(): Promise<Outcome> {
     const controller = new AbortController();
     let timer: Timer | undefined;
+    let abort: (() => void) | undefined;
     const cut = new Promise<Outcome>((resolve) => {
       const end = (code: string): void => {
+        timer?.cancel();
         controller.abort();
         resolve({ ok: false, code });
         // After resolve(): the rejections cancel() causes lose the race to the code set here.
         this.#lookup.cancel();
       };
       timer = this.#clock.setTimer(this.#timeout, () => end('ETIMEOUT'));
-      this.#abort = () => end('ECANCELLED');
+      abort = () => end('ECANCELLED');
     });
+    this.#abort = abort;
     const work = this.#resolve(controller.signal).then(
       (members): Outcome => ({ ok: true, members }),
       (err: unknown): Outcome => ({ ok: false, code: errorCode(err) }),
@@ -175,7 +178,8 @@ export class DnsDiscovery {
       return await Promise.race([work, cut]);
     } finally {
       timer?.cancel();
-      this.#abort = undefined;
+      // A stop() and start() may have begun another resolution meanwhile: leave its handle alone.
+      if (this.#abort === abort) this.#abort = undefined;
     }
   }
 

@@ -130,6 +130,21 @@ describe('DnsDiscovery scheduling', () => {
     expect(t.errors).toEqual([]);
   });
 
+  it('can be stopped and started again while a resolution hangs', async () => {
+    const t = setup();
+    t.lookup.a.set('web.test', 'hang');
+    void t.discovery.start();
+    t.discovery.stop();
+    t.lookup.a.set('web.test', ['10.0.0.1']);
+    await t.discovery.start();
+    expect(addresses(t.updates[0])).toEqual(['10.0.0.1:8443*3']);
+    t.lookup.a.set('web.test', 'hang');
+    await t.tick();
+    t.discovery.stop();
+    expect(t.lookup.cancels).toBe(2);
+    expect(t.clock.pending).toBe(0);
+  });
+
   it('start() while running does not start a second schedule', async () => {
     const t = setup();
     t.lookup.a.set('web.test', ['10.0.0.1']);
@@ -184,12 +199,12 @@ describe('DnsDiscovery change detection and failures', () => {
   });
 
   it.each([
-    ['a failed lookup', { code: 'ETIMEOUT' }, 'ETIMEOUT'],
-    ['SERVFAIL', { code: 'ESERVFAIL' }, 'ESERVFAIL'],
-    ['NXDOMAIN', { code: 'ENOTFOUND' }, 'ENOTFOUND'],
-    ['NODATA', { code: 'ENODATA' }, 'ENODATA'],
-    ['an empty answer', [], 'ENODATA'],
-  ] as const)('keeps the last known set on %s and reports %s', async (_what, reply, code) => {
+    ['a failed lookup', 'ETIMEOUT', { code: 'ETIMEOUT' }],
+    ['SERVFAIL', 'ESERVFAIL', { code: 'ESERVFAIL' }],
+    ['NXDOMAIN', 'ENOTFOUND', { code: 'ENOTFOUND' }],
+    ['NODATA', 'ENODATA', { code: 'ENODATA' }],
+    ['an empty answer', 'ENODATA', []],
+  ] as const)('keeps the last known set on %s and reports %s', async (_what, code, reply) => {
     const t = setup();
     t.lookup.a.set('web.test', ['10.0.0.1']);
     await t.discovery.start();
