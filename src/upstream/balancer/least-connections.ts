@@ -1,5 +1,4 @@
 import type { PickContext, Picker, PickerOptions, Target } from './picker.js';
-import { lessLoaded } from './power-of-two.js';
 
 /**
  * Weighted least connections: the allowed target with the lowest (load + 1) / weight wins, that
@@ -29,18 +28,25 @@ export class LeastConnectionsPicker<T extends Target> implements Picker<T> {
 
   pick(_ctx: PickContext, exclude: ReadonlySet<T> | undefined): T | undefined {
     const n = this.#targets.length;
-    let best: T | undefined;
     let bestIndex = -1;
+    let bestLoad = 0;
+    let bestWeight = 1;
     for (let k = 0, i = this.#next; k < n; k++, i = i + 1 === n ? 0 : i + 1) {
       const t = this.#targets[i];
       if (t === undefined || (exclude !== undefined && exclude.has(t))) continue;
+      // lessLoaded, inlined: this loop is the whole cost of a pick, and `load` may be a getter,
+      // so it is read once per target.
+      const load = t.load + 1;
+      const weight = t.weight;
       // Strictly less: on a tie the earlier in scan order, the one nearest after the last winner, keeps it.
-      if (best === undefined || lessLoaded(t, best)) {
-        best = t;
+      if (bestIndex < 0 || load * bestWeight < bestLoad * weight) {
         bestIndex = i;
+        bestLoad = load;
+        bestWeight = weight;
       }
     }
-    if (bestIndex >= 0) this.#next = bestIndex + 1 === n ? 0 : bestIndex + 1;
-    return best;
+    if (bestIndex < 0) return undefined;
+    this.#next = bestIndex + 1 === n ? 0 : bestIndex + 1;
+    return this.#targets[bestIndex];
   }
 }
