@@ -5,10 +5,10 @@ import { ConfigError, validateConfig } from './validate.js';
 
 /** Parses YAML (JSON is valid YAML) text into a checked Config. Throws ConfigError. */
 export function parseConfigText(text: string): Config {
-  const doc = parseDocument(text, { prettyErrors: false, uniqueKeys: true });
+  const doc = parseDocument(text, { prettyErrors: true, uniqueKeys: true });
   if (doc.errors.length > 0) {
     throw new ConfigError(
-      doc.errors.map((e) => ({ path: `line ${e.linePos?.[0]?.line ?? '?'}`, message: e.message.split('\n')[0] ?? 'YAML error' })),
+      doc.errors.map((e) => ({ path: `line ${e.linePos?.[0]?.line ?? '?'}`, message: (e.message.split('\n')[0] ?? 'YAML error').replace(/ at line \d+, column \d+:?$/, '') })),
     );
   }
   return validateConfig(doc.toJS({ maxAliasCount: 100 }));

@@ -5,6 +5,7 @@ import { renderStatusPage } from '../admin/status-page.js';
 import type { Config, ListenerConfig } from '../config/schema.js';
 import { formatHostPort } from '../config/values.js';
 import { TcpListener } from '../listener/tcp.js';
+import type { Listener } from '../listener/listener.js';
 import type { StateStore } from '../state/store.js';
 import type { Logger } from '../telemetry/logger.js';
 import { Metrics } from '../telemetry/metrics.js';
@@ -45,7 +46,7 @@ export class Runtime implements AdminApi {
   readonly #deps: RuntimeDeps;
   #cfg: Config;
   readonly pools = new Map<string, Pool>();
-  readonly listeners = new Map<string, TcpListener>();
+  readonly listeners = new Map<string, Listener>();
   readonly admin: AdminServer;
   #draining = false;
   #ready = false;
@@ -91,7 +92,7 @@ export class Runtime implements AdminApi {
   async drain(): Promise<void> {
     if (this.#draining) return;
     this.#draining = true;
-    const open = (): number => [...this.listeners.values()].reduce((n, l) => n + l.sessions.size, 0);
+    const open = (): number => [...this.listeners.values()].reduce((n, l) => n + l.openCount, 0);
     this.logger.info({ sessions: open(), drain_timeout_ms: this.#cfg.shutdown.drain_timeout }, 'draining');
     await Promise.all([...this.listeners.values()].map((l) => l.close()));
     const deadline = performance.now() + this.#cfg.shutdown.drain_timeout;
@@ -99,7 +100,7 @@ export class Runtime implements AdminApi {
     const left = open();
     if (left > 0) {
       this.logger.warn({ sessions: left }, 'drain deadline passed; closing the remaining sessions');
-      for (const l of this.listeners.values()) for (const s of [...l.sessions]) s.close('shutdown');
+      for (const l of this.listeners.values()) l.closeAll('shutdown');
     }
     await this.stop();
   }
@@ -156,7 +157,7 @@ export class Runtime implements AdminApi {
       protocol: l.config.protocol,
       bind: l.boundAddress,
       pool: l.config.pool,
-      sessions: l.sessions.size,
+      sessions: l.openCount,
     })));
   }
 
@@ -166,7 +167,7 @@ export class Runtime implements AdminApi {
     return new Pool(cfg, this.#deps.clock, this.#deps.random);
   }
 
-  #newListener(cfg: ListenerConfig): TcpListener {
+  #newListener(cfg: ListenerConfig): Listener {
     return new TcpListener(cfg, {
       metrics: this.metrics,
       logger: this.logger,

@@ -5,25 +5,15 @@ import type { Session, SessionHost } from '../proxy/session.js';
 import { Session as TcpSession } from '../proxy/session.js';
 import type { CloseReason } from '../proxy/close-reason.js';
 import type { Logger } from '../telemetry/logger.js';
-import type { Metrics, RejectReason } from '../telemetry/metrics.js';
+import type { RejectReason } from '../telemetry/metrics.js';
 import type { Backend } from '../upstream/backend.js';
 import type { Pool } from '../upstream/pool.js';
 import { CidrSet, normalizeIp } from '../util/cidr.js';
 import type { Sweeper } from '../util/sweeper.js';
 import { SourceLimits } from './source-limits.js';
 import { listenError } from './bind-error.js';
+import type { Listener, ListenerDeps } from './listener.js';
 
-/** What a listener needs from the process around it. */
-export interface ListenerDeps {
-  readonly metrics: Metrics;
-  readonly logger: Logger;
-  readonly sweeper: Sweeper;
-  readonly accessLog: boolean;
-  /** Pools by name, as of the current config. */
-  pool(name: string): Pool | undefined;
-  /** Passive health: a connect to `backend` failed or succeeded. */
-  passive(pool: Pool, backend: Backend, ok: boolean): void;
-}
 
 /** Stage between accept and connect (PROXY header, ClientHello); set up by the edge-protocol wiring. */
 export interface Preface {
@@ -44,7 +34,7 @@ const SERVER_OPTIONS: net.ServerOpts = {
  * A TCP listener: accepts, applies the ACL and limits on the client address, and hands each
  * connection to a Session. Reload swaps its config in place; the socket stays bound.
  */
-export class TcpListener implements SessionHost {
+export class TcpListener implements SessionHost, Listener {
   readonly name: string;
   readonly logger: Logger;
   readonly sweeper: Sweeper;
@@ -85,6 +75,14 @@ export class TcpListener implements SessionHost {
     return this.#cfg;
   }
 
+  get openCount(): number {
+    return this.sessions.size;
+  }
+
+  closeAll(reason: 'shutdown'): void {
+    for (const s of [...this.sessions]) s.close(reason);
+  }
+
   get connectTimeoutMs(): number {
     return this.#cfg.timeouts.connect;
   }
@@ -108,9 +106,10 @@ export class TcpListener implements SessionHost {
     });
   }
 
-  /** Stops accepting; open sessions go on. */
+  /** Stops accepting at once; open sessions go on (net.Server's close callback would wait for them). */
   close(): Promise<void> {
-    return new Promise((resolve) => this.#server.close(() => resolve()));
+    if (this.#server.listening) this.#server.close();
+    return Promise.resolve();
   }
 
   /** Applies a new config with the same bind address (reload). Open sessions keep their backend. */

@@ -188,8 +188,8 @@ export class Session implements Holder, Sweepable {
     up[kSession] = undefined;
     this.#openSockets--;
     up.destroy();
+    this.#errorCode = code;
     if (this.attempts > pool.config.connect_retries) {
-      this.#errorCode = code;
       this.close('connect_failed');
     } else {
       this.#attempt();
@@ -202,6 +202,7 @@ export class Session implements Holder, Sweepable {
     if (pool === undefined || backend === undefined || up === undefined) return;
     this.host.connectSucceeded(pool, backend);
     this.#state = State.Open;
+    this.#errorCode = undefined;
     this.#lastActive = this.host.sweeper.now;
     const preamble = this.host.upstreamPreamble(this, pool);
     if (preamble !== undefined) up.write(preamble);

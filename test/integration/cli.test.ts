@@ -1,0 +1,127 @@
+import net from 'node:net';
+import { afterEach, describe, expect, it } from 'vitest';
+import { connect, echoServer, readAll, untilClosed, waitFor } from '../support/net.js';
+import type { TestServer } from '../support/net.js';
+import type { SluiceProcess } from '../support/process.js';
+import { runCli, spawnSluice, tempFile } from '../support/process.js';
+
+const procs: SluiceProcess[] = [];
+const servers: TestServer[] = [];
+afterEach(async () => {
+  for (const p of procs.splice(0)) p.kill('SIGKILL');
+  for (const s of servers.splice(0)) await s.close();
+});
+
+function config(backend: string, extra = ''): string {
+  return `admin: { listen: "127.0.0.1:0" }
+log: { level: info }
+shutdown: { drain_timeout: 10s }
+listeners: [{ name: t, bind: "127.0.0.1:0", pool: p }]
+pools: [{ name: p, health: { active: { type: none } }, backends: [{ address: "${backend}" }] }]
+${extra}`;
+}
+
+describe('sluice validate', () => {
+  it('accepts a good config with exit 0', async () => {
+    const r = await runCli(['validate', '-c', tempFile('ok.yaml', config('127.0.0.1:9'))]);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+  });
+
+  it('lists every problem with its key path and exits 78', async () => {
+    const bad = `listeners:
+  - name: web
+    bind: "127.0.0.1"
+    pool: p
+    timeouts: { idle: 5 minutes }
+    colour: blue
+pools:
+  - name: p
+    algorithm: fastest
+    backends: [{ address: "[::1]:99999" }]
+`;
+    const r = await runCli(['validate', '-c', tempFile('bad.yaml', bad)]);
+    expect(r.code).toBe(78);
+    expect(r.stderr).toContain('listeners[0].bind: expected host:port');
+    expect(r.stderr).toContain('listeners[0].timeouts.idle: expected a duration');
+    expect(r.stderr).toContain('listeners[0].colour: unknown key');
+    expect(r.stderr).toContain('pools[0].algorithm: expected one of');
+    expect(r.stderr).toContain('pools[0].backends[0].address: port 99999 is out of range');
+    expect(r.stderr).not.toMatch(/\n\s+at /);
+  });
+
+  it('names a dangling pool reference', async () => {
+    const r = await runCli(['validate', '-c', tempFile('dangling.yaml', config('127.0.0.1:9').replace('pool: p }', 'pool: nope }'))]);
+    expect(r.code).toBe(78);
+    expect(r.stderr).toContain('listeners[0].pool: no pool named "nope"');
+  });
+
+  it('reports a missing file as a config error', async () => {
+    const r = await runCli(['validate', '-c', '/nonexistent/sluice.yaml']);
+    expect(r.code).toBe(78);
+    expect(r.stderr).toContain('cannot read the file (ENOENT)');
+  });
+
+  it('refuses to run a bad config with exit 78', async () => {
+    const r = await runCli(['run', '-c', tempFile('bad.yaml', 'listeners: []\npools: []\n')]);
+    expect(r.code).toBe(78);
+    expect(r.stderr).toContain('listeners: needs at least 1 item(s)');
+  });
+});
+
+describe('sluice run', () => {
+  it('exits 1 with a one-line cause when the port is taken', async () => {
+    const blocker = net.createServer().listen(0, '127.0.0.1');
+    await new Promise((r) => blocker.once('listening', r));
+    const port = (blocker.address() as net.AddressInfo).port;
+    const r = await runCli(['run', '-c', tempFile('busy.yaml', config('127.0.0.1:9').replace('127.0.0.1:0", pool', `127.0.0.1:${port}", pool`))]);
+    blocker.close();
+    expect(r.code).toBe(1);
+    expect(r.stderr.trim()).toBe(`sluice: listener "t": 127.0.0.1:${port} already in use`);
+  });
+
+  it('drains on SIGTERM: readiness 503, no new connections, open sessions finish, exit 0', async () => {
+    const echo = await echoServer();
+    servers.push(echo);
+    const p = await spawnSluice(config(echo.address));
+    procs.push(p);
+    const port = p.ports.get('t') ?? 0;
+    const s = await connect(port);
+    s.write('before');
+    await waitFor(() => echo.sockets.size === 1);
+    p.kill('SIGTERM');
+    await p.waitForLog((l) => l.msg === 'draining');
+    expect((await fetch(`${p.adminUrl}/readyz`)).status).toBe(503);
+    const refused = net.connect({ port, host: '127.0.0.1' });
+    const r = await untilClosed(refused);
+    expect(r.reset || r.data.length === 0).toBe(true);
+    // The open session still works end to end.
+    const reply = readAll(s);
+    s.end(' and after');
+    expect((await reply).toString()).toBe('before and after');
+    expect(await p.exited).toBe(0);
+    expect(p.logs.some((l) => l.msg === 'session' && l.reason === 'downstream_closed')).toBe(true);
+  });
+
+  it('exits at once on a second signal', async () => {
+    const echo = await echoServer();
+    servers.push(echo);
+    const p = await spawnSluice(config(echo.address));
+    procs.push(p);
+    const s = await connect(p.ports.get('t') ?? 0);
+    s.on('error', () => undefined);
+    s.write('x');
+    await waitFor(() => echo.sockets.size === 1);
+    p.kill('SIGTERM');
+    await p.waitForLog((l) => l.msg === 'draining');
+    p.kill('SIGINT');
+    expect(await p.exited).toBe(0);
+    s.destroy();
+  });
+
+  it('prints the version', async () => {
+    const r = await runCli(['--version']);
+    expect(r.code).toBe(0);
+    expect(r.stdout.trim()).toMatch(/^\d+\.\d+\.\d+$/);
+  });
+});

@@ -1,0 +1,226 @@
+import { createHash, randomBytes } from 'node:crypto';
+import net from 'node:net';
+import { afterEach, describe, expect, it } from 'vitest';
+import type { TestServer } from '../support/net.js';
+import { closedPort, connect, echoServer, exchange, nameServer, readAll, startServer, untilClosed, waitFor } from '../support/net.js';
+import type { TestRuntime } from '../support/runtime.js';
+import { startRuntime } from '../support/runtime.js';
+import type { TcpListener } from '../../src/listener/tcp.js';
+
+const cleanups: (() => Promise<void>)[] = [];
+afterEach(async () => {
+  while (cleanups.length > 0) await cleanups.pop()?.();
+});
+
+async function lb(yaml: string): Promise<TestRuntime> {
+  const rt = await startRuntime(yaml);
+  cleanups.push(() => rt.stop());
+  return rt;
+}
+
+async function server(p: Promise<TestServer>): Promise<TestServer> {
+  const s = await p;
+  cleanups.push(() => s.close());
+  return s;
+}
+
+function poolYaml(addresses: string[], extra = ''): string {
+  return `pools:
+  - name: p
+    connect_retries: 2
+    health: { active: { type: none } }
+    backends: [${addresses.map((a) => `{ address: "${a}" }`).join(', ')}]
+${extra}`;
+}
+
+const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+
+describe('TCP engine', () => {
+  it('balances sessions round-robin over the pool', async () => {
+    const a = await server(nameServer('A'));
+    const b = await server(nameServer('B'));
+    const rt = await lb(`listeners: [{ name: t, bind: "127.0.0.1:0", pool: p }]\n${poolYaml([a.address, b.address])}`);
+    const replies: string[] = [];
+    for (let i = 0; i < 6; i++) replies.push(await exchange(rt.port('t'), ''));
+    expect(replies.filter((r) => r === 'A')).toHaveLength(3);
+    expect(replies.filter((r) => r === 'B')).toHaveLength(3);
+    await waitFor(() => rt.logs.find('session').length === 6, 2000, 'access lines');
+    const line = rt.logs.find('session')[0] ?? {};
+    expect(line).toMatchObject({ listener: 't', pool: 'p', bytes_out: 1, reason: expect.any(String) as string });
+    expect(String(line.client)).toMatch(/^127\.0\.0\.1:\d+$/);
+    expect(typeof line.duration_ms).toBe('number');
+    expect(await rt.metric('sluice_listener_connections_total', { listener: 't' })).toBe(6);
+  });
+
+  it.each([
+    ['127.0.0.1', 50 * 1024 * 1024],
+    ['::1', 8 * 1024 * 1024],
+  ])('relays %s byte-exact in both directions at once (%i bytes)', async (host, size) => {
+    const echo = await server(echoServer(host));
+    const bind = host.includes(':') ? `[${host}]:0` : `${host}:0`;
+    const rt = await lb(`listeners: [{ name: t, bind: "${bind}", pool: p }]\n${poolYaml([echo.address])}`);
+    const payload = randomBytes(size);
+    const s = await connect(rt.port('t'), host);
+    const reply = readAll(s);
+    s.end(payload);
+    const got = await reply;
+    expect(got.length).toBe(size);
+    expect(sha(got)).toBe(sha(payload));
+    await waitFor(async () => (await rt.metric('sluice_bytes_total', { listener: 't', direction: 'downstream' })) === size);
+    expect(await rt.metric('sluice_bytes_total', { listener: 't', direction: 'upstream' })).toBe(size);
+  });
+
+  it('relays the client half-close: the backend replies after the FIN and the reply arrives whole', async () => {
+    const reply = randomBytes(3 * 1024 * 1024);
+    const backend = await server(
+      startServer((s) => {
+        const got: Buffer[] = [];
+        s.on('data', (c: Buffer) => got.push(c));
+        s.on('end', () => s.end(Buffer.concat([Buffer.from(`${Buffer.concat(got).length}:`), reply])));
+      }),
+    );
+    const rt = await lb(`listeners: [{ name: t, bind: "127.0.0.1:0", pool: p }]\n${poolYaml([backend.address])}`);
+    const s = await connect(rt.port('t'));
+    const all = readAll(s);
+    s.end('request body');
+    const got = await all;
+    expect(got.subarray(0, 3).toString()).toBe('12:');
+    expect(sha(got.subarray(3))).toBe(sha(reply));
+  });
+
+  it('relays the backend half-close: the client keeps sending after the backend FIN', async () => {
+    let received: Promise<Buffer> | undefined;
+    const backend = await server(
+      startServer((s) => {
+        received = readAll(s);
+        s.end('bye');
+      }),
+    );
+    const rt = await lb(`listeners: [{ name: t, bind: "127.0.0.1:0", pool: p }]\n${poolYaml([backend.address])}`);
+    const s = await connect(rt.port('t'));
+    const fromBackend = await readAll(s);
+    expect(fromBackend.toString()).toBe('bye');
+    s.end('still talking after your FIN');
+    const got = await waitFor(() => received);
+    expect((await got).toString()).toBe('still talking after your FIN');
+  });
+
+  it('retries a refused backend on another one before any byte is sent', async () => {
+    const dead = await closedPort();
+    const live = await server(nameServer('L'));
+    const rt = await lb(`listeners: [{ name: t, bind: "127.0.0.1:0", pool: p }]\n${poolYaml([`127.0.0.1:${dead}`, live.address])}`);
+    for (let i = 0; i < 6; i++) expect(await exchange(rt.port('t'), 'x')).toBe('L');
+    expect(await rt.metric('sluice_upstream_connect_failures_total', { pool: 'p', backend: `127.0.0.1:${dead}` })).toBeGreaterThan(0);
+    expect(await rt.metric('sluice_listener_rejected_total', { listener: 't', reason: 'no_backend' })).toBe(0);
+  });
+
+  it('closes the client promptly and counts it when every backend is down', async () => {
+    const d1 = await closedPort();
+    const d2 = await closedPort();
+    const rt = await lb(`listeners: [{ name: t, bind: "127.0.0.1:0", pool: p }]\n${poolYaml([`127.0.0.1:${d1}`, `127.0.0.1:${d2}`])}`);
+    const s = await connect(rt.port('t'));
+    s.write('hello');
+    const got = await untilClosed(s);
+    expect(got.data.length).toBe(0);
+    expect(await rt.metric('sluice_listener_rejected_total', { listener: 't', reason: 'no_backend' })).toBe(1);
+    await waitFor(() => rt.logs.find('session').length === 1);
+    expect(rt.logs.find('session')[0]).toMatchObject({ reason: 'connect_failed', attempts: 2, error: 'ECONNREFUSED' });
+  });
+
+  it('keeps buffered bytes bounded when the backend never reads', async () => {
+    const backend = await server(startServer((s) => s.pause()));
+    const rt = await lb(`listeners: [{ name: t, bind: "127.0.0.1:0", pool: p }]\n${poolYaml([backend.address])}`);
+    const s = await connect(rt.port('t'));
+    s.on('error', () => undefined);
+    const chunk = Buffer.alloc(64 * 1024, 1);
+    // Write far more than kernel and proxy buffers can hold, then wait until the flow stalls.
+    for (let i = 0; i < 320; i++) s.write(chunk);
+    let last = -1;
+    await waitFor(
+      async () => {
+        const cur = s.bytesWritten - s.writableLength;
+        const stable = cur === last;
+        last = cur;
+        await new Promise((r) => setTimeout(r, 200));
+        return stable && s.writableLength > 0;
+      },
+      20_000,
+      'the client to stall',
+    );
+    const listener = rt.runtime.listeners.get('t') as TcpListener;
+    const [session] = [...listener.sessions];
+    expect(session).toBeDefined();
+    const buffered = (session?.up?.writableLength ?? 0) + (session?.down.readableLength ?? 0);
+    // One read (64 KiB) past the upstream high-water mark at most, whatever the client sent.
+    expect(buffered).toBeLessThanOrEqual(512 * 1024);
+    expect(s.writableLength).toBeGreaterThan(5 * 1024 * 1024);
+    s.destroy();
+  });
+
+  it('closes an idle session and says why', async () => {
+    const echo = await server(echoServer());
+    const rt = await lb(
+      `listeners: [{ name: t, bind: "127.0.0.1:0", pool: p, timeouts: { idle: 300ms } }]\n${poolYaml([echo.address])}`,
+    );
+    const s = await connect(rt.port('t'));
+    s.write('ping');
+    const closed = readAll(s);
+    expect((await closed).toString()).toBe('ping');
+    await waitFor(() => rt.logs.find('session').length === 1);
+    expect(rt.logs.find('session')[0]).toMatchObject({ reason: 'idle_timeout', bytes_in: 4, bytes_out: 4 });
+    expect(echo.sockets.size).toBe(0);
+  });
+
+  it('refuses a connection over max_connections while the admin API still answers', async () => {
+    const echo = await server(echoServer());
+    const rt = await lb(
+      `listeners: [{ name: t, bind: "127.0.0.1:0", pool: p, limits: { max_connections: 2 } }]\n${poolYaml([echo.address])}`,
+    );
+    const a = await connect(rt.port('t'));
+    const b = await connect(rt.port('t'));
+    const c = net.connect({ port: rt.port('t'), host: '127.0.0.1' });
+    expect((await untilClosed(c)).data.length).toBe(0);
+    expect(await rt.metric('sluice_listener_rejected_total', { listener: 't', reason: 'max_connections' })).toBe(1);
+    a.destroy();
+    b.destroy();
+    expect((await fetch(`${rt.adminUrl}/healthz`)).status).toBe(200);
+  });
+
+  it('answers the pools API with state, health and connection counts', async () => {
+    const echo = await server(echoServer());
+    const rt = await lb(`listeners: [{ name: t, bind: "127.0.0.1:0", pool: p }]\n${poolYaml([echo.address])}`);
+    const s = await connect(rt.port('t'));
+    s.write('x');
+    await waitFor(() => echo.sockets.size === 1);
+    const body = (await (await fetch(`${rt.adminUrl}/api/v1/pools`)).json()) as {
+      pools: { name: string; backends: { address: string; state: string; connections: { local: number } }[] }[];
+    };
+    expect(body.pools[0]?.name).toBe('p');
+    expect(body.pools[0]?.backends[0]).toMatchObject({ address: echo.address, state: 'up', connections: { local: 1 } });
+    s.destroy();
+    expect((await fetch(`${rt.adminUrl}/readyz`)).status).toBe(200);
+    expect((await fetch(`${rt.adminUrl}/api/v1/pools`, { method: 'DELETE' })).status).toBe(405);
+  });
+
+  it('survives a client reset mid-stream without touching other sessions', async () => {
+    const echo = await server(echoServer());
+    const rt = await lb(`listeners: [{ name: t, bind: "127.0.0.1:0", pool: p }]\n${poolYaml([echo.address])}`);
+    const victim = await connect(rt.port('t'));
+    victim.write(Buffer.alloc(1024 * 1024));
+    victim.resetAndDestroy();
+    expect(await exchange(rt.port('t'), 'still fine')).toBe('still fine');
+    await waitFor(() => echo.sockets.size === 0, 5000, 'the upstream of the reset session to close');
+  });
+
+  it('rejects a client outside the ACL before contacting a backend', async () => {
+    const echo = await server(echoServer());
+    const rt = await lb(
+      `listeners: [{ name: t, bind: "127.0.0.1:0", pool: p, access: { allow: ["127.0.0.0/8"], deny: ["127.0.0.9/32"] } }]\n${poolYaml([echo.address])}`,
+    );
+    const denied = net.connect({ port: rt.port('t'), host: '127.0.0.1', localAddress: '127.0.0.9' });
+    expect((await untilClosed(denied)).data.length).toBe(0);
+    expect(echo.accepted).toBe(0);
+    expect(await rt.metric('sluice_listener_rejected_total', { listener: 't', reason: 'acl' })).toBe(1);
+    expect(await exchange(rt.port('t'), 'ok')).toBe('ok');
+  });
+});

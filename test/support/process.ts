@@ -1,0 +1,107 @@
+import { spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const SLUICE = fileURLToPath(new URL('../../bin/sluice', import.meta.url));
+
+/** Writes `text` to a fresh temp file and returns its path. */
+export function tempFile(name: string, text: string): string {
+  const dir = mkdtempSync(join(tmpdir(), 'sluice-test-'));
+  const path = join(dir, name);
+  writeFileSync(path, text);
+  return path;
+}
+
+/** Runs the CLI to completion: exit code, stdout, stderr. */
+export function runCli(args: string[], timeoutMs = 20_000): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [SLUICE, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
+    child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`sluice ${args.join(' ')} did not exit within ${timeoutMs} ms`));
+    }, timeoutMs);
+    child.on('exit', (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
+
+/** A forked `sluice run` and what it has logged. */
+export interface SluiceProcess {
+  readonly child: ChildProcess;
+  readonly logs: Record<string, unknown>[];
+  /** listener name → bound port */
+  readonly ports: Map<string, number>;
+  adminUrl: string;
+  readonly exited: Promise<number | null>;
+  waitForLog(pred: (l: Record<string, unknown>) => boolean, timeoutMs?: number): Promise<Record<string, unknown>>;
+  kill(signal?: NodeJS.Signals): void;
+}
+
+/** Starts `sluice run -c` on YAML text and waits for "sluice ready". */
+export async function spawnSluice(yaml: string, timeoutMs = 15_000): Promise<SluiceProcess> {
+  const path = tempFile('sluice.yaml', yaml);
+  const child = spawn(process.execPath, [SLUICE, 'run', '-c', path], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const logs: Record<string, unknown>[] = [];
+  const waiters = new Set<() => void>();
+  let buf = '';
+  let stderr = '';
+  child.stderr?.on('data', (c: Buffer) => (stderr += c.toString()));
+  child.stdout?.on('data', (c: Buffer) => {
+    buf += c.toString();
+    let nl;
+    while ((nl = buf.indexOf('\n')) >= 0) {
+      const line = buf.slice(0, nl);
+      buf = buf.slice(nl + 1);
+      try {
+        logs.push(JSON.parse(line) as Record<string, unknown>);
+      } catch {
+        // ignore non-JSON
+      }
+      for (const w of waiters) w();
+    }
+  });
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  const proc: SluiceProcess = {
+    child,
+    logs,
+    ports: new Map(),
+    adminUrl: '',
+    exited,
+    kill: (signal = 'SIGTERM') => child.kill(signal),
+    waitForLog: (pred, ms = 10_000) =>
+      new Promise((resolve, reject) => {
+        const check = (): void => {
+          const hit = logs.find(pred);
+          if (hit) {
+            waiters.delete(check);
+            clearTimeout(timer);
+            resolve(hit);
+          }
+        };
+        const timer = setTimeout(() => {
+          waiters.delete(check);
+          reject(new Error(`no matching log line within ${ms} ms; stderr: ${stderr}`));
+        }, ms);
+        waiters.add(check);
+        check();
+      }),
+  };
+  const ready = await Promise.race([
+    proc.waitForLog((l) => l.msg === 'sluice ready', timeoutMs),
+    exited.then((code) => {
+      throw new Error(`sluice exited with ${code} before it was ready: ${stderr}`);
+    }),
+  ]);
+  proc.adminUrl = `http://${String(ready.admin)}`;
+  for (const l of logs) if (l.msg === 'listener bound') proc.ports.set(String(l.listener), Number(String(l.address).split(':').pop()));
+  return proc;
+}
