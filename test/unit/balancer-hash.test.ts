@@ -4,6 +4,7 @@ import {
   hashContext,
   hashKey,
   hashPoint,
+  hashPoints,
   murmur3,
   sortedByAddress,
 } from '../../src/upstream/balancer/hash.js';
@@ -34,6 +35,17 @@ describe('murmur3', () => {
       fc.property(fc.string(), fc.nat(10_000_000), (address, i) => {
         expect(hashPoint(address, i)).toBe(murmur3(`${address}#${i}`));
       }),
+    );
+  });
+
+  it('hashPoints writes the same points as hashPoint, resuming after the address', () => {
+    fc.assert(
+      fc.property(fc.string({ unit: 'binary' }), fc.nat(300), fc.nat(5), (address, count, at) => {
+        const out = new Uint32Array(at + count);
+        hashPoints(address, count, out, at);
+        for (let i = 0; i < count; i++) expect(out[at + i]).toBe(hashPoint(address, i));
+      }),
+      { numRuns: 200 },
     );
   });
 });

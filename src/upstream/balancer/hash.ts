@@ -115,6 +115,26 @@ export function hashPoint(address: string, index: number, seed = 0): number {
   return end();
 }
 
+/**
+ * Writes hashPoint(address, i) for i in [0, count) to out[at + i]. The address bytes are hashed
+ * once and the state after them reused for every point: a ring of a million points is built
+ * several times faster than by hashing each `address#i` from the start.
+ */
+export function hashPoints(address: string, count: number, out: Uint32Array, at: number): void {
+  begin(0);
+  pushString(address, 0, false);
+  const [h0, block0, blockBytes0, length0] = [h, block, blockBytes, length];
+  for (let i = 0; i < count; i++) {
+    h = h0;
+    block = block0;
+    blockBytes = blockBytes0;
+    length = length0;
+    pushByte(0x23);
+    pushDecimal(i);
+    out[at + i] = end();
+  }
+}
+
 const MAPPED_V4 = '::ffff:';
 
 /**

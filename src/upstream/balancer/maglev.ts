@@ -75,7 +75,7 @@ function claim(table: Int32Array, j: number, at: number, skip: number): number {
  *   is near-minimally disruptive, less so as N approaches the table size; keep size ≥ 100·N).
  *   Shares follow weights to within about N/size.
  * - Cost: pick O(1), one hash of the key and one table read, no allocation. Build
- *   O(size · log size) time and 4·size bytes (65537 slots: 256 KiB, a few milliseconds).
+ *   O(size · log size) time and 4·size bytes (65537 slots: 256 KiB, about 10 ms).
  * - `exclude` (connect retries): walks the table onward from the key's slot to the next allowed
  *   backend. Neighbouring slots belong to unrelated backends, in proportion to weight, and the walk
  *   depends only on the table, so every replica retries the same client to the same backend.
