@@ -109,8 +109,8 @@ function successor(points: Uint32Array, hash: number): number {
  *   allocation; with bounded load add O(N) to sum the loads plus the walk past full backends.
  *   Build O(P) time (hashing, then a radix sort), 8·P bytes: about 50 ms for 400k points.
  * - Use when: clients should stick to a backend and hot spots must be capped (bounded load), or
- *   when weights are uneven and small pools must keep their exact ketama-like behaviour; Maglev is
- *   cheaper per pick and spreads more evenly otherwise.
+ *   placement must match ketama-style rings elsewhere; otherwise Maglev is cheaper to build, O(1)
+ *   per pick and spreads more evenly.
  */
 export class RingHashPicker<T extends Target> implements Picker<T> {
   readonly #targets: readonly T[];
