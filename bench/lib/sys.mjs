@@ -1,0 +1,210 @@
+// Process, /proc and port helpers shared by the benchmark scenarios. Everything the suite starts
+// is registered here and stopped by PID on exit or SIGINT; nothing is ever killed by name.
+import { execFileSync, spawn } from 'node:child_process';
+import { existsSync, readFileSync, readdirSync } from 'node:fs';
+import net from 'node:net';
+
+export const HOST = '127.0.0.1';
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+const CLK_TCK = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
+
+// ---- cleanup registry -------------------------------------------------------------------------
+
+const owned = new Set(); // PIDs (of processes we started or daemons whose pidfile we wrote)
+
+export function own(pid) {
+  if (Number.isInteger(pid) && pid > 0) owned.add(pid);
+  return pid;
+}
+
+export function alive(pid) {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** SIGTERM, then SIGKILL after `graceMs` if it is still there. */
+export async function stopPid(pid, graceMs = 3000) {
+  if (!owned.delete(pid) || !alive(pid)) return;
+  try {
+    process.kill(pid, 'SIGTERM');
+  } catch {
+    return;
+  }
+  const deadline = Date.now() + graceMs;
+  while (alive(pid) && Date.now() < deadline) await sleep(50);
+  if (alive(pid)) {
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      /* already gone */
+    }
+  }
+}
+
+function killAllNow() {
+  for (const pid of owned) {
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      /* already gone */
+    }
+  }
+  owned.clear();
+}
+
+process.on('exit', killAllNow);
+for (const sig of ['SIGINT', 'SIGTERM']) {
+  process.on(sig, () => {
+    process.stderr.write(`\nbench: ${sig}, stopping everything it started\n`);
+    killAllNow();
+    process.exit(130);
+  });
+}
+
+/** Reads a daemon's pidfile (waiting up to `ms` for it to appear) and registers the PID. */
+export async function pidFromFile(file, ms = 5000) {
+  const deadline = Date.now() + ms;
+  while (Date.now() < deadline) {
+    if (existsSync(file)) {
+      const pid = Number(readFileSync(file, 'utf8').trim().split(/\s+/)[0]);
+      if (pid > 0) return own(pid);
+    }
+    await sleep(50);
+  }
+  throw new Error(`no pid in ${file} after ${ms} ms`);
+}
+
+// ---- /proc ------------------------------------------------------------------------------------
+
+function statFields(pid) {
+  const s = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  return s.slice(s.lastIndexOf(')') + 2).split(' '); // fields from #3 (state) on
+}
+
+/** PID plus all its descendants (nginx master + workers, sluice primary + workers). */
+export function tree(pid) {
+  const children = new Map();
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const ppid = Number(statFields(d)[1]);
+      if (!children.has(ppid)) children.set(ppid, []);
+      children.get(ppid).push(Number(d));
+    } catch {
+      /* exited meanwhile */
+    }
+  }
+  const out = [];
+  const stack = [pid];
+  while (stack.length > 0) {
+    const p = stack.pop();
+    out.push(p);
+    stack.push(...(children.get(p) ?? []));
+  }
+  return out;
+}
+
+/** utime+stime in seconds, summed over the process tree. */
+export function cpuSeconds(pid) {
+  let ticks = 0;
+  for (const p of tree(pid)) {
+    try {
+      const f = statFields(p);
+      ticks += Number(f[11]) + Number(f[12]); // fields 14 and 15: utime, stime
+    } catch {
+      /* exited meanwhile */
+    }
+  }
+  return ticks / CLK_TCK;
+}
+
+/** VmRSS in KiB, summed over the process tree. */
+export function rssKiB(pid) {
+  let kib = 0;
+  for (const p of tree(pid)) {
+    try {
+      const m = /VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${p}/status`, 'utf8'));
+      if (m) kib += Number(m[1]);
+    } catch {
+      /* exited meanwhile */
+    }
+  }
+  return kib;
+}
+
+// ---- ports ------------------------------------------------------------------------------------
+
+// Below the ephemeral range (32768-60999) so no outgoing connection can take one of them.
+let nextPort = 23100;
+
+function portFree(port) {
+  return new Promise((resolve) => {
+    const s = net.createServer();
+    s.once('error', () => resolve(false));
+    s.listen({ host: HOST, port, exclusive: true }, () => s.close(() => resolve(true)));
+  });
+}
+
+/** A loopback port that nothing listens on right now (checked for TCP). */
+export async function freePort() {
+  while (nextPort < 32000) {
+    const p = nextPort++;
+    if (await portFree(p)) return p;
+  }
+  throw new Error('no free port left in 23100-32000');
+}
+
+/** Resolves when a TCP connection to host:port succeeds (then closes it), or throws after `ms`. */
+export async function waitTcp(port, ms = 10000, host = HOST, isDead = () => false) {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const ok = await new Promise((resolve) => {
+      const s = net.connect({ host, port });
+      s.once('connect', () => {
+        s.destroy();
+        resolve(true);
+      });
+      s.once('error', () => resolve(false));
+    });
+    if (ok) return;
+    if (isDead()) throw new Error(`process exited before ${host}:${port} accepted connections`);
+    if (Date.now() > deadline) throw new Error(`${host}:${port} did not accept connections within ${ms} ms`);
+    await sleep(100);
+  }
+}
+
+// ---- commands ---------------------------------------------------------------------------------
+
+/**
+ * Runs a command to completion with a hard time limit (coreutils `timeout`), returning
+ * {code, stdout, stderr}. Never throws on a non-zero exit.
+ */
+export function run(cmd, args, { limitS = 30, env } = {}) {
+  return new Promise((resolve) => {
+    const child = spawn('timeout', ['-k', '2', String(limitS), cmd, ...args], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: env ?? process.env,
+    });
+    own(child.pid);
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => (stderr += d));
+    child.on('close', (code) => {
+      owned.delete(child.pid);
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
+
+export function which(bin) {
+  for (const dir of (process.env.PATH ?? '').split(':').concat(['/usr/sbin', '/sbin'])) {
+    if (dir && existsSync(`${dir}/${bin}`)) return `${dir}/${bin}`;
+  }
+  return undefined;
+}

@@ -1,0 +1,41 @@
+// What every scenario does: start the peers (noting, not throwing, when one fails), interleave
+// them within each repetition, stop them at the end.
+import { Samples } from '../lib/report.mjs';
+
+/** Starts each [label, start()] in turn; a failure becomes a note on that peer's row. */
+export async function startPeers(samples, starters) {
+  const peers = [];
+  for (const [label, start] of starters) {
+    try {
+      const p = await start();
+      p.label = label;
+      peers.push(p);
+    } catch (err) {
+      samples.note(label, err.message);
+      console.log(`  ${label}: not measured: ${err.message}`);
+    }
+  }
+  return peers;
+}
+
+/** The peers in a different order each repetition, so no peer always runs first (or last). */
+export function rotate(list, rep) {
+  const k = rep % list.length;
+  return [...list.slice(k), ...list.slice(0, k)];
+}
+
+export async function stopAll(procs) {
+  for (const p of procs) if (p) await p.stop();
+}
+
+export function newSamples() {
+  return new Samples();
+}
+
+/** Prints one measurement as it happens, so a long run shows progress. */
+export function progress(rep, label, what, fields) {
+  const parts = Object.entries(fields)
+    .filter(([, v]) => v !== undefined)
+    .map(([k, v]) => `${k}=${typeof v === 'number' ? +v.toFixed(3) : v}`);
+  console.log(`  rep ${rep + 1} ${label.padEnd(20)} ${what.padEnd(10)} ${parts.join(' ')}`);
+}

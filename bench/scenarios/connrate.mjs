@@ -1,0 +1,64 @@
+// 2. New connections per second: wrk with `Connection: close` against an nginx HTTP backend with
+// keep-alive off, so every request is a new TCP connection through the proxy.
+// Primary metric: proxy CPU milliseconds per 1,000 connections.
+import { direct, startHaproxy, startHttpBackend, startNginxStream, startSluice } from '../lib/peers.mjs';
+import { withCpu, wrk } from '../lib/load.mjs';
+import { table } from '../lib/report.mjs';
+import { sleep } from '../lib/sys.mjs';
+import { newSamples, progress, rotate, startPeers, stopAll } from './common.mjs';
+
+export const id = 'connrate';
+export const title = 'New connections per second (wrk, Connection: close)';
+export const what = `wrk -t1 -c50 -d4s -H 'Connection: close' through each proxy to nginx (\`keepalive_timeout 0; return 200 "ok";\`); 1 s pause between runs for TIME_WAIT. CPU-ms/1k = proxy CPU per 1,000 connections. "errors" = wrk socket errors + non-2xx. "sluice (access log)" runs \`log: {level: info, access_log: true}\` with stdout to a file.`;
+
+const LABELS = ['direct', 'haproxy', 'nginx', 'sluice', 'sluice (access log)'];
+
+/** One connection-rate run through `port`, recorded under `label`. Shared with other scenarios. */
+export async function measureConnRate(s, rep, label, pid, port, prefix = '') {
+  const r = await withCpu(pid, () => wrk(port, { close: true }));
+  if (r.error) {
+    s.note(label, r.error);
+    progress(rep, label, 'conn/s', { error: r.error });
+    return;
+  }
+  const cpuPer1k = r.cpu === undefined ? undefined : (r.cpu * 1000) / (r.requests / 1000);
+  s.add(label, `${prefix}cps`, r.rps);
+  s.add(label, `${prefix}cpu`, cpuPer1k);
+  s.add(label, `${prefix}err`, r.errors + r.non2xx);
+  if (r.errors + r.non2xx > 0) s.note(`${label}`, `wrk reported ${r.errorText || ''} non-2xx ${r.non2xx} (rep ${rep + 1})`);
+  progress(rep, label, 'conn/s', { cps: r.rps, cpu_ms_per_1k: cpuPer1k, errors: r.errors, non2xx: r.non2xx });
+}
+
+export async function run({ dir, reps }) {
+  const s = newSamples();
+  const backend = await startHttpBackend(dir);
+  const routes = [{ name: 'http', upstreams: [backend.port.close] }];
+  const peers = await startPeers(s, [
+    ['direct', async () => direct(routes)],
+    ['haproxy', () => startHaproxy(dir, routes)],
+    ['nginx', () => startNginxStream(dir, routes)],
+    ['sluice', () => startSluice(dir, routes)],
+    ['sluice (access log)', () => startSluice(dir, routes, { accessLog: true, name: 'sluice-accesslog' })],
+  ]);
+  try {
+    for (let rep = 0; rep < reps; rep++) {
+      for (const p of rotate(peers, rep)) {
+        await measureConnRate(s, rep, p.label, p.pid, p.port.http);
+        await sleep(1000);
+      }
+    }
+  } finally {
+    await stopAll([...peers, backend]);
+  }
+  const metrics = [
+    { key: 'cps', label: 'conn/s', digits: 0 },
+    { key: 'cpu', label: 'CPU-ms/1k conn', digits: 1 },
+    { key: 'err', label: 'errors', digits: 0 },
+  ];
+  const ratios = [
+    { num: 'sluice', den: 'haproxy' },
+    { num: 'sluice', den: 'nginx' },
+    { num: 'sluice (access log)', den: 'sluice' },
+  ];
+  return [table(s, LABELS, metrics, ratios)];
+}

@@ -1,0 +1,57 @@
+// 1. Bulk throughput: an iperf3 server behind each proxy, one and four streams for 4 s.
+// Primary metric: proxy CPU seconds per GB moved.
+import { direct, startHaproxy, startIperfServer, startNginxStream, startSluice } from '../lib/peers.mjs';
+import { iperf, withCpu } from '../lib/load.mjs';
+import { table } from '../lib/report.mjs';
+import { sleep } from '../lib/sys.mjs';
+import { newSamples, progress, rotate, startPeers, stopAll } from './common.mjs';
+
+export const id = 'throughput';
+export const title = 'Bulk throughput (iperf3, 4 s)';
+export const what =
+  'iperf3 -c 127.0.0.1 -p PROXY -t 4 -P 1 and -P 4, -J (end.sum_received). CPU-s/GB = proxy utime+stime per GB received.';
+
+export async function run({ dir, reps }) {
+  const s = newSamples();
+  const server = await startIperfServer(dir);
+  const routes = [{ name: 'iperf', upstreams: [server.port.iperf] }];
+  const peers = await startPeers(s, [
+    ['direct', async () => direct(routes)],
+    ['haproxy', () => startHaproxy(dir, routes)],
+    ['nginx', () => startNginxStream(dir, routes)],
+    ['sluice', () => startSluice(dir, routes)],
+  ]);
+  try {
+    for (let rep = 0; rep < reps; rep++) {
+      for (const streams of [1, 4]) {
+        for (const p of rotate(peers, rep)) {
+          const r = await withCpu(p.pid, () => iperf(p.port.iperf, { streams }));
+          if (r.error) {
+            s.note(p.label, r.error);
+            progress(rep, p.label, `-P ${streams}`, { error: r.error });
+            continue;
+          }
+          const gbps = r.bps / 1e9;
+          const cpuPerGB = r.cpu === undefined ? undefined : r.cpu / (r.bytes / 1e9);
+          s.add(p.label, `gbps${streams}`, gbps);
+          s.add(p.label, `cpu${streams}`, cpuPerGB);
+          progress(rep, p.label, `-P ${streams}`, { gbps, cpu_s_per_GB: cpuPerGB });
+          await sleep(500);
+        }
+      }
+    }
+  } finally {
+    await stopAll([...peers, server]);
+  }
+  const metrics = [
+    { key: 'gbps1', label: '-P1 Gbit/s' },
+    { key: 'cpu1', label: '-P1 CPU-s/GB' },
+    { key: 'gbps4', label: '-P4 Gbit/s' },
+    { key: 'cpu4', label: '-P4 CPU-s/GB' },
+  ];
+  const ratios = [
+    { num: 'sluice', den: 'haproxy' },
+    { num: 'sluice', den: 'nginx' },
+  ];
+  return [table(s, ['direct', 'haproxy', 'nginx', 'sluice'], metrics, ratios)];
+}
