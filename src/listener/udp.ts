@@ -1,0 +1,337 @@
+import dgram from 'node:dgram';
+import { isIP } from 'node:net';
+import { networkInterfaces } from 'node:os';
+import type { Counter } from 'prom-client';
+import type { ListenerConfig } from '../config/schema.js';
+import { formatHostPort } from '../config/values.js';
+import { encodeProxyV2 } from '../protocol/proxy-encode.js';
+import { Flow, type FlowHost } from '../proxy/flow.js';
+import { FlowTable } from '../proxy/flow-table.js';
+import type { Logger } from '../telemetry/logger.js';
+import type { Backend } from '../upstream/backend.js';
+import type { Pool } from '../upstream/pool.js';
+import { CidrSet, normalizeIp } from '../util/cidr.js';
+import { listenError } from './bind-error.js';
+import type { Listener, ListenerDeps } from './listener.js';
+
+/** SO_RCVBUF/SO_SNDBUF asked for on the listener socket; the kernel caps it (net.core.rmem_max). */
+const SOCKET_BUFFER_BYTES = 4 * 1024 * 1024;
+
+/** Source ports below this are refused when `udp.drop_privileged_sources` is on. */
+const FIRST_UNPRIVILEGED_PORT = 1024;
+
+/**
+ * A UDP listener: one socket bound to the listener address, and a flow per client (address,
+ * port) with its own connected upstream socket. Replies leave from the listener socket, so the
+ * client sees them come from the address it sent to.
+ *
+ * Per datagram from a known client the work is a Map lookup by `${address}:${port}` and one
+ * send; filters that need no table (loop, privileged source port) come first. A datagram from
+ * an unknown client creates a flow after the ACL, `udp.max_flows` and a pick succeed.
+ *
+ * Drops (sluice_udp_dropped_total{reason}): `loop` (source is the listener's own address and
+ * port, or the picked backend is the listener itself), `privileged_source`,
+ * `connecting_overflow` (more than a few datagrams while the upstream socket connects),
+ * `closing` (a new client while the listener drains), and send/receive errors as the
+ * lower-case errno code (`emsgsize`, `enobufs`, `econnrefused`…). Datagrams that would have
+ * created a flow and were refused count in sluice_listener_rejected_total instead: `acl`,
+ * `flow_limit`, `no_backend`.
+ */
+export class UdpListener implements Listener, FlowHost {
+  readonly name: string;
+  readonly logger: Logger;
+  readonly downstream: dgram.Socket;
+  /** Address actually bound (port 0 in the config picks a free one); '' before listen. */
+  boundAddress = '';
+  #cfg: ListenerConfig;
+  readonly #deps: ListenerDeps;
+  readonly #table: FlowTable;
+  #allow: CidrSet;
+  #deny: CidrSet;
+  #boundIp = '';
+  #boundPort = -1;
+  /** Addresses that mean "this listener" when paired with its port (all local ones for a wildcard bind). */
+  #ownIps = new Set<string>();
+  #bound = false;
+  #closing = false;
+  #socketClosed = false;
+  #lastSocketError = 0;
+  readonly #warnedV1 = new Set<string>();
+  readonly #counters;
+  readonly #drops = new Map<string, Counter.Internal>();
+
+  constructor(cfg: ListenerConfig, deps: ListenerDeps) {
+    this.name = cfg.name;
+    this.#cfg = cfg;
+    this.#deps = deps;
+    this.logger = deps.logger.child({ listener: cfg.name });
+    this.#allow = CidrSet.parse(cfg.access.allow);
+    this.#deny = CidrSet.parse(cfg.access.deny);
+    this.#table = new FlowTable(cfg.udp.flow_idle, deps.sweeper.tickMs);
+    const m = deps.metrics;
+    this.#counters = {
+      flowsCreated: m.listenerConnections.labels(cfg.name),
+      datagramsUp: m.udpDatagrams.labels(cfg.name, 'upstream'),
+      datagramsDown: m.udpDatagrams.labels(cfg.name, 'downstream'),
+      bytesUp: m.bytes.labels(cfg.name, 'upstream'),
+      bytesDown: m.bytes.labels(cfg.name, 'downstream'),
+      acl: m.listenerRejected.labels(cfg.name, 'acl'),
+      flowLimit: m.listenerRejected.labels(cfg.name, 'flow_limit'),
+      noBackend: m.listenerRejected.labels(cfg.name, 'no_backend'),
+      loop: m.udpDrops.labels(cfg.name, 'loop'),
+      privileged: m.udpDrops.labels(cfg.name, 'privileged_source'),
+    };
+    const ipv6 = isIP(cfg.bind.host) === 6;
+    this.downstream = dgram.createSocket({ type: ipv6 ? 'udp6' : 'udp4', ipv6Only: false });
+    this.downstream.on('error', (err: NodeJS.ErrnoException) => this.#onSocketError(err));
+    this.downstream.on('message', (msg: Buffer, rinfo: dgram.RemoteInfo) => this.#onMessage(msg, rinfo));
+    this.#warnV1(cfg.pool);
+  }
+
+  get config(): ListenerConfig {
+    return this.#cfg;
+  }
+
+  /** Live flows (the sluice_udp_flows gauge). */
+  get flows(): number {
+    return this.#table.size;
+  }
+
+  get openCount(): number {
+    return this.#table.size;
+  }
+
+  /** Sweeper time of the last tick: flows stamp activity with it. */
+  get now(): number {
+    return this.#deps.sweeper.now;
+  }
+
+  /** Binds the socket. Rejects with a one-line message such as `listener "dns": 0.0.0.0:53 already in use`. */
+  listen(): Promise<void> {
+    const { host, port } = this.#cfg.bind;
+    return new Promise((resolve, reject) => {
+      const onError = (err: NodeJS.ErrnoException): void => reject(listenError(this.name, host, port, err));
+      this.downstream.once('error', onError);
+      this.downstream.bind({ address: host, port, exclusive: true }, () => {
+        this.downstream.off('error', onError);
+        this.#bound = true;
+        this.#tuneBuffers();
+        const a = this.downstream.address();
+        this.#boundIp = normalizeIp(a.address);
+        this.#boundPort = a.port;
+        this.#ownIps = ownAddresses(this.#boundIp);
+        this.boundAddress = formatHostPort(a.address, a.port);
+        this.#deps.sweeper.add(this.#table);
+        resolve();
+      });
+    });
+  }
+
+  /**
+   * Stops creating flows; live flows go on (their replies need this socket), and the socket is
+   * closed when the last one ends. Resolves at once, so a drain can wait on `openCount`.
+   */
+  close(): Promise<void> {
+    this.#closing = true;
+    if (this.#table.size === 0) this.#closeSocket();
+    return Promise.resolve();
+  }
+
+  /** Applies a new config with the same bind address (reload). Live flows keep their pool and backend. */
+  update(cfg: ListenerConfig): void {
+    this.#cfg = cfg;
+    this.#allow = CidrSet.parse(cfg.access.allow);
+    this.#deny = CidrSet.parse(cfg.access.deny);
+    this.#table.idleMs = cfg.udp.flow_idle;
+    this.#warnV1(cfg.pool);
+  }
+
+  closeAll(reason: 'shutdown'): void {
+    for (const flow of this.#table.all()) flow.close(reason);
+  }
+
+  /** The ACL on the client address. */
+  allowed(ip: string): boolean {
+    return this.#allow.has(ip) && !this.#deny.has(ip);
+  }
+
+  // ---- FlowHost ----
+
+  drop(reason: string): void {
+    let c = this.#drops.get(reason);
+    if (c === undefined) {
+      c = this.#deps.metrics.udpDrops.labels(this.name, reason);
+      this.#drops.set(reason, c);
+    }
+    c.inc();
+  }
+
+  relayed(direction: 'upstream' | 'downstream', bytes: number): void {
+    const c = this.#counters;
+    if (direction === 'upstream') {
+      c.datagramsUp.inc();
+      if (bytes > 0) c.bytesUp.inc(bytes);
+    } else {
+      c.datagramsDown.inc();
+      if (bytes > 0) c.bytesDown.inc(bytes);
+    }
+  }
+
+  passive(flow: Flow, ok: boolean): void {
+    this.#deps.passive(flow.pool, flow.backend, ok);
+  }
+
+  closed(flow: Flow, reason: string): void {
+    this.#table.delete(flow);
+    flow.pool.release(flow.backend, flow);
+    if (this.#deps.accessLog) this.#accessLine(flow, reason);
+    if (this.#closing && this.#table.size === 0) this.#closeSocket();
+  }
+
+  // ---- datagram path ----
+
+  #onMessage(msg: Buffer, rinfo: dgram.RemoteInfo): void {
+    const port = rinfo.port;
+    // Only a source on our own port can be ourselves: the address test runs for those alone.
+    if (port === this.#boundPort && this.#ownIps.has(normalizeIp(rinfo.address))) {
+      this.#counters.loop.inc();
+      return;
+    }
+    if (port < FIRST_UNPRIVILEGED_PORT && this.#cfg.udp.drop_privileged_sources) {
+      this.#counters.privileged.inc();
+      return;
+    }
+    const key = `${rinfo.address}:${port}`;
+    const flow = this.#table.get(key) ?? this.#newFlow(key, rinfo.address, port);
+    flow?.fromClient(msg);
+  }
+
+  /** Admits a new client: ACL, flow cap, a pick, then a flow with its upstream socket. */
+  #newFlow(key: string, address: string, port: number): Flow | undefined {
+    if (this.#closing) {
+      this.drop('closing');
+      return undefined;
+    }
+    const ip = normalizeIp(address);
+    if (!this.allowed(ip)) return void this.#counters.acl.inc();
+    if (this.#table.size >= this.#cfg.udp.max_flows) return void this.#counters.flowLimit.inc();
+    const pool = this.#deps.pool(this.#cfg.pool);
+    const backend = pool?.pick({ clientIp: ip, clientPort: port, sni: undefined }, undefined);
+    if (pool === undefined || backend === undefined) return void this.#counters.noBackend.inc();
+    if (this.#isSelf(backend)) return void this.#counters.loop.inc();
+    try {
+      const flow = new Flow(
+        this,
+        key,
+        { replyAddress: address, ip, port },
+        pool,
+        backend,
+        this.#header(pool, ip, port),
+      );
+      this.#table.add(flow);
+      pool.acquire(backend, flow);
+      this.#counters.flowsCreated.inc();
+      flow.start();
+      return flow;
+    } catch (err) {
+      // Not expected (socket creation and header encoding do not throw on valid input); a bug
+      // here must cost one datagram, not the process.
+      this.logger.error({ err, client: formatHostPort(ip, port) }, 'flow setup failed');
+      this.drop('internal');
+      return undefined;
+    }
+  }
+
+  /**
+   * The PROXY v2 header for a flow: constant for its life, so built once. The destination is
+   * the bound address; a wildcard bind cannot tell which local address the client used (Node
+   * has no IP_PKTINFO), so it sends the wildcard of the client's family.
+   */
+  #header(pool: Pool, ip: string, port: number): Buffer | undefined {
+    const mode = pool.config.proxy_protocol;
+    if (mode !== 'v2') {
+      if (mode === 'v1') this.#warnV1(pool.name);
+      return undefined;
+    }
+    const wildcard = this.#boundIp === '0.0.0.0' || this.#boundIp === '::';
+    const dest = wildcard ? (isIP(ip) === 6 ? '::' : '0.0.0.0') : this.#boundIp;
+    const source = { ip, port };
+    const destination = { ip: dest, port: this.#boundPort };
+    return encodeProxyV2({ command: 'proxy', transport: 'dgram', source, destination }).header;
+  }
+
+  /** A backend that is this listener would loop every datagram back to us. */
+  #isSelf(b: Backend): boolean {
+    return b.port === this.#boundPort && this.#ownIps.has(normalizeIp(b.host));
+  }
+
+  /** PROXY v1 is a TCP text line; a UDP pool gets no header rather than a malformed one. */
+  #warnV1(poolName: string): void {
+    if (this.#warnedV1.has(poolName) || this.#deps.pool(poolName)?.config.proxy_protocol !== 'v1') return;
+    this.#warnedV1.add(poolName);
+    this.logger.warn(
+      { pool: poolName },
+      'proxy_protocol v1 has no UDP form; datagrams are sent without a PROXY header',
+    );
+  }
+
+  #accessLine(flow: Flow, reason: string): void {
+    this.logger.info(
+      {
+        pool: flow.pool.name,
+        client: formatHostPort(flow.clientIp, flow.clientPort),
+        backend: flow.backend.address,
+        bytes_in: flow.bytesIn,
+        bytes_out: flow.bytesOut,
+        datagrams_in: flow.datagramsIn,
+        datagrams_out: flow.datagramsOut,
+        duration_ms: Math.round(performance.now() - flow.started),
+        reason,
+        error: flow.errorCode,
+      },
+      'flow',
+    );
+  }
+
+  #tuneBuffers(): void {
+    try {
+      this.downstream.setRecvBufferSize(SOCKET_BUFFER_BYTES);
+      this.downstream.setSendBufferSize(SOCKET_BUFFER_BYTES);
+    } catch (err) {
+      // A kernel that refuses the size leaves its default: slower under bursts, still correct.
+      this.logger.warn({ code: (err as NodeJS.ErrnoException).code }, 'cannot set UDP socket buffer sizes');
+    }
+  }
+
+  #closeSocket(): void {
+    if (this.#socketClosed) return;
+    this.#socketClosed = true;
+    this.#deps.sweeper.delete(this.#table);
+    try {
+      this.downstream.close();
+    } catch {
+      // Never bound or already closed: nothing to release.
+    }
+  }
+
+  #onSocketError(err: NodeJS.ErrnoException): void {
+    if (!this.#bound) return; // bind failures are listen()'s to report
+    // Receive errors (ENOBUFS, ENOMEM) do not close a dgram socket: count each, log once a second.
+    const code = err.code ?? 'EIO';
+    this.drop(code.toLowerCase());
+    const now = performance.now();
+    if (now - this.#lastSocketError > 1000) {
+      this.#lastSocketError = now;
+      this.logger.warn({ code }, 'UDP socket error');
+    }
+  }
+}
+
+/** The addresses a datagram from ourselves can carry: the bound one, or every local one for a wildcard. */
+function ownAddresses(boundIp: string): Set<string> {
+  if (boundIp !== '0.0.0.0' && boundIp !== '::') return new Set([boundIp]);
+  const ips = new Set<string>([boundIp]);
+  for (const list of Object.values(networkInterfaces()))
+    for (const i of list ?? []) ips.add(normalizeIp(i.address));
+  return ips;
+}

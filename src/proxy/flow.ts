@@ -1,0 +1,232 @@
+import dgram from 'node:dgram';
+import { isIP } from 'node:net';
+import type { Backend } from '../upstream/backend.js';
+import type { Holder, Pool } from '../upstream/pool.js';
+
+/**
+ * Why a UDP flow ended; printed as `reason` in its access-log line.
+ * - `idle_timeout`: no datagram either way for `udp.flow_idle`.
+ * - `upstream_error`: the upstream socket could not be opened, or the backend answered
+ *   {@link REFUSALS_TO_CLOSE} datagrams in a row with ICMP port unreachable (ECONNREFUSED).
+ * - `backend_drained`: the backend was drained and its drain deadline passed.
+ * - `shutdown`: the process was shutting down and `shutdown.drain_timeout` passed.
+ */
+export type FlowCloseReason = 'idle_timeout' | 'upstream_error' | 'backend_drained' | 'shutdown';
+
+/**
+ * ECONNREFUSED reports in a row (no reply between) after which a flow is closed, so that the
+ * client's next datagram creates a new flow and the pool picks again. One report is not enough:
+ * an ICMP error can be stale (a backend restarting) and UDP clients retry on their own.
+ */
+export const REFUSALS_TO_CLOSE = 3;
+
+/** Datagrams held while the upstream socket connects; more are dropped (`connecting_overflow`). */
+export const MAX_PENDING = 4;
+
+/** What a flow needs from its listener. */
+export interface FlowHost {
+  /** The listener's socket: replies leave from the address the client sent to. */
+  readonly downstream: dgram.Socket;
+  /** Time of the last sweeper tick; cheap to read per datagram. */
+  readonly now: number;
+  /** A datagram was lost; `reason` is a fixed word or a lower-case errno code. */
+  drop(reason: string): void;
+  /** A datagram reached the kernel: `upstream` is client→backend, `downstream` backend→client. */
+  relayed(direction: 'upstream' | 'downstream', bytes: number): void;
+  /** Passive health: the backend answered (true) or refused (false). */
+  passive(flow: Flow, ok: boolean): void;
+  /** The flow has ended; called exactly once. */
+  closed(flow: Flow, reason: string): void;
+}
+
+const enum State {
+  Connecting,
+  Open,
+  Closed,
+}
+
+/**
+ * One client (address, port) bound to one backend through a connected upstream dgram socket.
+ * The socket is connected so that the kernel filters replies to the backend's address and an
+ * ICMP port unreachable surfaces as ECONNREFUSED. Nothing here throws: every socket error is
+ * classified by `err.code`, counted and, where it matters, ends the flow.
+ */
+export class Flow implements Holder {
+  readonly key: string;
+  /** The address as the listener socket reports it (IPv4-mapped on a dual-stack socket); replies go there. */
+  readonly replyAddress: string;
+  /** The client address in plain form (ACL, picks, logs, PROXY header). */
+  readonly clientIp: string;
+  readonly clientPort: number;
+  readonly pool: Pool;
+  readonly backend: Backend;
+  readonly started = performance.now();
+  /** Sweeper time of the last datagram in either direction. */
+  lastActive: number;
+  bytesIn = 0;
+  bytesOut = 0;
+  datagramsIn = 0;
+  datagramsOut = 0;
+  /** The errno code behind an `upstream_error` close. */
+  errorCode: string | undefined;
+  readonly #host: FlowHost;
+  readonly #socket: dgram.Socket;
+  readonly #header: Buffer | undefined;
+  /** Reused [header, payload] list: dgram copies the list on send, so one array serves every datagram. */
+  readonly #pair: Buffer[];
+  #pending: Buffer[] = [];
+  #state = State.Connecting;
+  #refusals = 0;
+  #answered = false;
+
+  /**
+   * @param header PROXY v2 header sent before every payload, in the same datagram; undefined for none.
+   */
+  constructor(
+    host: FlowHost,
+    key: string,
+    client: { replyAddress: string; ip: string; port: number },
+    pool: Pool,
+    backend: Backend,
+    header: Buffer | undefined,
+  ) {
+    this.#host = host;
+    this.key = key;
+    this.replyAddress = client.replyAddress;
+    this.clientIp = client.ip;
+    this.clientPort = client.port;
+    this.pool = pool;
+    this.backend = backend;
+    this.#header = header;
+    this.#pair = header === undefined ? [] : [header, header];
+    this.lastActive = host.now;
+    this.#socket = dgram.createSocket({ type: isIP(backend.host) === 6 ? 'udp6' : 'udp4' });
+    this.#socket.on('error', (err: NodeJS.ErrnoException) => this.#onError(err));
+    this.#socket.on('message', (msg: Buffer) => this.#onReply(msg));
+  }
+
+  /** Opens the upstream socket; the first datagrams wait (bounded) until it is connected. */
+  start(): void {
+    this.#socket.once('connect', () => this.#onConnect());
+    try {
+      this.#socket.connect(this.backend.port, this.backend.host);
+    } catch (err) {
+      this.#connectFailed(errorCode(err));
+    }
+  }
+
+  /** A datagram from the client. */
+  fromClient(msg: Buffer): void {
+    this.lastActive = this.#host.now;
+    if (this.#state === State.Open) this.#send(msg);
+    else if (this.#state === State.Closed) this.#host.drop('upstream_error');
+    else if (this.#pending.length < MAX_PENDING) this.#pending.push(msg);
+    else this.#host.drop('connecting_overflow');
+  }
+
+  /** Ends the flow now; `reason` (a {@link FlowCloseReason}) goes to the access line. */
+  close(reason: string): void {
+    if (this.#state === State.Closed) return;
+    this.#state = State.Closed;
+    this.#pending = [];
+    try {
+      this.#socket.close();
+    } catch {
+      // Already closed by the runtime (ERR_SOCKET_DGRAM_NOT_RUNNING): nothing left to release.
+    }
+    this.#host.closed(this, reason);
+  }
+
+  #onConnect(): void {
+    if (this.#state !== State.Connecting) return;
+    this.#state = State.Open;
+    const queued = this.#pending;
+    this.#pending = [];
+    for (const msg of queued) this.#send(msg);
+  }
+
+  #send(msg: Buffer): void {
+    try {
+      if (this.#header === undefined) this.#socket.send(msg, this.#afterSend);
+      else {
+        this.#pair[1] = msg;
+        this.#socket.send(this.#pair, this.#afterSend);
+      }
+    } catch (err) {
+      this.#host.drop(errorCode(err).toLowerCase());
+    }
+  }
+
+  /** Send completion, created once per flow so that sending allocates no closure. */
+  readonly #afterSend = (err: Error | null, bytes: number): void => {
+    if (err !== null) {
+      this.#onError(err);
+      return;
+    }
+    const payload = bytes - (this.#header?.length ?? 0);
+    this.datagramsIn++;
+    this.bytesIn += payload;
+    this.#host.relayed('upstream', payload);
+  };
+
+  readonly #afterReply = (err: Error | null, bytes: number): void => {
+    if (err !== null) {
+      this.#host.drop(errorCode(err).toLowerCase());
+      return;
+    }
+    this.datagramsOut++;
+    this.bytesOut += bytes;
+    this.#host.relayed('downstream', bytes);
+  };
+
+  #onReply(msg: Buffer): void {
+    if (this.#state !== State.Open) return;
+    this.lastActive = this.#host.now;
+    this.#refusals = 0;
+    if (!this.#answered) {
+      // One success per answering streak is enough for passive health; not one per datagram.
+      this.#answered = true;
+      this.#host.passive(this, true);
+    }
+    try {
+      this.#host.downstream.send(msg, this.clientPort, this.replyAddress, this.#afterReply);
+    } catch (err) {
+      this.#host.drop(errorCode(err).toLowerCase());
+    }
+  }
+
+  /** Socket 'error' events and failed sends: recvmsg/sendmsg codes, or a failed implicit bind/connect. */
+  #onError(err: NodeJS.ErrnoException): void {
+    const code = errorCode(err);
+    if (this.#state === State.Closed) return;
+    if (this.#state === State.Connecting) {
+      this.#connectFailed(code);
+      return;
+    }
+    this.#host.drop(code.toLowerCase());
+    if (code === 'ECONNREFUSED') this.#refused();
+  }
+
+  #refused(): void {
+    this.#refusals++;
+    this.#answered = false;
+    this.#host.passive(this, false);
+    if (this.#refusals >= REFUSALS_TO_CLOSE) {
+      this.errorCode = 'ECONNREFUSED';
+      this.close('upstream_error');
+    }
+  }
+
+  /** The socket could not be bound or connected (EMFILE, a bad address): a local failure, not the backend's. */
+  #connectFailed(code: string): void {
+    this.errorCode = code;
+    const reason = code.toLowerCase();
+    for (let i = 0; i < this.#pending.length; i++) this.#host.drop(reason);
+    this.close('upstream_error');
+  }
+}
+
+function errorCode(err: unknown): string {
+  const code = (err as NodeJS.ErrnoException | undefined)?.code;
+  return typeof code === 'string' && code !== '' ? code : 'EIO';
+}
