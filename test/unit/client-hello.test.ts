@@ -1,6 +1,7 @@
 import net from 'node:net';
 import tls from 'node:tls';
 
+import fc from 'fast-check';
 import { beforeAll, describe, expect, it } from 'vitest';
 
 import { parseClientHello, type ClientHelloResult } from '../../src/protocol/client-hello.js';
@@ -301,5 +302,96 @@ describe('parseClientHello fields', () => {
     for (let n = 1000; n < big.length; n++)
       expect(parseClientHello(big.subarray(0, n)).kind).toBe('need-more');
     expect(done(parseClientHello(big)).sni).toBe('pq.example.com');
+  });
+});
+
+describe('parseClientHello fuzz', () => {
+  const RUNS = 3000;
+  const bytesArb = (max: number): fc.Arbitrary<Buffer> =>
+    fc.uint8Array({ maxLength: max }).map((a) => Buffer.from(a));
+
+  /** Invariants of any result, and a verdict reached on a prefix never changes with more bytes. */
+  function check(buf: Buffer, cuts: readonly number[], max?: number): ClientHelloResult {
+    const full = parseClientHello(buf, max);
+    expect(['need-more', 'not-tls', 'invalid', 'done']).toContain(full.kind);
+    if (full.kind === 'done') {
+      expect(full.bytes).toBeGreaterThan(0);
+      expect(full.bytes).toBeLessThanOrEqual(Math.min(buf.length, max ?? 16384));
+    }
+    if (full.kind === 'done' && full.sni !== undefined) expect(full.sni).toMatch(/^[\x21-\x7e]{1,255}$/);
+    for (const cut of cuts) {
+      const r = parseClientHello(buf.subarray(0, cut % (buf.length + 1)), max);
+      if (r.kind !== 'need-more') expect(r).toEqual(full);
+    }
+    return full;
+  }
+  const cuts = fc.array(fc.nat(), { maxLength: 4 });
+  const label = fc.stringMatching(/^[a-zA-Z0-9-]{1,12}$/);
+  const sniName = fc.array(label, { minLength: 1, maxLength: 4 }).map((l) => l.join('.'));
+  const alpnNames = fc.array(fc.stringMatching(/^[a-z0-9/.]{1,10}$/), { maxLength: 4 });
+  const validHello = fc.record({
+    sni: fc.option(sniName, { nil: undefined }),
+    alpn: alpnNames,
+    padding: fc.nat(3000),
+    recordSize: fc.integer({ min: 1, max: 16384 }),
+  });
+  const build = (h: {
+    sni: string | undefined;
+    alpn: string[];
+    padding: number;
+    recordSize: number;
+  }): Buffer => {
+    const exts = [ext(0x0015, Buffer.alloc(h.padding))];
+    if (h.sni !== undefined) exts.unshift(hostName(h.sni));
+    if (h.alpn.length > 0) exts.push(alpnExt(h.alpn));
+    return records(handshake(helloBody({ extensions: Buffer.concat(exts) })), h.recordSize);
+  };
+
+  it('random bytes, also behind a handshake record header', () => {
+    const prefix = fc.constantFrom(
+      Buffer.alloc(0),
+      Buffer.from('160301', 'hex'),
+      Buffer.from('16030102000100', 'hex'),
+    );
+    fc.assert(
+      fc.property(prefix, bytesArb(600), cuts, (p, tail, c) => {
+        check(Buffer.concat([p, tail]), c);
+      }),
+      { numRuns: RUNS },
+    );
+  });
+
+  it('valid hellos over any record size and split point', () => {
+    fc.assert(
+      fc.property(validHello, bytesArb(20), cuts, (h, after, c) => {
+        const frames = build(h);
+        const r = check(Buffer.concat([frames, after]), c);
+        // Small records add 5 bytes of framing each: past 16 KiB the cap applies.
+        const expected =
+          frames.length > 16384
+            ? { kind: 'invalid', reason: 'too_large' }
+            : { kind: 'done', sni: h.sni, alpn: h.alpn, bytes: frames.length };
+        expect(r).toEqual(expected);
+      }),
+      { numRuns: RUNS },
+    );
+  });
+
+  it('mutated hellos and caps', () => {
+    const edit = fc.tuple(fc.nat(), fc.integer({ min: 0, max: 255 }));
+    fc.assert(
+      fc.property(
+        validHello,
+        fc.array(edit, { minLength: 1, maxLength: 4 }),
+        fc.nat(5000),
+        cuts,
+        (h, edits, max, c) => {
+          const buf = Buffer.from(build(h));
+          for (const [pos, value] of edits) buf[pos % buf.length] = value;
+          check(buf, c, max);
+        },
+      ),
+      { numRuns: RUNS },
+    );
   });
 });

@@ -323,7 +323,11 @@ describe('parseProxyHeader v2', () => {
     ['version 1', v2(0x11, 0x11, TCP4_BLOCK), 'v2_bad_version'],
     ['version 3', v2(0x31, 0x11, TCP4_BLOCK), 'v2_bad_version'],
     ['version 0', v2(0x01, 0x11, TCP4_BLOCK), 'v2_bad_version'],
-    ...[2, 3, 7, 15].map((c) => [`command ${c}`, v2(0x20 | c, 0x11, TCP4_BLOCK), 'v2_bad_command'] as const),
+    ...[2, 3, 7, 15].map((c): [string, Buffer, string] => [
+      `command ${c}`,
+      v2(0x20 | c, 0x11, TCP4_BLOCK),
+      'v2_bad_command',
+    ]),
     ['family 4', v2(0x21, 0x41, TCP4_BLOCK), 'v2_bad_family'],
     ['family 15', v2(0x21, 0xf1, TCP4_BLOCK), 'v2_bad_family'],
     ['transport 3', v2(0x21, 0x13, TCP4_BLOCK), 'v2_bad_transport'],
