@@ -11,6 +11,7 @@ import type { Logger } from '../telemetry/logger.js';
 import { Metrics } from '../telemetry/metrics.js';
 import type { Backend } from '../upstream/backend.js';
 import { Pool } from '../upstream/pool.js';
+import { PoolHealth } from '../health/pool-health.js';
 import type { Clock, Random } from '../util/clock.js';
 import { Sweeper } from '../util/sweeper.js';
 
@@ -46,6 +47,7 @@ export class Runtime implements AdminApi {
   readonly #deps: RuntimeDeps;
   #cfg: Config;
   readonly pools = new Map<string, Pool>();
+  readonly #health = new Map<Pool, PoolHealth>();
   readonly listeners = new Map<string, Listener>();
   readonly admin: AdminServer;
   #draining = false;
@@ -108,6 +110,7 @@ export class Runtime implements AdminApi {
   /** Releases everything at once (after a drain, or on a second signal). */
   async stop(): Promise<void> {
     this.sweeper.stop();
+    for (const h of this.#health.values()) h.stop();
     for (const p of this.pools.values()) p.stop();
     await this.#deps.store.withdraw(this.replicaId).catch(() => undefined);
     await this.#deps.store.close().catch(() => undefined);
@@ -164,7 +167,10 @@ export class Runtime implements AdminApi {
   // ---- wiring ----
 
   #newPool(cfg: Config['pools'][number]): Pool {
-    return new Pool(cfg, this.#deps.clock, this.#deps.random);
+    const pool = new Pool(cfg, this.#deps.clock, this.#deps.random);
+    const { clock, random } = this.#deps;
+    this.#health.set(pool, new PoolHealth(pool, { clock, random, metrics: this.metrics, logger: this.logger }));
+    return pool;
   }
 
   #newListener(cfg: ListenerConfig): Listener {
@@ -174,7 +180,7 @@ export class Runtime implements AdminApi {
       sweeper: this.sweeper,
       accessLog: this.#cfg.log.access_log,
       pool: (name) => this.pools.get(name),
-      passive: () => undefined,
+      passive: (pool, backend, ok) => this.#health.get(pool)?.report(backend, ok),
     });
   }
 

@@ -46,3 +46,19 @@ describe('smooth weighted round-robin', () => {
     expect([...s].filter((i) => i === 0).length).toBeGreaterThanOrEqual(1);
   });
 });
+
+describe('round-robin on large pools', () => {
+  it('keeps exact shares and spreads turns with 1,000 weighted backends', () => {
+    const weights = Array.from({ length: 1000 }, (_, i) => 1 + (i % 4));
+    const s = smoothSchedule(weights);
+    const counts = new Array<number>(1000).fill(0);
+    for (const i of s) counts[i] = (counts[i] ?? 0) + 1;
+    expect(counts).toEqual(weights);
+    // Smooth: a weight-4 backend never gets two turns in a row.
+    for (let i = 1; i < s.length; i++) if (s[i] === s[i - 1]) expect(weights[s[i] ?? 0]).toBeLessThan(1);
+  });
+
+  it('keeps fractional (slow start) weights in the schedule', () => {
+    expect([...smoothSchedule([0.4, 2])].sort()).toEqual([0, 1, 1]);
+  });
+});

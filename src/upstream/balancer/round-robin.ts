@@ -14,7 +14,8 @@ function gcd(a: number, b: number): number {
  * turns out (5,1,1 → a a b a c a a) instead of sending it a burst.
  */
 export function smoothSchedule(weights: readonly number[]): Uint32Array {
-  let ws = weights.map((w) => Math.max(0, Math.floor(w)));
+  // Slow start gives fractional weights: round, but keep every positive weight in the schedule.
+  let ws = weights.map((w) => (w > 0 ? Math.max(1, Math.round(w)) : 0));
   const g = ws.reduce((a, b) => gcd(a, b), 0);
   if (g > 1) ws = ws.map((w) => w / g);
   let total = ws.reduce((a, b) => a + b, 0);
@@ -23,6 +24,13 @@ export function smoothSchedule(weights: readonly number[]): Uint32Array {
     ws = ws.map((w) => (w > 0 ? Math.max(1, Math.floor(w * scale)) : 0));
     total = ws.reduce((a, b) => a + b, 0);
   }
+  return ws.length <= SMALL_POOL ? nginxSequence(ws, total) : strideSequence(ws, total);
+}
+
+/** Pools up to this size use nginx's O(N)-per-step loop; larger ones a heap (O(log N) per step). */
+const SMALL_POOL = 32;
+
+function nginxSequence(ws: readonly number[], total: number): Uint32Array {
   const out = new Uint32Array(total);
   const current = new Float64Array(ws.length);
   for (let step = 0; step < total; step++) {
@@ -35,6 +43,45 @@ export function smoothSchedule(weights: readonly number[]): Uint32Array {
     }
     current[best] = (current[best] ?? 0) - total;
     out[step] = best;
+  }
+  return out;
+}
+
+/**
+ * Stride scheduling: each backend's next turn is due at pass += total / weight, and the earliest
+ * due goes next (ties by index). Same shares and the same smooth spreading as nginx's loop, built
+ * in O(total · log N) with a binary heap, so 10,000 backends build in milliseconds.
+ */
+function strideSequence(ws: readonly number[], total: number): Uint32Array {
+  const out = new Uint32Array(total);
+  const heap: number[] = [];
+  const pass = new Float64Array(ws.length);
+  const less = (a: number, b: number): boolean =>
+    (pass[a] ?? 0) < (pass[b] ?? 0) || ((pass[a] ?? 0) === (pass[b] ?? 0) && a < b);
+  const down = (i: number): void => {
+    for (;;) {
+      const l = 2 * i + 1;
+      const r = l + 1;
+      let m = i;
+      if (l < heap.length && less(heap[l] ?? 0, heap[m] ?? 0)) m = l;
+      if (r < heap.length && less(heap[r] ?? 0, heap[m] ?? 0)) m = r;
+      if (m === i) return;
+      [heap[i], heap[m]] = [heap[m] ?? 0, heap[i] ?? 0];
+      i = m;
+    }
+  };
+  ws.forEach((w, i) => {
+    if (w > 0) {
+      pass[i] = total / w / 2;
+      heap.push(i);
+    }
+  });
+  for (let i = (heap.length >> 1) - 1; i >= 0; i--) down(i);
+  for (let step = 0; step < total; step++) {
+    const top = heap[0] ?? 0;
+    out[step] = top;
+    pass[top] = (pass[top] ?? 0) + total / (ws[top] ?? 1);
+    down(0);
   }
   return out;
 }
