@@ -208,3 +208,14 @@ export function which(bin) {
   }
   return undefined;
 }
+
+/** Whether any socket is bound to 127.0.0.1:port in /proc/net/{proto} (tcp: listening only). */
+export function bound(proto, port) {
+  const local = `0100007F:${port.toString(16).toUpperCase().padStart(4, '0')}`;
+  return readFileSync(`/proc/net/${proto}`, 'utf8')
+    .split('\n')
+    .some((l) => {
+      const f = l.trim().split(/\s+/);
+      return f[1] === local && (proto !== 'tcp' || f[3] === '0A');
+    });
+}
