@@ -82,6 +82,10 @@ export class StoreStatus {
     this.#up = up;
     if (up) this.#logger.info({ store: 'redis' }, 'state store up');
     else this.#logger.warn({ store: 'redis', reason }, 'state store down');
+    this.#notify(up);
+  }
+
+  #notify(up: boolean): void {
     for (const listener of this.#listeners) {
       try {
         listener(up);
@@ -90,6 +94,14 @@ export class StoreStatus {
         this.error('status listener', err);
       }
     }
+  }
+
+  /** The store was closed on purpose: down, told to listeners, and logged as news, not as a fault. */
+  close(): void {
+    if (!this.#up) return;
+    this.#logger.info({ store: 'redis' }, 'state store closed');
+    this.#up = false;
+    this.#notify(false);
   }
 
   /** Logs an error line unless one was logged in the last 10 s; those are counted instead. */

@@ -103,6 +103,8 @@ export class RedisStore implements StateStore {
     const deadline = new Promise<void>((resolve) => (timer = this.#clock.setTimer(this.#timeoutMs, resolve)));
     await Promise.race([connected, deadline]);
     timer?.cancel();
+    // Cluster resolves connect() before it emits 'ready'; callers may rely on isUp() right away.
+    if (this.#client.status === 'ready') this.#status.set(true, 'ready');
   }
 
   /** Says goodbye politely when connected (bounded by `command_timeout`), then drops the connection. */
@@ -110,9 +112,9 @@ export class RedisStore implements StateStore {
     if (this.#closed) return;
     this.#closed = true;
     this.#revive?.cancel();
+    this.#status.close(); // first, so the connection's own 'close' is not reported as a fault
     if (this.#client.status === 'ready') await this.#client.quit().catch(() => undefined);
     this.#client.disconnect(false);
-    this.#status.set(false, 'closed');
   }
 
   async publishCounts(replicaId: string, counts: ReadonlyMap<string, number>, ttlMs: number): Promise<void> {

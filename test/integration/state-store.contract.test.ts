@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { MemoryStore } from '../../src/state/memory.js';
+import type { RedisConfig } from '../../src/state/redis-connect.js';
 import { RedisStore } from '../../src/state/redis.js';
 import type { StateStore } from '../../src/state/store.js';
 import { backendKey } from '../../src/state/store.js';
@@ -154,21 +155,31 @@ contract('memory', async () => {
 });
 
 let redis: RedisServer;
+let cluster: RedisServer;
 beforeAll(async () => {
-  redis = await startRedis();
+  [redis, cluster] = await Promise.all([startRedis(), startRedis({ cluster: true })]);
 });
 afterAll(() => stopAllRedis());
 
-contract('redis', async () => {
-  // A fresh prefix per test: the two stores share it, and no test sees another's keys.
+type ServerConfig = Omit<RedisConfig, 'key_prefix' | 'command_timeout'>;
+
+/** Two RedisStores sharing a fresh prefix, so that no test sees another's keys. */
+async function redisPair(config: ServerConfig): Promise<Pair> {
   const prefix = `t-${randomUUID().slice(0, 8)}`;
   const make = (): RedisStore =>
     new RedisStore({
-      config: { url: redis.url, key_prefix: prefix, command_timeout: 1000 },
+      config: { ...config, key_prefix: prefix, command_timeout: 1000 },
       logger: silentLogger(),
     });
   const a = make();
   const b = make();
   await Promise.all([a.start(), b.start()]);
   return { a, b, close: async () => void (await Promise.all([a.close(), b.close()])) };
-});
+}
+
+contract('redis', () => redisPair({ url: redis.url }));
+
+// One node holding every slot: exercises the Cluster client and the hash-tagged key layout.
+contract('redis cluster (one node)', () =>
+  redisPair({ url: 'redis://127.0.0.1/0', nodes: [{ host: '127.0.0.1', port: cluster.port }] }),
+);

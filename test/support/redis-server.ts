@@ -26,23 +26,40 @@ export async function freePort(): Promise<number> {
   return addr.port;
 }
 
-/** True when a PING over a fresh connection gets +PONG within `ms`. */
-function pingOnce(port: number, ms: number): Promise<boolean> {
+/**
+ * Sends one inline command over a fresh connection and returns the raw reply once `complete`
+ * says it is whole, or undefined on error or after `ms`.
+ */
+function inlineCommand(
+  port: number,
+  line: string,
+  ms: number,
+  complete = (r: string) => r.includes('\r\n'),
+): Promise<string | undefined> {
   return new Promise((resolve) => {
     const sock = net.connect(port, '127.0.0.1');
     let data = '';
-    const done = (ok: boolean): void => {
+    const done = (reply: string | undefined): void => {
       sock.destroy();
-      resolve(ok);
+      resolve(reply);
     };
-    sock.setTimeout(ms, () => done(false));
-    sock.on('error', () => done(false));
-    sock.on('connect', () => sock.write('PING\r\n'));
-    sock.on('data', (chunk) => {
+    sock.setTimeout(ms, () => done(undefined));
+    sock.on('error', () => done(undefined));
+    sock.on('connect', () => sock.write(`${line}\r\n`));
+    sock.on('data', (chunk: Buffer) => {
       data += chunk.toString('latin1');
-      if (data.includes('\r\n')) done(data.startsWith('+PONG'));
+      if (complete(data)) done(data);
     });
   });
+}
+
+async function poll(what: string, check: () => Promise<boolean>): Promise<void> {
+  const deadline = Date.now() + 10_000;
+  while (Date.now() < deadline) {
+    if (await check()) return;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  throw new Error(`${what}: gave up after 10 s`);
 }
 
 const running = new Set<RedisServer>();
@@ -51,33 +68,52 @@ const running = new Set<RedisServer>();
 export class RedisServer {
   readonly port: number;
   readonly #dir: string;
+  readonly #cluster: boolean;
   #proc: ChildProcess | undefined;
 
-  constructor(port: number, dir: string) {
+  constructor(port: number, dir: string, cluster: boolean) {
     this.port = port;
     this.#dir = dir;
+    this.#cluster = cluster;
   }
 
   get url(): string {
     return `redis://127.0.0.1:${this.port}/0`;
   }
 
-  /** Starts the process and waits until it answers PING. */
+  /** Starts the process and waits until it answers PING (and, for a cluster, serves every slot). */
   async launch(): Promise<void> {
     const args = ['--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'];
     args.push('--dir', this.#dir, '--daemonize', 'no', '--protected-mode', 'no', '--loglevel', 'warning');
+    if (this.#cluster)
+      args.push(
+        '--cluster-enabled',
+        'yes',
+        '--cluster-config-file',
+        `nodes-${this.port}.conf`,
+        '--cluster-announce-ip',
+        '127.0.0.1',
+      );
+    rmSync(join(this.#dir, `nodes-${this.port}.conf`), { force: true }); // a restart starts empty
     const proc = spawn(REDIS_SERVER, args, { stdio: 'ignore' });
     proc.on('error', () => undefined); // spawn failures surface as the PING deadline below
     this.#proc = proc;
     running.add(this);
-    const deadline = Date.now() + 10_000;
-    while (Date.now() < deadline) {
+    await poll(`redis-server on port ${this.port}: PING`, async () => {
       if (proc.exitCode !== null)
         throw new Error(`redis-server exited with ${proc.exitCode} on port ${this.port}`);
-      if (await pingOnce(this.port, 200)) return;
-      await new Promise((r) => setTimeout(r, 20));
-    }
-    throw new Error(`redis-server on port ${this.port} did not answer PING`);
+      return (await inlineCommand(this.port, 'PING', 200))?.startsWith('+PONG') ?? false;
+    });
+    if (this.#cluster) await this.#serveAllSlots();
+  }
+
+  /** A one-node Redis Cluster: this node takes every slot. */
+  async #serveAllSlots(): Promise<void> {
+    await inlineCommand(this.port, 'CLUSTER ADDSLOTSRANGE 0 16383', 1000);
+    await poll(`redis-server on port ${this.port}: cluster_state:ok`, async () => {
+      const info = await inlineCommand(this.port, 'CLUSTER INFO', 200, (r) => r.includes('cluster_state:'));
+      return info?.includes('cluster_state:ok') ?? false;
+    });
   }
 
   /** SIGKILL: no goodbye to clients, no save. Resolves once the process is gone. */
@@ -104,10 +140,17 @@ export class RedisServer {
   }
 }
 
-/** Starts a fresh redis-server on a free port. Pair with `stopAllRedis()` in afterAll. */
-export async function startRedis(): Promise<RedisServer> {
+/**
+ * Starts a fresh redis-server on a free port; with `cluster`, a one-node Redis Cluster holding
+ * every slot. Pair with `stopAllRedis()` in afterAll.
+ */
+export async function startRedis(opts: { cluster?: boolean } = {}): Promise<RedisServer> {
   if (!existsSync(REDIS_SERVER)) throw new Error('redis-server not found: install the redis-server package');
-  const server = new RedisServer(await freePort(), mkdtempSync(join(tmpdir(), 'sluice-redis-')));
+  const server = new RedisServer(
+    await freePort(),
+    mkdtempSync(join(tmpdir(), 'sluice-redis-')),
+    opts.cluster ?? false,
+  );
   await server.launch();
   return server;
 }
