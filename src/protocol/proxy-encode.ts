@@ -125,15 +125,34 @@ function serializeTlvs(tlvs: readonly Tlv[]): Buffer[] {
   });
 }
 
-function buildFixedAndAddresses(opts: EncodeV2Options, data: Buffer): Buffer {
+interface Pair {
+  readonly src: Endpoint;
+  readonly dst: Endpoint;
+}
+
+/** Both endpoints when the header can describe them; undefined means "send LOCAL". */
+function proxiedPair(opts: EncodeV2Options): Pair | undefined {
+  if (opts.command !== 'proxy') return undefined;
   const src = endpoint(opts.source);
   const dst = endpoint(opts.destination);
-  const proxied = opts.command === 'proxy' && src !== undefined && dst !== undefined;
-  const proto = proxied
+  return src !== undefined && dst !== undefined ? { src, dst } : undefined;
+}
+
+function addressBlockBytes(pair: Pair | undefined): number {
+  if (pair === undefined) return 0;
+  return pair.src.bytes.length === 4 && pair.dst.bytes.length === 4 ? 12 : 36;
+}
+
+function buildFixedAndAddresses(
+  pair: Pair | undefined,
+  transport: EncodeV2Options['transport'],
+  data: Buffer,
+): Buffer {
+  const proto = pair
     ? new ppjs.V2ProxyProtocol(
         ppjs.Command.PROXY,
-        opts.transport === 'dgram' ? ppjs.TransportProtocol.DGRAM : ppjs.TransportProtocol.STREAM,
-        libAddress(src, dst),
+        transport === 'dgram' ? ppjs.TransportProtocol.DGRAM : ppjs.TransportProtocol.STREAM,
+        libAddress(pair.src, pair.dst),
         data,
       )
     : new ppjs.V2ProxyProtocol(
@@ -147,14 +166,6 @@ function buildFixedAndAddresses(opts: EncodeV2Options, data: Buffer): Buffer {
   // The library's `len` covers the address block only; ours must also cover the TLVs.
   header.writeUInt16BE(header.length - PROXY_V2_FIXED_BYTES, 14);
   return header;
-}
-
-/** Address block size the header will carry (0 when it falls back to LOCAL). */
-function addressBlockBytes(opts: EncodeV2Options): number {
-  const src = endpoint(opts.source);
-  const dst = endpoint(opts.destination);
-  if (opts.command !== 'proxy' || src === undefined || dst === undefined) return 0;
-  return src.bytes.length === 4 && dst.bytes.length === 4 ? 12 : 36;
 }
 
 /**
@@ -173,7 +184,8 @@ function addressBlockBytes(opts: EncodeV2Options): number {
  */
 export function encodeProxyV2(opts: EncodeV2Options): EncodeResult {
   const maxBytes = Math.min(opts.maxBytes ?? DEFAULT_MAX_BYTES, MAX_V2_BYTES);
-  const fixed = PROXY_V2_FIXED_BYTES + addressBlockBytes(opts) + (opts.crc32c === true ? CRC_TLV_BYTES : 0);
+  const pair = proxiedPair(opts);
+  const fixed = PROXY_V2_FIXED_BYTES + addressBlockBytes(pair) + (opts.crc32c === true ? CRC_TLV_BYTES : 0);
   const budget = Math.max(0, maxBytes - fixed);
   const ownAll = (opts.tlvs ?? []).filter((t) => t.type !== PP2_TYPE.CRC32C);
   const own = fitOwnTlvs(ownAll.filter(isEncodable), budget);
@@ -184,7 +196,11 @@ export function encodeProxyV2(opts: EncodeV2Options): EncodeResult {
   const passFits = pass.every(isEncodable) && ownSize + passSize <= budget;
   const tlvs = passFits ? [...own, ...pass] : own;
   const crcTlv: Tlv[] = opts.crc32c === true ? [{ type: PP2_TYPE.CRC32C, value: Buffer.alloc(4) }] : [];
-  const header = buildFixedAndAddresses(opts, Buffer.concat(serializeTlvs([...tlvs, ...crcTlv])));
+  const header = buildFixedAndAddresses(
+    pair,
+    opts.transport,
+    Buffer.concat(serializeTlvs([...tlvs, ...crcTlv])),
+  );
   // The CRC field is the last 4 bytes and still zero here, as the spec requires for computing it.
   if (opts.crc32c === true) header.writeUInt32BE(crc32c(header), header.length - 4);
   return {
