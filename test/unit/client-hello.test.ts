@@ -377,6 +377,25 @@ describe('parseClientHello fuzz', () => {
     );
   });
 
+  it('mutated and re-framed real hellos', () => {
+    const edit = fc.tuple(fc.nat(), fc.integer({ min: 0, max: 255 }));
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 1, max: 2000 }),
+        fc.array(edit, { maxLength: 3 }),
+        cuts,
+        (size, edits, c) => {
+          const buf = Buffer.from(records(withSni.subarray(5), size));
+          for (const [pos, value] of edits) buf[pos % buf.length] = value;
+          const r = check(buf, c);
+          if (edits.length === 0 && buf.length <= 16384)
+            expect(r.kind === 'done' && r.sni).toBe('API.example.com');
+        },
+      ),
+      { numRuns: RUNS },
+    );
+  });
+
   it('mutated hellos and caps', () => {
     const edit = fc.tuple(fc.nat(), fc.integer({ min: 0, max: 255 }));
     fc.assert(
