@@ -18,7 +18,9 @@ sock.connect(Number(portArg), '127.0.0.1', () => {
     if (performance.now() < end) setImmediate(batch);
     else
       setTimeout(() => {
-        process.stdout.write(`${JSON.stringify({ sent, errors, seconds: (performance.now() - start) / 1000 })}\n`);
+        process.stdout.write(
+          `${JSON.stringify({ sent, errors, seconds: (performance.now() - start) / 1000 })}\n`,
+        );
         sock.close();
       }, 100);
   };

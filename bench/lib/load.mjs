@@ -12,9 +12,13 @@ export async function withCpu(pid, fn) {
 /** iperf3 client through `port`; retries once when the server is still busy with the last run. */
 export async function iperf(port, { seconds = 4, streams = 1 } = {}) {
   for (let attempt = 0; ; attempt++) {
-    const r = await run('iperf3', ['-c', HOST, '-p', String(port), '-t', String(seconds), '-P', String(streams), '-J'], {
-      limitS: seconds + 20,
-    });
+    const r = await run(
+      'iperf3',
+      ['-c', HOST, '-p', String(port), '-t', String(seconds), '-P', String(streams), '-J'],
+      {
+        limitS: seconds + 20,
+      },
+    );
     let j;
     try {
       j = JSON.parse(r.stdout);

@@ -50,7 +50,11 @@ export async function startHaproxy(dir, routes, { threads = 1, name = 'haproxy' 
   ];
   for (const r of routes) {
     if (r.proto === 'udp') continue; // HAProxy community edition has no UDP proxying
-    lines.push(`listen ${r.name}`, `  bind ${HOST}:${port[r.name]}`, `  balance ${r.algorithm === 'least-connections' ? 'leastconn' : 'roundrobin'}`);
+    lines.push(
+      `listen ${r.name}`,
+      `  bind ${HOST}:${port[r.name]}`,
+      `  balance ${r.algorithm === 'least-connections' ? 'leastconn' : 'roundrobin'}`,
+    );
     r.upstreams.forEach((u, i) => lines.push(`  server s${i} ${addr(u)}`));
   }
   const cfg = join(dir, `${name}.cfg`);
@@ -80,7 +84,9 @@ async function startNginx(dir, name, body, { workers = 1, module = false } = {})
   ];
   writeFileSync(cfg, `${head.join('\n')}\n${body}\n`);
   await run('mkdir', ['-p', prefix]);
-  const r = await run('nginx', ['-p', prefix, '-c', cfg, '-e', join(dir, `${name}-error.log`)], { limitS: 20 });
+  const r = await run('nginx', ['-p', prefix, '-c', cfg, '-e', join(dir, `${name}-error.log`)], {
+    limitS: 20,
+  });
   if (r.code !== 0) throw new Error(`nginx (${name}) failed to start (exit ${r.code}): ${r.stderr.trim()}`);
   return pidFromFile(pidfile);
 }
@@ -134,7 +140,18 @@ export async function startHttpBackend(dir, { extra = [], name = 'http-backend' 
 export async function startIperfServer(dir) {
   const port = await freePort();
   const pidfile = join(dir, `iperf3-${port}.pid`);
-  const r = await run('iperf3', ['-s', '-B', HOST, '-p', String(port), '-D', '-I', pidfile, '--logfile', join(dir, 'iperf3.log')]);
+  const r = await run('iperf3', [
+    '-s',
+    '-B',
+    HOST,
+    '-p',
+    String(port),
+    '-D',
+    '-I',
+    pidfile,
+    '--logfile',
+    join(dir, 'iperf3.log'),
+  ]);
   if (r.code !== 0) throw new Error(`iperf3 server failed (exit ${r.code}): ${r.stderr.trim()}`);
   const pid = await pidFromFile(pidfile);
   await waitTcp(port);
@@ -169,7 +186,10 @@ export function helper(script, args) {
     next(ms = 60000) {
       return new Promise((resolve, reject) => {
         const t = setTimeout(() => reject(new Error(`${script}: no answer within ${ms} ms`)), ms);
-        waiting.push({ resolve: (v) => (clearTimeout(t), resolve(v)), reject: (e) => (clearTimeout(t), reject(e)) });
+        waiting.push({
+          resolve: (v) => (clearTimeout(t), resolve(v)),
+          reject: (e) => (clearTimeout(t), reject(e)),
+        });
       });
     },
     send(line) {
@@ -214,7 +234,10 @@ export async function startSluice(dir, routes, { workers = 1, accessLog = false,
   const out = openSync(join(dir, `${name}.log`), 'w');
   const errFile = join(dir, `${name}.err`);
   const err = openSync(errFile, 'w');
-  const child = spawn(sluiceNode(), [join(ROOT, 'bin/sluice'), 'run', '-c', file], { stdio: ['ignore', out, err], cwd: ROOT });
+  const child = spawn(sluiceNode(), [join(ROOT, 'bin/sluice'), 'run', '-c', file], {
+    stdio: ['ignore', out, err],
+    cwd: ROOT,
+  });
   closeSync(out);
   closeSync(err);
   own(child.pid);
@@ -224,7 +247,10 @@ export async function startSluice(dir, routes, { workers = 1, accessLog = false,
   const deadline = Date.now() + 30000;
   for (;;) {
     if (exited) throw new Error(`sluice (${name}) exited during start-up: ${why()}`);
-    const ok = await fetch(`http://${HOST}:${admin}/readyz`).then((r) => r.ok, () => false);
+    const ok = await fetch(`http://${HOST}:${admin}/readyz`).then(
+      (r) => r.ok,
+      () => false,
+    );
     if (ok) break;
     if (Date.now() > deadline) {
       await stopPid(child.pid);
@@ -232,6 +258,10 @@ export async function startSluice(dir, routes, { workers = 1, accessLog = false,
     }
     await sleep(100);
   }
-  for (const r of routes) if ((r.proto ?? 'tcp') === 'tcp') await waitTcp(port[r.name], 5000, HOST, () => exited);
-  return peer(name, child.pid, port, { logFile: join(dir, `${name}.log`), processes: () => tree(child.pid).filter(alive).length });
+  for (const r of routes)
+    if ((r.proto ?? 'tcp') === 'tcp') await waitTcp(port[r.name], 5000, HOST, () => exited);
+  return peer(name, child.pid, port, {
+    logFile: join(dir, `${name}.log`),
+    processes: () => tree(child.pid).filter(alive).length,
+  });
 }

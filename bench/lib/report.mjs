@@ -46,8 +46,8 @@ export function fmt(v, digits = 2) {
  * A table: one row per peer (median [min–max] of the repetitions), then one ratio row per
  * {num, den} pair. metrics: [{key, label, digits}].
  */
-export function table(samples, peers, metrics, ratios = []) {
-  const head = `| peer | ${metrics.map((m) => m.label).join(' | ')} |`;
+export function table(samples, peers, metrics, ratios = [], first = 'peer') {
+  const head = `| ${first} | ${metrics.map((m) => m.label).join(' | ')} |`;
   const rule = `|---|${metrics.map(() => '---:').join('|')}|`;
   const rows = peers.map((p) => {
     const note = samples.noteOf(p);
@@ -55,7 +55,9 @@ export function table(samples, peers, metrics, ratios = []) {
       const xs = samples.values(p, m.key);
       if (xs.length === 0) return note ? 'n/a' : '–';
       const med = fmt(median(xs), m.digits);
-      return xs.length > 1 ? `${med} (${fmt(Math.min(...xs), m.digits)}–${fmt(Math.max(...xs), m.digits)})` : med;
+      return xs.length > 1
+        ? `${med} (${fmt(Math.min(...xs), m.digits)}–${fmt(Math.max(...xs), m.digits)})`
+        : med;
     });
     return `| ${p} | ${cells.join(' | ')} |`;
   });

@@ -14,10 +14,16 @@ export const STREAM_MODULE = '/usr/lib/nginx/modules/ngx_stream_module.so';
 export function ensureTools() {
   const missing = Object.keys(NEEDED).filter((b) => which(b) === undefined);
   if (missing.length === 0 && existsSync(STREAM_MODULE)) return;
-  if (process.getuid?.() !== 0) throw new Error(`missing ${missing.join(', ') || 'nginx stream module'}; run as root to install`);
-  console.log(`bench: installing haproxy nginx libnginx-mod-stream iperf3 wrk (missing: ${missing.join(', ') || 'stream module'})`);
+  if (process.getuid?.() !== 0)
+    throw new Error(`missing ${missing.join(', ') || 'nginx stream module'}; run as root to install`);
+  console.log(
+    `bench: installing haproxy nginx libnginx-mod-stream iperf3 wrk (missing: ${missing.join(', ') || 'stream module'})`,
+  );
   const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
-  for (const args of [['update'], ['install', '-y', 'haproxy', 'nginx', 'libnginx-mod-stream', 'iperf3', 'wrk']]) {
+  for (const args of [
+    ['update'],
+    ['install', '-y', 'haproxy', 'nginx', 'libnginx-mod-stream', 'iperf3', 'wrk'],
+  ]) {
     const r = spawnSync('timeout', ['600', 'apt-get', ...args], { stdio: 'inherit', env });
     if (r.status !== 0) throw new Error(`apt-get ${args[0]} failed (exit ${r.status})`);
   }
@@ -47,7 +53,12 @@ export function buildSluice() {
 function firstLine(cmd, args) {
   try {
     const r = spawnSync(cmd, args, { encoding: 'utf8' });
-    return `${r.stdout}${r.stderr}`.split('\n').find((l) => l.trim() !== '')?.trim() ?? '?';
+    return (
+      `${r.stdout}${r.stderr}`
+        .split('\n')
+        .find((l) => l.trim() !== '')
+        ?.trim() ?? '?'
+    );
   } catch {
     return '?';
   }

@@ -25,7 +25,8 @@ export async function measureConnRate(s, rep, label, pid, port, prefix = '') {
   s.add(label, `${prefix}cps`, r.rps);
   s.add(label, `${prefix}cpu`, cpuPer1k);
   s.add(label, `${prefix}err`, r.errors + r.non2xx);
-  if (r.errors + r.non2xx > 0) s.note(`${label}`, `wrk reported ${r.errorText || ''} non-2xx ${r.non2xx} (rep ${rep + 1})`);
+  if (r.errors + r.non2xx > 0)
+    s.note(`${label}`, `wrk reported ${r.errorText || ''} non-2xx ${r.non2xx} (rep ${rep + 1})`);
   progress(rep, label, 'conn/s', { cps: r.rps, cpu_ms_per_1k: cpuPer1k, errors: r.errors, non2xx: r.non2xx });
 }
 

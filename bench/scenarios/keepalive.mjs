@@ -38,7 +38,13 @@ export async function run({ dir, reps }) {
         s.add(p.label, 'p99', r.p99);
         s.add(p.label, 'cpu', cpuPer1k);
         s.add(p.label, 'err', r.errors + r.non2xx);
-        progress(rep, p.label, 'req/s', { rps: r.rps, p50_ms: r.p50, p99_ms: r.p99, cpu_ms_per_1k: cpuPer1k, errors: r.errors });
+        progress(rep, p.label, 'req/s', {
+          rps: r.rps,
+          p50_ms: r.p50,
+          p99_ms: r.p99,
+          cpu_ms_per_1k: cpuPer1k,
+          errors: r.errors,
+        });
         await sleep(500);
       }
     }
@@ -52,5 +58,10 @@ export async function run({ dir, reps }) {
     { key: 'cpu', label: 'CPU-ms/1k req', digits: 2 },
     { key: 'err', label: 'errors', digits: 0 },
   ];
-  return [table(s, LABELS, metrics, [{ num: 'sluice', den: 'haproxy' }, { num: 'sluice', den: 'nginx' }])];
+  return [
+    table(s, LABELS, metrics, [
+      { num: 'sluice', den: 'haproxy' },
+      { num: 'sluice', den: 'nginx' },
+    ]),
+  ];
 }

@@ -41,10 +41,19 @@ export async function run({ dir, reps }) {
           const { conns } = await sink.next();
           await hold.stop();
           const kbPerConn = ((after - before) * 1024) / 1000 / opened.open;
-          if (opened.open < N || conns < N) s.note(label, `only ${opened.open} of ${N} connections opened, ${conns} reached the sink (rep ${rep + 1})`);
+          if (opened.open < N || conns < N)
+            s.note(
+              label,
+              `only ${opened.open} of ${N} connections opened, ${conns} reached the sink (rep ${rep + 1})`,
+            );
           s.add(label, 'kb', kbPerConn);
           s.add(label, 'mb', after / 1024);
-          progress(rep, label, 'rss', { kb_per_conn: kbPerConn, rss_mb: after / 1024, open: opened.open, at_sink: conns });
+          progress(rep, label, 'rss', {
+            kb_per_conn: kbPerConn,
+            rss_mb: after / 1024,
+            open: opened.open,
+            at_sink: conns,
+          });
         } finally {
           await p.stop();
         }
@@ -58,5 +67,10 @@ export async function run({ dir, reps }) {
     { key: 'kb', label: 'KB per proxied conn', digits: 1 },
     { key: 'mb', label: `RSS MB with ${N} conns`, digits: 1 },
   ];
-  return [table(s, LABELS, metrics, [{ num: 'sluice', den: 'haproxy' }, { num: 'sluice', den: 'nginx' }])];
+  return [
+    table(s, LABELS, metrics, [
+      { num: 'sluice', den: 'haproxy' },
+      { num: 'sluice', den: 'nginx' },
+    ]),
+  ];
 }

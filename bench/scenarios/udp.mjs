@@ -46,7 +46,10 @@ export async function run({ dir, reps }) {
     if (probe.received > 0) peers.push(p);
     else {
       const sockets = `UDP socket on 127.0.0.1:${p.port.udp}: ${bound('udp', p.port.udp) ? 'yes' : 'none'}; TCP listener on that port: ${bound('tcp', p.port.udp) ? 'yes' : 'none'}`;
-      s.note(p.label, `skipped: started with a \`protocol: udp\` listener, but a 0.3 s probe sent ${probe.sent} datagrams to it and the sink received none (${sockets})`);
+      s.note(
+        p.label,
+        `skipped: started with a \`protocol: udp\` listener, but a 0.3 s probe sent ${probe.sent} datagrams to it and the sink received none (${sockets})`,
+      );
       console.log(`  ${p.label}: ${s.noteOf(p.label)}`);
       await p.stop();
     }
