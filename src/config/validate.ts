@@ -3,6 +3,8 @@ import type { Config } from './schema.js';
 import { configSchema } from './schema.js';
 import { isPrime } from '../util/prime.js';
 import { formatHostPort } from './values.js';
+import { isIP } from 'node:net';
+import { createProbe } from '../health/probe.js';
 
 /** One problem in a config file, named by its key path, e.g. `listeners[0].bind`. */
 export interface ConfigProblem {
@@ -92,6 +94,12 @@ function crossCheck(cfg: Config): ConfigProblem[] {
       problems.push({ path: `pools[${i}].health.active.timeout`, message: 'must not exceed interval' });
     if (p.discovery?.dns && p.discovery.dns.type !== 'SRV' && p.discovery.dns.port === undefined)
       problems.push({ path: `pools[${i}].discovery.dns.port`, message: 'required unless type is SRV' });
+    p.discovery?.dns?.servers?.forEach((sv, j) => {
+      if (isIP(sv.host) === 0)
+        problems.push({ path: `pools[${i}].discovery.dns.servers[${j}]`, message: 'must be an IP address, not a name' });
+    });
+    const probe = createProbe(h);
+    if (!probe.ok) problems.push({ path: `pools[${i}].health.active`, message: probe.error });
   });
   const listeners = new Set<string>();
   const binds = new Map<string, number>();
@@ -103,6 +111,9 @@ function crossCheck(cfg: Config): ConfigProblem[] {
       if (!pools.has(r.pool)) problems.push({ path: `listeners[${i}].tls.routes[${j}].pool`, message: `no pool named "${r.pool}"` });
     });
     if (l.tls && l.protocol !== 'tcp') problems.push({ path: `listeners[${i}].tls`, message: 'only for tcp listeners' });
+    const pool = cfg.pools.find((p) => p.name === l.pool);
+    if (l.protocol === 'udp' && pool?.proxy_protocol === 'v1')
+      problems.push({ path: `listeners[${i}].pool`, message: `pool "${l.pool}" sends PROXY v1, which has no UDP form; use v2` });
     if (l.bind.port !== 0) {
       const key = `${l.protocol}/${formatHostPort(l.bind.host, l.bind.port)}`;
       const other = binds.get(key);
@@ -123,5 +134,20 @@ export function validateConfig(input: unknown): Config {
   if (!r.success) throw new ConfigError(r.error.issues.flatMap((i) => issueToProblems(i, input)));
   const problems = crossCheck(r.data);
   if (problems.length > 0) throw new ConfigError(problems);
+  applyUdpHealthDefault(r.data, input);
   return r.data;
+}
+
+/**
+ * A pool that only UDP listeners use gets no active check unless one is configured: the default
+ * TCP connect check means nothing to a UDP service (configure `type: udp` with send/expect).
+ */
+function applyUdpHealthDefault(cfg: Config, input: unknown): void {
+  cfg.pools.forEach((p, i) => {
+    const users = cfg.listeners.filter((l) => l.pool === p.name || l.tls?.routes.some((r) => r.pool === p.name));
+    const udpOnly = users.length > 0 && users.every((l) => l.protocol === 'udp');
+    if (udpOnly && valueAt(input, ['pools', i, 'health', 'active', 'type']) === undefined) {
+      p.health.active.type = 'none';
+    }
+  });
 }

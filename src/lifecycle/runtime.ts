@@ -5,13 +5,14 @@ import { renderStatusPage } from '../admin/status-page.js';
 import type { Config, ListenerConfig } from '../config/schema.js';
 import { formatHostPort } from '../config/values.js';
 import { TcpListener } from '../listener/tcp.js';
+import { UdpListener } from '../listener/udp.js';
 import type { Listener } from '../listener/listener.js';
 import type { StateStore } from '../state/store.js';
 import type { Logger } from '../telemetry/logger.js';
 import { Metrics } from '../telemetry/metrics.js';
 import type { Backend } from '../upstream/backend.js';
-import { Pool } from '../upstream/pool.js';
-import { PoolHealth } from '../health/pool-health.js';
+import type { Pool } from '../upstream/pool.js';
+import { PoolSet } from './pool-set.js';
 import type { Clock, Random } from '../util/clock.js';
 import { Sweeper } from '../util/sweeper.js';
 
@@ -46,8 +47,7 @@ export class Runtime implements AdminApi {
   readonly replicaId: string;
   readonly #deps: RuntimeDeps;
   #cfg: Config;
-  readonly pools = new Map<string, Pool>();
-  readonly #health = new Map<Pool, PoolHealth>();
+  readonly pools: PoolSet;
   readonly listeners = new Map<string, Listener>();
   readonly admin: AdminServer;
   #draining = false;
@@ -61,10 +61,11 @@ export class Runtime implements AdminApi {
     this.sweeper = new Sweeper(sweepTick(cfg));
     this.metrics = new Metrics({
       backends: () => this.#backendSamples(),
-      udpFlows: () => [],
+      udpFlows: () => this.#udpFlows(),
       storeUp: () => deps.store.isUp(),
     });
     this.admin = new AdminServer(this, deps.logger);
+    this.pools = new PoolSet({ clock: deps.clock, random: deps.random, metrics: this.metrics, logger: deps.logger });
   }
 
   get config(): Config {
@@ -75,7 +76,7 @@ export class Runtime implements AdminApi {
   async start(): Promise<void> {
     const cfg = this.#cfg;
     this.admin.setTokenFile(cfg.admin.token_file);
-    for (const p of cfg.pools) this.pools.set(p.name, this.#newPool(p));
+    this.pools.apply(cfg.pools);
     for (const l of cfg.listeners) this.listeners.set(l.name, this.#newListener(l));
     await this.admin.listen(cfg.admin.listen.host, cfg.admin.listen.port);
     for (const l of this.listeners.values()) {
@@ -110,8 +111,7 @@ export class Runtime implements AdminApi {
   /** Releases everything at once (after a drain, or on a second signal). */
   async stop(): Promise<void> {
     this.sweeper.stop();
-    for (const h of this.#health.values()) h.stop();
-    for (const p of this.pools.values()) p.stop();
+    this.pools.stop();
     await this.#deps.store.withdraw(this.replicaId).catch(() => undefined);
     await this.#deps.store.close().catch(() => undefined);
     await this.admin.close();
@@ -166,22 +166,20 @@ export class Runtime implements AdminApi {
 
   // ---- wiring ----
 
-  #newPool(cfg: Config['pools'][number]): Pool {
-    const pool = new Pool(cfg, this.#deps.clock, this.#deps.random);
-    const { clock, random } = this.#deps;
-    this.#health.set(pool, new PoolHealth(pool, { clock, random, metrics: this.metrics, logger: this.logger }));
-    return pool;
-  }
-
   #newListener(cfg: ListenerConfig): Listener {
-    return new TcpListener(cfg, {
+    const deps = {
       metrics: this.metrics,
       logger: this.logger,
       sweeper: this.sweeper,
       accessLog: this.#cfg.log.access_log,
-      pool: (name) => this.pools.get(name),
-      passive: (pool, backend, ok) => this.#health.get(pool)?.report(backend, ok),
-    });
+      pool: (name: string) => this.pools.get(name),
+      passive: (pool: Pool, backend: Backend, ok: boolean) => this.pools.report(pool, backend, ok),
+    };
+    return cfg.protocol === 'udp' ? new UdpListener(cfg, deps) : new TcpListener(cfg, deps);
+  }
+
+  *#udpFlows(): Iterable<{ listener: string; flows: number }> {
+    for (const l of this.listeners.values()) if (l instanceof UdpListener) yield { listener: l.name, flows: l.flows };
   }
 
   *#backendSamples(): Iterable<{ pool: string; address: string; up: boolean; local: number; remote: number }> {

@@ -12,14 +12,13 @@ import { CidrSet, normalizeIp } from '../util/cidr.js';
 import type { Sweeper } from '../util/sweeper.js';
 import { SourceLimits } from './source-limits.js';
 import { listenError } from './bind-error.js';
+import { PrefacePlan } from '../proxy/preface.js';
+import type { PrefaceHost } from '../proxy/preface.js';
+import { proxyPreamble } from '../proxy/proxy-out.js';
+import { escapeForLog } from '../util/escape.js';
 import type { Listener, ListenerDeps } from './listener.js';
 
 
-/** Stage between accept and connect (PROXY header, ClientHello); set up by the edge-protocol wiring. */
-export interface Preface {
-  /** Takes over a new session; ends by calling session.connect(pool) or session.close(reason). */
-  begin(session: Session, listener: TcpListener): void;
-}
 
 const SERVER_OPTIONS: net.ServerOpts = {
   allowHalfOpen: true,
@@ -34,7 +33,7 @@ const SERVER_OPTIONS: net.ServerOpts = {
  * A TCP listener: accepts, applies the ACL and limits on the client address, and hands each
  * connection to a Session. Reload swaps its config in place; the socket stays bound.
  */
-export class TcpListener implements SessionHost, Listener {
+export class TcpListener implements SessionHost, Listener, PrefaceHost {
   readonly name: string;
   readonly logger: Logger;
   readonly sweeper: Sweeper;
@@ -50,7 +49,8 @@ export class TcpListener implements SessionHost, Listener {
   #bytesDown;
   #accepted;
   #lastAcceptError = 0;
-  preface: Preface | undefined;
+  #preface: PrefacePlan | undefined;
+  #proxyErrors;
   /** Address actually bound (port 0 in the config picks a free one). */
   boundAddress = '';
 
@@ -67,6 +67,8 @@ export class TcpListener implements SessionHost, Listener {
     this.#bytesUp = deps.metrics.bytes.labels(cfg.name, 'upstream');
     this.#bytesDown = deps.metrics.bytes.labels(cfg.name, 'downstream');
     this.#accepted = deps.metrics.listenerConnections.labels(cfg.name);
+    this.#proxyErrors = deps.metrics.proxyProtocolErrors;
+    this.#preface = PrefacePlan.needed(cfg) ? new PrefacePlan(cfg) : undefined;
     this.#server = net.createServer(SERVER_OPTIONS, (s) => this.#onConnection(s));
     this.#server.on('error', (err: NodeJS.ErrnoException) => this.#onServerError(err));
   }
@@ -118,6 +120,7 @@ export class TcpListener implements SessionHost, Listener {
     this.#allow = CidrSet.parse(cfg.access.allow);
     this.#deny = CidrSet.parse(cfg.access.deny);
     this.#limits = new SourceLimits(cfg.limits.per_source_connections, cfg.limits.per_source_rate);
+    this.#preface = PrefacePlan.needed(cfg) ? new PrefacePlan(cfg) : undefined;
     for (const s of this.sessions) if (cfg.limits.per_source_connections > 0) this.#limits.admit(s.clientIp, 0);
   }
 
@@ -159,8 +162,20 @@ export class TcpListener implements SessionHost, Listener {
     this.#deps.passive(pool, backend, true);
   }
 
-  upstreamPreamble(_session: Session, _pool: Pool): Buffer | undefined {
-    return undefined;
+  upstreamPreamble(session: Session, pool: Pool): Buffer | undefined {
+    const r = proxyPreamble(session, pool, this.#cfg);
+    if (r?.droppedPassTlvs === true) this.#deps.metrics.proxyTlvsDropped.labels(pool.name).inc();
+    return r?.header;
+  }
+
+  proxyError(session: Session, reason: string, sample: Buffer): void {
+    this.#proxyErrors.labels(this.name, reason).inc();
+    this.logger.debug({ client: formatHostPort(session.clientIp, session.clientPort), reason, head: escapeForLog(sample.subarray(0, 64), 64) }, 'PROXY header refused');
+  }
+
+  untrustedHeader(session: Session, sample: Buffer): void {
+    this.proxyError(session, 'untrusted_source', sample);
+    this.reject(session, 'proxy_protocol');
   }
 
   /** Routes a session that needs no preface, or whose preface is done, to `pool`. */
@@ -211,8 +226,8 @@ export class TcpListener implements SessionHost, Listener {
       this.reject(session, 'max_connections');
       return;
     }
-    if (this.preface !== undefined) {
-      this.preface.begin(session, this);
+    if (this.#preface !== undefined) {
+      this.#preface.begin(session, this);
       return;
     }
     if (!this.allowed(session.clientIp)) {

@@ -5,6 +5,8 @@ import type { PickContext } from '../upstream/balancer/picker.js';
 import type { Holder, Pool } from '../upstream/pool.js';
 import type { Sweepable, Sweeper } from '../util/sweeper.js';
 import type { CloseReason } from './close-reason.js';
+import { sniffProxySignature } from '../protocol/proxy-parse.js';
+import { normalizeIp } from '../util/cidr.js';
 
 /** What a session needs from the listener that accepted it. */
 export interface SessionHost {
@@ -22,6 +24,8 @@ export interface SessionHost {
   connectSucceeded(pool: Pool, backend: Backend): void;
   /** The session is over; called exactly once. */
   sessionClosed(session: Session, reason: CloseReason): void;
+  /** A PROXY header arrived from a source that is not trusted: count it and close. */
+  untrustedHeader(session: Session, sample: Buffer): void;
   /** Bytes to write upstream before any client byte (PROXY header); undefined for none. */
   upstreamPreamble(session: Session, pool: Pool): Buffer | undefined;
 }
@@ -71,6 +75,8 @@ export class Session implements Holder, Sweepable {
   pending: Buffer | undefined;
   /** TLVs received in a trusted PROXY v2 header, for relaying. */
   receivedTlvs: readonly { type: number; value: Buffer }[] = [];
+  /** Refuse a PROXY signature at the start of the client's bytes (untrusted source on a PROXY-in listener). */
+  guardProxySignature = false;
   pool: Pool | undefined;
   backend: Backend | undefined;
   up: Tagged | undefined;
@@ -93,7 +99,7 @@ export class Session implements Holder, Sweepable {
     this.down[kSession] = this;
     this.clientIp = clientIp;
     this.clientPort = clientPort;
-    this.localIp = down.localAddress ?? '';
+    this.localIp = normalizeIp(down.localAddress ?? '');
     this.localPort = down.localPort ?? 0;
     this.#openSockets = 1;
     down.on('error', onDownError);
@@ -296,7 +302,16 @@ function sessionOf(socket: Tagged): Session | undefined {
 
 function onDownData(this: Tagged, chunk: Buffer): void {
   const s = sessionOf(this);
-  const up = s?.up;
+  if (s === undefined) return;
+  if (s.guardProxySignature) {
+    s.guardProxySignature = false;
+    const sniff = sniffProxySignature(chunk);
+    if (sniff === 'v1' || sniff === 'v2') {
+      s.host.untrustedHeader(s, chunk);
+      return;
+    }
+  }
+  const up = s.up;
   if (up !== undefined && !up.write(chunk)) this.pause();
 }
 

@@ -39,6 +39,8 @@ export class Metrics {
   readonly proxyTlvsDropped: Counter<'pool'>;
   readonly udpDatagrams: Counter<'listener' | 'direction'>;
   readonly udpDrops: Counter<'listener' | 'reason'>;
+  readonly discoveryErrors: Counter<'pool' | 'code'>;
+  readonly proxyProtocolErrors: Counter<'listener' | 'reason'>;
 
   constructor(source: MetricsSource, opts: { defaultMetrics?: boolean } = {}) {
     const r = this.registry;
@@ -57,6 +59,8 @@ export class Metrics {
     this.ejections = counter('sluice_backend_ejections_total', 'Passive-health ejections', ['pool', 'backend']);
     this.proxyTlvsDropped = counter('sluice_proxy_tlvs_dropped_total', 'PROXY v2 headers sent without relayed TLVs (too large)', ['pool']);
     this.udpDatagrams = counter('sluice_udp_datagrams_total', 'UDP datagrams relayed', ['listener', 'direction']);
+    this.proxyProtocolErrors = counter('sluice_proxy_protocol_errors_total', 'PROXY headers refused, by parser reason', ['listener', 'reason']);
+    this.discoveryErrors = counter('sluice_discovery_errors_total', 'Failed discovery lookups (last set kept)', ['pool', 'code']);
     this.udpDrops = counter('sluice_udp_dropped_total', 'UDP datagrams dropped', ['listener', 'reason']);
 
     new Gauge({
