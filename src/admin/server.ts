@@ -39,9 +39,12 @@ export class AdminServer {
     try {
       text = readFileSync(path, 'utf8').trim();
     } catch (err) {
-      throw new Error(`admin.token_file: cannot read ${path} (${(err as NodeJS.ErrnoException).code ?? 'EIO'})`, {
-        cause: err,
-      });
+      throw new Error(
+        `admin.token_file: cannot read ${path} (${(err as NodeJS.ErrnoException).code ?? 'EIO'})`,
+        {
+          cause: err,
+        },
+      );
     }
     if (text === '') throw new Error(`admin.token_file: ${path} is empty`);
     this.#token = Buffer.from(text);
@@ -94,7 +97,8 @@ export class AdminServer {
         case '/':
           res.writeHead(200, {
             'Content-Type': 'text/html; charset=utf-8',
-            'Content-Security-Policy': "default-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; connect-src 'self'",
+            'Content-Security-Policy':
+              "default-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; connect-src 'self'",
           });
           res.end(this.#api.statusPage());
           return;
@@ -106,10 +110,18 @@ export class AdminServer {
       if (!this.#authorized(req)) return send(res, 401, { error: 'missing or wrong bearer token' });
       if (path === '/api/v1/reload') {
         const r = await this.#api.reload();
-        return send(res, r.ok ? 200 : 400, r.ok ? { result: 'success' } : { result: 'failure', errors: r.errors });
+        return send(
+          res,
+          r.ok ? 200 : 400,
+          r.ok ? { result: 'success' } : { result: 'failure', errors: r.errors },
+        );
       }
       const [, pool = '', address = '', verb = 'enable'] = action ?? [];
-      const r = this.#api.setAdmin(decodeURIComponent(pool), decodeURIComponent(address), verb as 'drain' | 'enable' | 'disable');
+      const r = this.#api.setAdmin(
+        decodeURIComponent(pool),
+        decodeURIComponent(address),
+        verb as 'drain' | 'enable' | 'disable',
+      );
       return r === undefined ? send(res, 404, { error: 'no such pool or backend' }) : send(res, 200, r);
     }
     if (['/healthz', '/readyz', '/metrics', '/api/v1/pools', '/'].includes(path))
@@ -128,7 +140,12 @@ export class AdminServer {
   }
 }
 
-function send(res: http.ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
+function send(
+  res: http.ServerResponse,
+  status: number,
+  body: unknown,
+  headers: Record<string, string> = {},
+): void {
   const text = JSON.stringify(body);
   res.writeHead(status, { 'Content-Type': 'application/json', ...headers });
   res.end(text);

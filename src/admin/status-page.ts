@@ -18,7 +18,10 @@ function esc(s: string | number): string {
  */
 export function renderStatusPage(pools: readonly PoolJson[], listeners: readonly ListenerRow[]): string {
   const listenerRows = listeners
-    .map((l) => `<tr><td>${esc(l.name)}</td><td>${esc(l.protocol)}</td><td>${esc(l.bind)}</td><td>${esc(l.pool)}</td><td>${esc(l.sessions)}</td></tr>`)
+    .map(
+      (l) =>
+        `<tr><td>${esc(l.name)}</td><td>${esc(l.protocol)}</td><td>${esc(l.bind)}</td><td>${esc(l.pool)}</td><td>${esc(l.sessions)}</td></tr>`,
+    )
     .join('');
   const poolBlocks = pools.map((p) => renderPool(p)).join('');
   return `<!doctype html>

@@ -8,7 +8,10 @@ export function parseConfigText(text: string): Config {
   const doc = parseDocument(text, { prettyErrors: true, uniqueKeys: true });
   if (doc.errors.length > 0) {
     throw new ConfigError(
-      doc.errors.map((e) => ({ path: `line ${e.linePos?.[0]?.line ?? '?'}`, message: (e.message.split('\n')[0] ?? 'YAML error').replace(/ at line \d+, column \d+:?$/, '') })),
+      doc.errors.map((e) => ({
+        path: `line ${e.linePos?.[0]?.line ?? '?'}`,
+        message: (e.message.split('\n')[0] ?? 'YAML error').replace(/ at line \d+, column \d+:?$/, ''),
+      })),
     );
   }
   return validateConfig(doc.toJS({ maxAliasCount: 100 }));

@@ -24,12 +24,16 @@ const hostPort = (allowZeroPort: boolean) =>
     return z.NEVER;
   });
 
-const cidr = z.string().refine((s) => parseCidr(s) !== undefined, { message: 'expected a CIDR such as 10.0.0.0/8 or ::/0' });
+const cidr = z
+  .string()
+  .refine((s) => parseCidr(s) !== undefined, { message: 'expected a CIDR such as 10.0.0.0/8 or ::/0' });
 
 const count = (min = 0, max = Number.MAX_SAFE_INTEGER) => z.number().int().min(min).max(max);
 
 const nonEmpty = z.string().min(1);
-const name = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/, 'expected a name of letters, digits, _ . - (at most 63)');
+const name = z
+  .string()
+  .regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/, 'expected a name of letters, digits, _ . - (at most 63)');
 
 const adminSchema = z
   .strictObject({

@@ -48,9 +48,19 @@ function issueToProblems(issue: z.core.$ZodIssue, input: unknown): ConfigProblem
       return [{ path: at(), message: `expected ${issue.expected}, got ${describe(got)}` }];
     }
     case 'invalid_value':
-      return [{ path: at(), message: `expected one of ${issue.values.map((v) => JSON.stringify(v)).join(', ')}` }];
+      return [
+        { path: at(), message: `expected one of ${issue.values.map((v) => JSON.stringify(v)).join(', ')}` },
+      ];
     case 'too_small':
-      return [{ path: at(), message: issue.origin === 'array' ? `needs at least ${issue.minimum as number} item(s)` : `must be >= ${issue.minimum as number}` }];
+      return [
+        {
+          path: at(),
+          message:
+            issue.origin === 'array'
+              ? `needs at least ${issue.minimum as number} item(s)`
+              : `must be >= ${issue.minimum as number}`,
+        },
+      ];
     case 'too_big':
       return [{ path: at(), message: `must be <= ${issue.maximum as number}` }];
     case 'invalid_union':
@@ -73,14 +83,16 @@ function crossCheck(cfg: Config): ConfigProblem[] {
   const problems: ConfigProblem[] = [];
   const pools = new Set<string>();
   cfg.pools.forEach((p, i) => {
-    if (pools.has(p.name)) problems.push({ path: `pools[${i}].name`, message: `duplicate pool name "${p.name}"` });
+    if (pools.has(p.name))
+      problems.push({ path: `pools[${i}].name`, message: `duplicate pool name "${p.name}"` });
     pools.add(p.name);
     if (p.backends.length === 0 && !p.discovery?.dns && !p.discovery?.registry)
       problems.push({ path: `pools[${i}].backends`, message: 'a pool needs backends or discovery' });
     const seen = new Set<string>();
     p.backends.forEach((b, j) => {
       const a = formatHostPort(b.address.host, b.address.port);
-      if (seen.has(a)) problems.push({ path: `pools[${i}].backends[${j}].address`, message: `duplicate backend ${a}` });
+      if (seen.has(a))
+        problems.push({ path: `pools[${i}].backends[${j}].address`, message: `duplicate backend ${a}` });
       seen.add(a);
     });
     if (p.algorithm === 'maglev' && !isPrime(p.maglev_table_size))
@@ -96,7 +108,10 @@ function crossCheck(cfg: Config): ConfigProblem[] {
       problems.push({ path: `pools[${i}].discovery.dns.port`, message: 'required unless type is SRV' });
     p.discovery?.dns?.servers?.forEach((sv, j) => {
       if (isIP(sv.host) === 0)
-        problems.push({ path: `pools[${i}].discovery.dns.servers[${j}]`, message: 'must be an IP address, not a name' });
+        problems.push({
+          path: `pools[${i}].discovery.dns.servers[${j}]`,
+          message: 'must be an IP address, not a name',
+        });
     });
     const probe = createProbe(h);
     if (!probe.ok) problems.push({ path: `pools[${i}].health.active`, message: probe.error });
@@ -104,20 +119,31 @@ function crossCheck(cfg: Config): ConfigProblem[] {
   const listeners = new Set<string>();
   const binds = new Map<string, number>();
   cfg.listeners.forEach((l, i) => {
-    if (listeners.has(l.name)) problems.push({ path: `listeners[${i}].name`, message: `duplicate listener name "${l.name}"` });
+    if (listeners.has(l.name))
+      problems.push({ path: `listeners[${i}].name`, message: `duplicate listener name "${l.name}"` });
     listeners.add(l.name);
-    if (!pools.has(l.pool)) problems.push({ path: `listeners[${i}].pool`, message: `no pool named "${l.pool}"` });
+    if (!pools.has(l.pool))
+      problems.push({ path: `listeners[${i}].pool`, message: `no pool named "${l.pool}"` });
     l.tls?.routes.forEach((r, j) => {
-      if (!pools.has(r.pool)) problems.push({ path: `listeners[${i}].tls.routes[${j}].pool`, message: `no pool named "${r.pool}"` });
+      if (!pools.has(r.pool))
+        problems.push({
+          path: `listeners[${i}].tls.routes[${j}].pool`,
+          message: `no pool named "${r.pool}"`,
+        });
     });
-    if (l.tls && l.protocol !== 'tcp') problems.push({ path: `listeners[${i}].tls`, message: 'only for tcp listeners' });
+    if (l.tls && l.protocol !== 'tcp')
+      problems.push({ path: `listeners[${i}].tls`, message: 'only for tcp listeners' });
     const pool = cfg.pools.find((p) => p.name === l.pool);
     if (l.protocol === 'udp' && pool?.proxy_protocol === 'v1')
-      problems.push({ path: `listeners[${i}].pool`, message: `pool "${l.pool}" sends PROXY v1, which has no UDP form; use v2` });
+      problems.push({
+        path: `listeners[${i}].pool`,
+        message: `pool "${l.pool}" sends PROXY v1, which has no UDP form; use v2`,
+      });
     if (l.bind.port !== 0) {
       const key = `${l.protocol}/${formatHostPort(l.bind.host, l.bind.port)}`;
       const other = binds.get(key);
-      if (other !== undefined) problems.push({ path: `listeners[${i}].bind`, message: `same address as listeners[${other}]` });
+      if (other !== undefined)
+        problems.push({ path: `listeners[${i}].bind`, message: `same address as listeners[${other}]` });
       binds.set(key, i);
     }
   });
@@ -144,7 +170,9 @@ export function validateConfig(input: unknown): Config {
  */
 function applyUdpHealthDefault(cfg: Config, input: unknown): void {
   cfg.pools.forEach((p, i) => {
-    const users = cfg.listeners.filter((l) => l.pool === p.name || l.tls?.routes.some((r) => r.pool === p.name));
+    const users = cfg.listeners.filter(
+      (l) => l.pool === p.name || l.tls?.routes.some((r) => r.pool === p.name),
+    );
     const udpOnly = users.length > 0 && users.every((l) => l.protocol === 'udp');
     if (udpOnly && valueAt(input, ['pools', i, 'health', 'active', 'type']) === undefined) {
       p.health.active.type = 'none';

@@ -29,7 +29,8 @@ export interface HostPort {
   readonly port: number;
 }
 
-const HOSTNAME_RE = /^(?=.{1,253}$)([a-zA-Z0-9_]([a-zA-Z0-9_-]{0,61}[a-zA-Z0-9_])?)(\.[a-zA-Z0-9_]([a-zA-Z0-9_-]{0,61}[a-zA-Z0-9_])?)*\.?$/;
+const HOSTNAME_RE =
+  /^(?=.{1,253}$)([a-zA-Z0-9_]([a-zA-Z0-9_-]{0,61}[a-zA-Z0-9_])?)(\.[a-zA-Z0-9_]([a-zA-Z0-9_-]{0,61}[a-zA-Z0-9_])?)*\.?$/;
 
 /** `host:port` or `[v6]:port`. Port 0 is allowed only where `allowZeroPort` (listeners: pick a free port). */
 export function parseHostPort(input: unknown, allowZeroPort = false): Parsed<HostPort> {
@@ -49,11 +50,13 @@ export function parseHostPort(input: unknown, allowZeroPort = false): Parsed<Hos
     host = input.slice(0, colon);
     portText = input.slice(colon + 1);
     if (host.includes(':')) return { ok: false, error: 'IPv6 addresses need brackets: [::1]:port' };
-    if (isIP(host) === 0 && !HOSTNAME_RE.test(host)) return { ok: false, error: `"${host}" is not a host name or IP` };
+    if (isIP(host) === 0 && !HOSTNAME_RE.test(host))
+      return { ok: false, error: `"${host}" is not a host name or IP` };
   }
   if (!/^\d{1,5}$/.test(portText)) return bad;
   const port = Number(portText);
-  if (port > 65535 || (port === 0 && !allowZeroPort)) return { ok: false, error: `port ${port} is out of range` };
+  if (port > 65535 || (port === 0 && !allowZeroPort))
+    return { ok: false, error: `port ${port} is out of range` };
   return { ok: true, value: { host, port } };
 }
 

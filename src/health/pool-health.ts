@@ -62,7 +62,8 @@ export class PoolHealth {
   /** Applies the pool's new config (reload): checks restart only when their settings changed. */
   update(cfg: PoolConfig): void {
     const changed =
-      JSON.stringify(cfg.health) !== JSON.stringify(this.#cfg.health) || cfg.proxy_protocol !== this.#cfg.proxy_protocol;
+      JSON.stringify(cfg.health) !== JSON.stringify(this.#cfg.health) ||
+      cfg.proxy_protocol !== this.#cfg.proxy_protocol;
     this.#cfg = cfg;
     if (!changed) return;
     this.#passive.stop();

@@ -3,10 +3,11 @@ import type { AdminApi, BackendJson, PoolJson } from '../admin/api.js';
 import { AdminServer } from '../admin/server.js';
 import { renderStatusPage } from '../admin/status-page.js';
 import type { Config, ListenerConfig } from '../config/schema.js';
-import { formatHostPort } from '../config/values.js';
 import { TcpListener } from '../listener/tcp.js';
+import { ListenerSet } from './listener-set.js';
+import { ConfigError } from '../config/validate.js';
 import { UdpListener } from '../listener/udp.js';
-import type { Listener } from '../listener/listener.js';
+import type { Listener, ListenerDeps } from '../listener/listener.js';
 import type { StateStore } from '../state/store.js';
 import type { Logger } from '../telemetry/logger.js';
 import { Metrics } from '../telemetry/metrics.js';
@@ -28,12 +29,11 @@ export interface RuntimeDeps {
 /** Sweep often enough for the shortest configured timeout, but never more than 20 times a second. */
 function sweepTick(cfg: Config): number {
   let min = 1000;
-  for (const l of cfg.listeners) min = Math.min(min, l.timeouts.idle / 4, l.timeouts.connect / 4, l.timeouts.preface / 4);
+  for (const l of cfg.listeners) {
+    min = Math.min(min, l.timeouts.idle / 4, l.timeouts.connect / 4, l.timeouts.preface / 4);
+    if (l.protocol === 'udp') min = Math.min(min, l.udp.flow_idle / 4);
+  }
   return Math.max(50, Math.min(1000, Math.floor(min)));
-}
-
-function listenerKey(l: ListenerConfig): string {
-  return `${l.protocol}/${formatHostPort(l.bind.host, l.bind.port)}`;
 }
 
 /**
@@ -48,9 +48,10 @@ export class Runtime implements AdminApi {
   readonly #deps: RuntimeDeps;
   #cfg: Config;
   readonly pools: PoolSet;
-  readonly listeners = new Map<string, Listener>();
+  readonly listeners: ListenerSet;
   readonly admin: AdminServer;
   #draining = false;
+  #reloading = false;
   #ready = false;
 
   constructor(cfg: Config, deps: RuntimeDeps) {
@@ -65,7 +66,13 @@ export class Runtime implements AdminApi {
       storeUp: () => deps.store.isUp(),
     });
     this.admin = new AdminServer(this, deps.logger);
-    this.pools = new PoolSet({ clock: deps.clock, random: deps.random, metrics: this.metrics, logger: deps.logger });
+    this.listeners = new ListenerSet((l) => this.#newListener(l), deps.logger);
+    this.pools = new PoolSet({
+      clock: deps.clock,
+      random: deps.random,
+      metrics: this.metrics,
+      logger: deps.logger,
+    });
   }
 
   get config(): Config {
@@ -77,15 +84,15 @@ export class Runtime implements AdminApi {
     const cfg = this.#cfg;
     this.admin.setTokenFile(cfg.admin.token_file);
     this.pools.apply(cfg.pools);
-    for (const l of cfg.listeners) this.listeners.set(l.name, this.#newListener(l));
     await this.admin.listen(cfg.admin.listen.host, cfg.admin.listen.port);
-    for (const l of this.listeners.values()) {
-      await l.listen();
-      this.logger.info({ listener: l.name, address: l.boundAddress, protocol: l.config.protocol }, 'listener bound');
-    }
+    await this.listeners.apply(cfg.listeners);
+    this.#logBound(cfg.listeners.map((l) => l.name));
     await this.#deps.store.start();
     this.#ready = true;
-    this.logger.info({ admin: this.admin.boundAddress, replica: this.replicaId, store: this.#deps.store.kind }, 'sluice ready');
+    this.logger.info(
+      { admin: this.admin.boundAddress, replica: this.replicaId, store: this.#deps.store.kind },
+      'sluice ready',
+    );
   }
 
   /**
@@ -95,15 +102,15 @@ export class Runtime implements AdminApi {
   async drain(): Promise<void> {
     if (this.#draining) return;
     this.#draining = true;
-    const open = (): number => [...this.listeners.values()].reduce((n, l) => n + l.openCount, 0);
+    const open = (): number => this.listeners.openCount();
     this.logger.info({ sessions: open(), drain_timeout_ms: this.#cfg.shutdown.drain_timeout }, 'draining');
-    await Promise.all([...this.listeners.values()].map((l) => l.close()));
+    await this.listeners.closeAll();
     const deadline = performance.now() + this.#cfg.shutdown.drain_timeout;
     while (open() > 0 && performance.now() < deadline) await new Promise((r) => setTimeout(r, 50));
     const left = open();
     if (left > 0) {
       this.logger.warn({ sessions: left }, 'drain deadline passed; closing the remaining sessions');
-      for (const l of this.listeners.values()) l.closeAll('shutdown');
+      this.listeners.endAll();
     }
     await this.stop();
   }
@@ -150,28 +157,96 @@ export class Runtime implements AdminApi {
     return this.#backendJson(b, this.#deps.clock.now());
   }
 
+  /**
+   * Reloads the config file (SIGHUP, POST /api/v1/reload). An invalid file, or a listener that
+   * cannot be bound, is rejected whole and the running config stays. Otherwise pools update in
+   * place (sessions keep their backend; removed backends drain), unchanged listeners keep their
+   * sockets, and new sessions see the new config at once. admin.*, workers and state.* take
+   * effect only on restart; a change to them is logged.
+   */
   async reload(): Promise<{ ok: true } | { ok: false; errors: string[] }> {
-    return { ok: false, errors: [`reload is not available (${String(this.#deps.reloadConfig.name)})`] };
+    if (this.#reloading) return { ok: false, errors: ['a reload is already running'] };
+    this.#reloading = true;
+    try {
+      return await this.#reload();
+    } finally {
+      this.#reloading = false;
+    }
+  }
+
+  async #reload(): Promise<{ ok: true } | { ok: false; errors: string[] }> {
+    const fail = (errors: string[]): { ok: false; errors: string[] } => {
+      this.metrics.configReloads.labels('failure').inc();
+      this.logger.error({ errors }, 'reload rejected; the running config is kept');
+      return { ok: false, errors };
+    };
+    if (this.#draining) return fail(['shutting down']);
+    let next: Config;
+    try {
+      next = await this.#deps.reloadConfig();
+    } catch (err) {
+      if (err instanceof ConfigError) return fail(err.problems.map((p) => `${p.path}: ${p.message}`));
+      return fail([err instanceof Error ? err.message : String(err)]);
+    }
+    const restartOnly = (['admin', 'workers', 'state'] as const).filter(
+      (k) => JSON.stringify(next[k]) !== JSON.stringify(this.#cfg[k]),
+    );
+    // Pools first, so new listeners find their pools; a failed bind below leaves them updated,
+    // which is harmless: the old listeners route by pool name and the pools are a superset.
+    const prevPools = this.#cfg.pools;
+    this.pools.apply([...next.pools, ...prevPools.filter((p) => !next.pools.some((n) => n.name === p.name))]);
+    let plan;
+    try {
+      plan = await this.listeners.apply(next.listeners);
+    } catch (err) {
+      this.pools.apply(prevPools);
+      return fail([err instanceof Error ? err.message : String(err)]);
+    }
+    this.pools.apply(next.pools);
+    this.#cfg = { ...next, admin: this.#cfg.admin, workers: this.#cfg.workers, state: this.#cfg.state };
+    this.logger.level = next.log.level;
+    this.sweeper.setTick(sweepTick(next));
+    this.metrics.configReloads.labels('success').inc();
+    this.#logBound([...plan.added, ...plan.rebound]);
+    this.logger.info({ ...plan, restart_needed_for: restartOnly }, 'config reloaded');
+    return { ok: true };
+  }
+
+  #logBound(names: readonly string[]): void {
+    for (const name of names) {
+      const l = this.listeners.get(name);
+      if (l !== undefined)
+        this.logger.info(
+          { listener: l.name, address: l.boundAddress, protocol: l.config.protocol },
+          'listener bound',
+        );
+    }
   }
 
   statusPage(): string {
-    return renderStatusPage(this.poolsJson().pools, [...this.listeners.values()].map((l) => ({
-      name: l.name,
-      protocol: l.config.protocol,
-      bind: l.boundAddress,
-      pool: l.config.pool,
-      sessions: l.openCount,
-    })));
+    return renderStatusPage(
+      this.poolsJson().pools,
+      [...this.listeners.values()].map((l) => ({
+        name: l.name,
+        protocol: l.config.protocol,
+        bind: l.boundAddress,
+        pool: l.config.pool,
+        sessions: l.openCount,
+      })),
+    );
   }
 
   // ---- wiring ----
 
   #newListener(cfg: ListenerConfig): Listener {
-    const deps = {
+    const config = (): Config => this.#cfg;
+    const deps: ListenerDeps = {
       metrics: this.metrics,
       logger: this.logger,
       sweeper: this.sweeper,
-      accessLog: this.#cfg.log.access_log,
+      get accessLog() {
+        return config().log.access_log;
+      },
       pool: (name: string) => this.pools.get(name),
       passive: (pool: Pool, backend: Backend, ok: boolean) => this.pools.report(pool, backend, ok),
     };
@@ -179,14 +254,27 @@ export class Runtime implements AdminApi {
   }
 
   *#udpFlows(): Iterable<{ listener: string; flows: number }> {
-    for (const l of this.listeners.values()) if (l instanceof UdpListener) yield { listener: l.name, flows: l.flows };
+    for (const l of this.listeners.all())
+      if (l instanceof UdpListener) yield { listener: l.name, flows: l.flows };
   }
 
-  *#backendSamples(): Iterable<{ pool: string; address: string; up: boolean; local: number; remote: number }> {
+  *#backendSamples(): Iterable<{
+    pool: string;
+    address: string;
+    up: boolean;
+    local: number;
+    remote: number;
+  }> {
     const now = this.#deps.clock.now();
     for (const p of this.pools.values())
       for (const b of p.backends())
-        yield { pool: p.name, address: b.address, up: b.readiness(now) === 'ready', local: b.local, remote: b.remote };
+        yield {
+          pool: p.name,
+          address: b.address,
+          up: b.readiness(now) === 'ready',
+          local: b.local,
+          remote: b.remote,
+        };
   }
 
   #backendJson(b: Backend, now: number): BackendJson {
@@ -197,7 +285,8 @@ export class Runtime implements AdminApi {
       effective_weight: b.weight,
       health: {
         active: b.checked ? b.health : 'unchecked',
-        ejected_until: b.ejectedUntil > now ? new Date(Date.now() + (b.ejectedUntil - now)).toISOString() : null,
+        ejected_until:
+          b.ejectedUntil > now ? new Date(Date.now() + (b.ejectedUntil - now)).toISOString() : null,
         admin: b.admin,
         readiness: b.readiness(now),
       },
@@ -205,5 +294,3 @@ export class Runtime implements AdminApi {
     };
   }
 }
-
-export { listenerKey };

@@ -7,7 +7,9 @@ export function listenError(name: string, host: string, port: number, err: NodeJ
     case 'EADDRINUSE':
       return new Error(`listener "${name}": ${at} already in use`);
     case 'EACCES':
-      return new Error(`listener "${name}": no permission to bind ${at} (ports below 1024 need CAP_NET_BIND_SERVICE)`);
+      return new Error(
+        `listener "${name}": no permission to bind ${at} (ports below 1024 need CAP_NET_BIND_SERVICE)`,
+      );
     case 'EADDRNOTAVAIL':
       return new Error(`listener "${name}": ${at} is not an address of this host`);
     default:

@@ -18,8 +18,6 @@ import { proxyPreamble } from '../proxy/proxy-out.js';
 import { escapeForLog } from '../util/escape.js';
 import type { Listener, ListenerDeps } from './listener.js';
 
-
-
 const SERVER_OPTIONS: net.ServerOpts = {
   allowHalfOpen: true,
   pauseOnConnect: true,
@@ -37,7 +35,6 @@ export class TcpListener implements SessionHost, Listener, PrefaceHost {
   readonly name: string;
   readonly logger: Logger;
   readonly sweeper: Sweeper;
-  readonly accessLog: boolean;
   #cfg: ListenerConfig;
   readonly #deps: ListenerDeps;
   readonly #server: net.Server;
@@ -60,7 +57,6 @@ export class TcpListener implements SessionHost, Listener, PrefaceHost {
     this.#deps = deps;
     this.logger = deps.logger.child({ listener: cfg.name });
     this.sweeper = deps.sweeper;
-    this.accessLog = deps.accessLog;
     this.#allow = CidrSet.parse(cfg.access.allow);
     this.#deny = CidrSet.parse(cfg.access.deny);
     this.#limits = new SourceLimits(cfg.limits.per_source_connections, cfg.limits.per_source_rate);
@@ -75,6 +71,11 @@ export class TcpListener implements SessionHost, Listener, PrefaceHost {
 
   get config(): ListenerConfig {
     return this.#cfg;
+  }
+
+  /** Read per session, so a reload that turns access logs on or off applies at once. */
+  get accessLog(): boolean {
+    return this.#deps.accessLog;
   }
 
   get openCount(): number {
@@ -121,7 +122,8 @@ export class TcpListener implements SessionHost, Listener, PrefaceHost {
     this.#deny = CidrSet.parse(cfg.access.deny);
     this.#limits = new SourceLimits(cfg.limits.per_source_connections, cfg.limits.per_source_rate);
     this.#preface = PrefacePlan.needed(cfg) ? new PrefacePlan(cfg) : undefined;
-    for (const s of this.sessions) if (cfg.limits.per_source_connections > 0) this.#limits.admit(s.clientIp, 0);
+    for (const s of this.sessions)
+      if (cfg.limits.per_source_connections > 0) this.#limits.admit(s.clientIp, 0);
   }
 
   /** The ACL on the client address (the PROXY header's, once trusted). */
@@ -170,7 +172,14 @@ export class TcpListener implements SessionHost, Listener, PrefaceHost {
 
   proxyError(session: Session, reason: string, sample: Buffer): void {
     this.#proxyErrors.labels(this.name, reason).inc();
-    this.logger.debug({ client: formatHostPort(session.clientIp, session.clientPort), reason, head: escapeForLog(sample.subarray(0, 64), 64) }, 'PROXY header refused');
+    this.logger.debug(
+      {
+        client: formatHostPort(session.clientIp, session.clientPort),
+        reason,
+        head: escapeForLog(sample.subarray(0, 64), 64),
+      },
+      'PROXY header refused',
+    );
   }
 
   untrustedHeader(session: Session, sample: Buffer): void {
@@ -191,7 +200,8 @@ export class TcpListener implements SessionHost, Listener, PrefaceHost {
   sessionClosed(session: Session, reason: CloseReason): void {
     this.sessions.delete(session);
     if (sourceCounted.delete(session)) this.#limits.release(session.clientIp);
-    if (reason === 'connect_failed') this.#deps.metrics.listenerRejected.labels(this.name, 'no_backend').inc();
+    if (reason === 'connect_failed')
+      this.#deps.metrics.listenerRejected.labels(this.name, 'no_backend').inc();
     this.#deps.metrics.sessionsClosed.labels(this.name, reason).inc();
     if (this.accessLog) {
       this.logger.info(

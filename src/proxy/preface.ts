@@ -45,7 +45,9 @@ export class PrefacePlan {
   constructor(cfg: ListenerConfig) {
     this.#cfg = cfg;
     this.#trusted = cfg.proxy_protocol_in ? CidrSet.parse(cfg.proxy_protocol_in.trusted) : undefined;
-    this.#router = cfg.tls ? new SniRouter(cfg.tls.routes.map((r) => ({ sni: r.sni, target: r.pool }))) : undefined;
+    this.#router = cfg.tls
+      ? new SniRouter(cfg.tls.routes.map((r) => ({ sni: r.sni, target: r.pool })))
+      : undefined;
   }
 
   /** True when this listener reads anything before connecting. */

@@ -95,7 +95,7 @@ export class Session implements Holder, Sweepable {
 
   constructor(host: SessionHost, down: net.Socket, clientIp: string, clientPort: number) {
     this.host = host;
-    this.down = down as Tagged;
+    this.down = down;
     this.down[kSession] = this;
     this.clientIp = clientIp;
     this.clientPort = clientPort;

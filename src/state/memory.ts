@@ -81,7 +81,7 @@ export class MemoryStore implements StateStore {
   putFact(key: string, fact: BackendFact): Promise<void> {
     const merged: Record<string, unknown> = { ...this.#facts.get(key) };
     for (const [k, v] of Object.entries(fact)) if (v !== undefined) merged[k] = v;
-    this.#facts.set(key, merged as BackendFact);
+    this.#facts.set(key, merged);
     return Promise.resolve();
   }
 
@@ -90,7 +90,7 @@ export class MemoryStore implements StateStore {
     if (cur) {
       const next: Record<string, unknown> = { ...cur };
       delete next[field];
-      this.#facts.set(key, next as BackendFact);
+      this.#facts.set(key, next);
     }
     return Promise.resolve();
   }
@@ -101,7 +101,10 @@ export class MemoryStore implements StateStore {
 
   register(pool: string, address: string, ttlMs: number): Promise<void> {
     let members = this.#registry.get(pool);
-    if (!members) this.#registry.set(pool, (members = new Map()));
+    if (!members) {
+      members = new Map<string, number>();
+      this.#registry.set(pool, members);
+    }
     members.set(address, this.#clock.now() + ttlMs);
     return Promise.resolve();
   }

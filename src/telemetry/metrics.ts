@@ -47,20 +47,61 @@ export class Metrics {
     if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: r, prefix: 'sluice_' });
     const counter = <L extends string>(name: string, help: string, labelNames: readonly L[]): Counter<L> =>
       new Counter({ name, help, labelNames, registers: [r] });
-    this.listenerConnections = counter('sluice_listener_connections_total', 'Connections accepted', ['listener']);
-    this.listenerRejected = counter('sluice_listener_rejected_total', 'Connections or datagrams turned away', ['listener', 'reason']);
-    this.connectFailures = counter('sluice_upstream_connect_failures_total', 'Failed upstream connects', ['pool', 'backend']);
+    this.listenerConnections = counter('sluice_listener_connections_total', 'Connections accepted', [
+      'listener',
+    ]);
+    this.listenerRejected = counter(
+      'sluice_listener_rejected_total',
+      'Connections or datagrams turned away',
+      ['listener', 'reason'],
+    );
+    this.connectFailures = counter('sluice_upstream_connect_failures_total', 'Failed upstream connects', [
+      'pool',
+      'backend',
+    ]);
     this.bytes = counter('sluice_bytes_total', 'Bytes relayed', ['listener', 'direction']);
     this.configReloads = counter('sluice_config_reloads_total', 'Config reloads', ['result']);
-    this.acceptErrors = counter('sluice_accept_errors_total', 'accept() failures such as EMFILE', ['listener', 'code']);
-    this.sessionsClosed = counter('sluice_sessions_closed_total', 'TCP sessions closed, by reason', ['listener', 'reason']);
-    this.healthChecks = counter('sluice_health_checks_total', 'Active health checks', ['pool', 'backend', 'result']);
-    this.healthTransitions = counter('sluice_health_transitions_total', 'Health state changes', ['pool', 'backend', 'to']);
-    this.ejections = counter('sluice_backend_ejections_total', 'Passive-health ejections', ['pool', 'backend']);
-    this.proxyTlvsDropped = counter('sluice_proxy_tlvs_dropped_total', 'PROXY v2 headers sent without relayed TLVs (too large)', ['pool']);
-    this.udpDatagrams = counter('sluice_udp_datagrams_total', 'UDP datagrams relayed', ['listener', 'direction']);
-    this.proxyProtocolErrors = counter('sluice_proxy_protocol_errors_total', 'PROXY headers refused, by parser reason', ['listener', 'reason']);
-    this.discoveryErrors = counter('sluice_discovery_errors_total', 'Failed discovery lookups (last set kept)', ['pool', 'code']);
+    this.acceptErrors = counter('sluice_accept_errors_total', 'accept() failures such as EMFILE', [
+      'listener',
+      'code',
+    ]);
+    this.sessionsClosed = counter('sluice_sessions_closed_total', 'TCP sessions closed, by reason', [
+      'listener',
+      'reason',
+    ]);
+    this.healthChecks = counter('sluice_health_checks_total', 'Active health checks', [
+      'pool',
+      'backend',
+      'result',
+    ]);
+    this.healthTransitions = counter('sluice_health_transitions_total', 'Health state changes', [
+      'pool',
+      'backend',
+      'to',
+    ]);
+    this.ejections = counter('sluice_backend_ejections_total', 'Passive-health ejections', [
+      'pool',
+      'backend',
+    ]);
+    this.proxyTlvsDropped = counter(
+      'sluice_proxy_tlvs_dropped_total',
+      'PROXY v2 headers sent without relayed TLVs (too large)',
+      ['pool'],
+    );
+    this.udpDatagrams = counter('sluice_udp_datagrams_total', 'UDP datagrams relayed', [
+      'listener',
+      'direction',
+    ]);
+    this.proxyProtocolErrors = counter(
+      'sluice_proxy_protocol_errors_total',
+      'PROXY headers refused, by parser reason',
+      ['listener', 'reason'],
+    );
+    this.discoveryErrors = counter(
+      'sluice_discovery_errors_total',
+      'Failed discovery lookups (last set kept)',
+      ['pool', 'code'],
+    );
     this.udpDrops = counter('sluice_udp_dropped_total', 'UDP datagrams dropped', ['listener', 'reason']);
 
     new Gauge({

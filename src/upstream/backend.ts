@@ -2,7 +2,8 @@ import type { AdminState } from '../state/store.js';
 import type { Target } from './balancer/picker.js';
 
 /** Why a backend is not taking new sessions; `ready` when it is. */
-export type Readiness = 'ready' | 'unhealthy' | 'ejected' | 'draining' | 'disabled' | 'removed' | 'zero-weight';
+export type Readiness =
+  'ready' | 'unhealthy' | 'ejected' | 'draining' | 'disabled' | 'removed' | 'zero-weight';
 
 /** Active-health verdict. `unknown` until the first check completes. */
 export type HealthVerdict = 'unknown' | 'up' | 'down';
@@ -42,7 +43,14 @@ export class Backend implements Target {
   /** Sessions and flows open on other replicas, as last read from the state store. */
   remote = 0;
 
-  constructor(pool: string, address: string, host: string, port: number, weight: number, health: HealthVerdict) {
+  constructor(
+    pool: string,
+    address: string,
+    host: string,
+    port: number,
+    weight: number,
+    health: HealthVerdict,
+  ) {
     this.pool = pool;
     this.address = address;
     this.host = host;

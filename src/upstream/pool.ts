@@ -89,13 +89,21 @@ export class Pool {
   setMembers(source: string, members: readonly Member[]): void {
     this.#sources.set(source, members);
     const wanted = new Map<string, Member>();
-    for (const list of this.#sources.values()) for (const m of list) if (!wanted.has(m.address)) wanted.set(m.address, m);
+    for (const list of this.#sources.values())
+      for (const m of list) if (!wanted.has(m.address)) wanted.set(m.address, m);
     for (const m of wanted.values()) {
       const b = this.#backends.get(m.address);
       if (b === undefined) {
         // Members present at start-up begin up (traffic flows at once, the first failed check
         // removes them); later arrivals wait for a passing check when one is configured.
-        const nb = new Backend(this.name, m.address, m.host, m.port, m.weight, this.#started ? 'unknown' : 'up');
+        const nb = new Backend(
+          this.name,
+          m.address,
+          m.host,
+          m.port,
+          m.weight,
+          this.#started ? 'unknown' : 'up',
+        );
         nb.readySince = this.#started ? this.#clock.now() : -Infinity;
         this.#backends.set(m.address, nb);
         this.observer.added?.(nb);

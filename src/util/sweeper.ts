@@ -10,7 +10,7 @@ export interface Sweepable {
 
 export class Sweeper {
   readonly #items = new Set<Sweepable>();
-  readonly #tickMs: number;
+  #tickMs: number;
   #timer: NodeJS.Timeout | undefined;
   /** Time of the last tick; cheap to read on the hot path. */
   now = performance.now();
@@ -37,6 +37,17 @@ export class Sweeper {
 
   delete(item: Sweepable): void {
     this.#items.delete(item);
+  }
+
+  /** Changes the tick (reload with other timeouts); takes effect at once. */
+  setTick(ms: number): void {
+    if (ms === this.#tickMs) return;
+    this.#tickMs = ms;
+    if (this.#timer !== undefined) {
+      clearInterval(this.#timer);
+      this.#timer = setInterval(() => this.#tick(), ms);
+      this.#timer.unref();
+    }
   }
 
   stop(): void {

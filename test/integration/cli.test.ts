@@ -51,7 +51,11 @@ pools:
   });
 
   it('names a dangling pool reference', async () => {
-    const r = await runCli(['validate', '-c', tempFile('dangling.yaml', config('127.0.0.1:9').replace('pool: p }', 'pool: nope }'))]);
+    const r = await runCli([
+      'validate',
+      '-c',
+      tempFile('dangling.yaml', config('127.0.0.1:9').replace('pool: p }', 'pool: nope }')),
+    ]);
     expect(r.code).toBe(78);
     expect(r.stderr).toContain('listeners[0].pool: no pool named "nope"');
   });
@@ -74,7 +78,11 @@ describe('sluice run', () => {
     const blocker = net.createServer().listen(0, '127.0.0.1');
     await new Promise((r) => blocker.once('listening', r));
     const port = (blocker.address() as net.AddressInfo).port;
-    const r = await runCli(['run', '-c', tempFile('busy.yaml', config('127.0.0.1:9').replace('127.0.0.1:0", pool', `127.0.0.1:${port}", pool`))]);
+    const r = await runCli([
+      'run',
+      '-c',
+      tempFile('busy.yaml', config('127.0.0.1:9').replace('127.0.0.1:0", pool', `127.0.0.1:${port}", pool`)),
+    ]);
     blocker.close();
     expect(r.code).toBe(1);
     expect(r.stderr.trim()).toBe(`sluice: listener "t": 127.0.0.1:${port} already in use`);

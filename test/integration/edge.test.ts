@@ -24,7 +24,9 @@ async function lb(yaml: string): Promise<TestRuntime> {
 }
 
 /** A backend that reads a PROXY header, records it, then echoes the rest (or hands it to `then`). */
-async function proxyBackend(then?: (s: net.Socket, rest: Buffer) => void): Promise<TestServer & { headers: ProxyHeader[] }> {
+async function proxyBackend(
+  then?: (s: net.Socket, rest: Buffer) => void,
+): Promise<TestServer & { headers: ProxyHeader[] }> {
   const headers: ProxyHeader[] = [];
   const srv = await startServer((s) => {
     let buf = Buffer.alloc(0);
@@ -54,23 +56,36 @@ function tlvText(h: ProxyHeader | undefined, type: number): string | undefined {
 }
 
 describe('PROXY protocol out', () => {
-  it.each(['v1', 'v2'])('%s: the header comes first, whole, with the real client address', async (version) => {
-    const backend = await proxyBackend();
-    const rt = await lb(`listeners: [{ name: t, bind: "127.0.0.1:0", pool: p }]
+  it.each(['v1', 'v2'])(
+    '%s: the header comes first, whole, with the real client address',
+    async (version) => {
+      const backend = await proxyBackend();
+      const rt = await lb(`listeners: [{ name: t, bind: "127.0.0.1:0", pool: p }]
 pools: [{ name: p, proxy_protocol: ${version}, health: { active: { type: none } }, backends: [{ address: "${backend.address}" }] }]`);
-    const s = net.connect({ port: rt.port('t'), host: '127.0.0.1', localAddress: '127.0.0.7', allowHalfOpen: true });
-    // Data in the same tick as connect: it must still follow the header.
-    s.write('payload');
-    const reply = readAll(s);
-    s.end();
-    expect((await reply).toString()).toBe('payload');
-    const h = backend.headers[0];
-    expect(h).toMatchObject({ version: version === 'v1' ? 1 : 2, command: 'proxy', source: { ip: '127.0.0.7' }, destination: { ip: '127.0.0.1', port: rt.port('t') } });
-    if (version === 'v2') {
-      await waitFor(() => rt.logs.find('session').length === 1);
-      expect(tlvText(h, PP2_TYPE.UNIQUE_ID)).toBe(rt.logs.find('session')[0]?.id);
-    }
-  });
+      const s = net.connect({
+        port: rt.port('t'),
+        host: '127.0.0.1',
+        localAddress: '127.0.0.7',
+        allowHalfOpen: true,
+      });
+      // Data in the same tick as connect: it must still follow the header.
+      s.write('payload');
+      const reply = readAll(s);
+      s.end();
+      expect((await reply).toString()).toBe('payload');
+      const h = backend.headers[0];
+      expect(h).toMatchObject({
+        version: version === 'v1' ? 1 : 2,
+        command: 'proxy',
+        source: { ip: '127.0.0.7' },
+        destination: { ip: '127.0.0.1', port: rt.port('t') },
+      });
+      if (version === 'v2') {
+        await waitFor(() => rt.logs.find('session').length === 1);
+        expect(tlvText(h, PP2_TYPE.UNIQUE_ID)).toBe(rt.logs.find('session')[0]?.id);
+      }
+    },
+  );
 
   it('sends TCP6 for an IPv6 client', async () => {
     const backend = await proxyBackend();
@@ -106,7 +121,10 @@ pools: [{ name: p, proxy_protocol: v2, health: { active: { type: none } }, backe
     const reply = readAll(s);
     s.end('after the header');
     expect((await reply).toString()).toBe('after the header');
-    expect(backend.headers[0]).toMatchObject({ source: { ip: '203.0.113.7', port: 40000 }, destination: { ip: '192.0.2.10', port: 443 } });
+    expect(backend.headers[0]).toMatchObject({
+      source: { ip: '203.0.113.7', port: 40000 },
+      destination: { ip: '192.0.2.10', port: 443 },
+    });
     await waitFor(() => rt.logs.find('session').length === 1);
     expect(rt.logs.find('session')[0]?.client).toBe('203.0.113.7:40000');
   });
@@ -136,23 +154,42 @@ pools: [{ name: p, proxy_protocol: v2, health: { active: { type: none } }, backe
     const rt = await lb(cfg(backend.address, '127.0.0.1'));
     const s = await connect(rt.port('t'));
     const reply = readAll(s);
-    s.end(Buffer.concat([encodeProxyV2({ command: 'local', transport: 'stream' }).header, Buffer.from('hc')]));
+    s.end(
+      Buffer.concat([encodeProxyV2({ command: 'local', transport: 'stream' }).header, Buffer.from('hc')]),
+    );
     expect((await reply).toString()).toBe('hc');
     expect(backend.headers[0]?.source?.ip).toBe('127.0.0.1');
   });
 
   it.each([
-    ['a header from an untrusted source', '127.0.0.2/32', 'PROXY TCP4 10.0.0.1 10.0.0.2 1 2\r\nhello', 'untrusted_source'],
+    [
+      'a header from an untrusted source',
+      '127.0.0.2/32',
+      'PROXY TCP4 10.0.0.1 10.0.0.2 1 2\r\nhello',
+      'untrusted_source',
+    ],
     ['a trusted source without a header', '127.0.0.1/32', 'GET / HTTP/1.0\r\n\r\n', 'not_proxy'],
-    ['a v1 line that is too long', '127.0.0.1/32', `PROXY TCP4 1.2.3.4 2.3.4.5 100 100${' '.repeat(200)}`, 'v1_too_long'],
-    ['a v2 header with a bad version', '127.0.0.1/32', Buffer.from('0d0a0d0a000d0a515549540a1111000c7f0000017f00000100500050', 'hex'), 'v2_bad_version'],
+    [
+      'a v1 line that is too long',
+      '127.0.0.1/32',
+      `PROXY TCP4 1.2.3.4 2.3.4.5 100 100${' '.repeat(200)}`,
+      'v1_too_long',
+    ],
+    [
+      'a v2 header with a bad version',
+      '127.0.0.1/32',
+      Buffer.from('0d0a0d0a000d0a515549540a1111000c7f0000017f00000100500050', 'hex'),
+      'v2_bad_version',
+    ],
   ])('refuses %s, counts it and never contacts a backend', async (_name, trusted, bytes, reason) => {
     const backend = await proxyBackend();
     const rt = await lb(cfg(backend.address, trusted));
     const s = net.connect({ port: rt.port('t'), host: '127.0.0.1' });
     s.write(bytes);
     await untilClosed(s);
-    expect(await rt.metric('sluice_listener_rejected_total', { listener: 't', reason: 'proxy_protocol' })).toBe(1);
+    expect(
+      await rt.metric('sluice_listener_rejected_total', { listener: 't', reason: 'proxy_protocol' }),
+    ).toBe(1);
     expect(await rt.metric('sluice_proxy_protocol_errors_total', { listener: 't', reason })).toBe(1);
     if (reason === 'untrusted_source') {
       // The untrusted client was connected at once (server-speaks-first protocols work); its forged
@@ -176,7 +213,9 @@ pools: [{ name: p, proxy_protocol: v2, health: { active: { type: none } }, backe
 
   it('applies the ACL to the address from the trusted header', async () => {
     const backend = await proxyBackend();
-    const rt = await lb(cfg(backend.address, '127.0.0.1', 'access: { allow: ["0.0.0.0/0"], deny: ["203.0.113.0/24"] }'));
+    const rt = await lb(
+      cfg(backend.address, '127.0.0.1', 'access: { allow: ["0.0.0.0/0"], deny: ["203.0.113.0/24"] }'),
+    );
     const s = net.connect({ port: rt.port('t'), host: '127.0.0.1' });
     s.write('PROXY TCP4 203.0.113.9 10.0.0.1 1234 443\r\nx');
     await untilClosed(s);
@@ -195,17 +234,33 @@ describe('TLS passthrough with SNI routing', () => {
    * A real TLS server that answers with its name, the SNI it saw and the ALPN it chose; with
    * `withProxy`, behind a relay that strips and records a PROXY header first.
    */
-  async function tlsBackend(name: string, withProxy: boolean): Promise<TestServer & { headers: ProxyHeader[] }> {
-    const server = tls.createServer({ key: cert.key, cert: cert.cert, ALPNProtocols: ['h2', 'http/1.1'] }, (t) => {
-      t.on('error', () => undefined);
-      t.end(`${name} ${(t as tls.TLSSocket & { servername?: string }).servername ?? '-'} ${t.alpnProtocol || '-'}`);
-    });
+  async function tlsBackend(
+    name: string,
+    withProxy: boolean,
+  ): Promise<TestServer & { headers: ProxyHeader[] }> {
+    const server = tls.createServer(
+      { key: cert.key, cert: cert.cert, ALPNProtocols: ['h2', 'http/1.1'] },
+      (t) => {
+        t.on('error', () => undefined);
+        t.end(
+          `${name} ${(t as tls.TLSSocket & { servername?: string }).servername ?? '-'} ${t.alpnProtocol || '-'}`,
+        );
+      },
+    );
     server.on('tlsClientError', () => undefined);
     server.listen(0, '127.0.0.1');
     await once(server, 'listening');
     const port = (server.address() as net.AddressInfo).port;
     cleanups.push(() => new Promise((r) => server.close(() => r())));
-    const direct = { port, host: '127.0.0.1', address: `127.0.0.1:${port}`, sockets: new Set<net.Socket>(), accepted: 0, close: () => Promise.resolve(), headers: [] as ProxyHeader[] };
+    const direct = {
+      port,
+      host: '127.0.0.1',
+      address: `127.0.0.1:${port}`,
+      sockets: new Set<net.Socket>(),
+      accepted: 0,
+      close: () => Promise.resolve(),
+      headers: [] as ProxyHeader[],
+    };
     if (!withProxy) return direct;
     return proxyBackend((s, rest) => {
       const up = net.connect({ port, host: '127.0.0.1' });
@@ -216,7 +271,13 @@ describe('TLS passthrough with SNI routing', () => {
   }
 
   async function tlsRequest(port: number, servername: string | undefined): Promise<string> {
-    const t = tls.connect({ port, host: '127.0.0.1', rejectUnauthorized: false, ALPNProtocols: ['h2', 'http/1.1'], ...(servername ? { servername } : {}) });
+    const t = tls.connect({
+      port,
+      host: '127.0.0.1',
+      rejectUnauthorized: false,
+      ALPNProtocols: ['h2', 'http/1.1'],
+      ...(servername ? { servername } : {}),
+    });
     t.on('error', () => undefined);
     const chunks: Buffer[] = [];
     t.on('data', (c: Buffer) => chunks.push(c));
@@ -248,12 +309,18 @@ pools:
     expect(tlvText(h, PP2_TYPE.AUTHORITY)).toBe('API.example.com');
     expect(tlvText(h, PP2_TYPE.ALPN)).toBe('h2');
     await waitFor(() => rt.logs.find('session').length === 3);
-    expect(rt.logs.find('session').map((l) => l.sni).sort()).toEqual(['API.example.com', 'other.test', 'www.example.com']);
+    expect(
+      rt.logs
+        .find('session')
+        .map((l) => l.sni)
+        .sort(),
+    ).toEqual(['API.example.com', 'other.test', 'www.example.com']);
   });
 
   it('routes a ClientHello that arrives one byte at a time', async () => {
     const api = await tlsBackend('api', false);
-    const rt = await lb(`listeners: [{ name: t, bind: "127.0.0.1:0", pool: api, tls: { routes: [{ sni: api.example.com, pool: api }], on_no_match: reject } }]
+    const rt =
+      await lb(`listeners: [{ name: t, bind: "127.0.0.1:0", pool: api, tls: { routes: [{ sni: api.example.com, pool: api }], on_no_match: reject } }]
 pools: [{ name: api, health: { active: { type: none } }, backends: [{ address: "${api.address}" }] }]`);
     // A relay in front of sluice that forwards the client's bytes one at a time.
     const relay = await startServer((c) => {
@@ -276,7 +343,8 @@ pools: [{ name: api, health: { active: { type: none } }, backends: [{ address: "
 
   it('rejects unmatched names with on_no_match: reject, and non-TLS bytes, counting reason tls', async () => {
     const api = await tlsBackend('api', false);
-    const rt = await lb(`listeners: [{ name: t, bind: "127.0.0.1:0", pool: api, tls: { routes: [{ sni: api.example.com, pool: api }], on_no_match: reject } }]
+    const rt =
+      await lb(`listeners: [{ name: t, bind: "127.0.0.1:0", pool: api, tls: { routes: [{ sni: api.example.com, pool: api }], on_no_match: reject } }]
 pools: [{ name: api, health: { active: { type: none } }, backends: [{ address: "${api.address}" }] }]`);
     expect(await tlsRequest(rt.port('t'), 'www.example.com')).toBe('');
     const plain = net.connect({ port: rt.port('t'), host: '127.0.0.1' });
@@ -289,7 +357,8 @@ pools: [{ name: api, health: { active: { type: none } }, backends: [{ address: "
   it('sends non-TLS bytes to the default pool with on_non_tls: default', async () => {
     const echo = await echoServer();
     cleanups.push(() => echo.close());
-    const rt = await lb(`listeners: [{ name: t, bind: "127.0.0.1:0", pool: p, tls: { routes: [], on_non_tls: default } }]
+    const rt =
+      await lb(`listeners: [{ name: t, bind: "127.0.0.1:0", pool: p, tls: { routes: [], on_non_tls: default } }]
 pools: [{ name: p, health: { active: { type: none } }, backends: [{ address: "${echo.address}" }] }]`);
     const s = await connect(rt.port('t'));
     const reply = readAll(s);

@@ -76,8 +76,12 @@ pools:
     const replies = new Set<string>();
     for (let i = 0; i < 10; i++) replies.add(await exchange(rt.port('t'), ''));
     expect(replies).toEqual(new Set(['A', 'B']));
-    expect(await rt.metric('sluice_health_transitions_total', { pool: 'p', backend: again.address, to: 'down' })).toBe(1);
-    expect(await rt.metric('sluice_health_transitions_total', { pool: 'p', backend: again.address, to: 'up' })).toBe(1);
+    expect(
+      await rt.metric('sluice_health_transitions_total', { pool: 'p', backend: again.address, to: 'down' }),
+    ).toBe(1);
+    expect(
+      await rt.metric('sluice_health_transitions_total', { pool: 'p', backend: again.address, to: 'up' }),
+    ).toBe(1);
   });
 });
 
@@ -97,9 +101,14 @@ pools:
     expect(await rt.metric('sluice_backend_ejections_total', { pool: 'p', backend: '127.0.0.1:1' })).toBe(1);
     expect(await poolState(rt, '127.0.0.1:1')).toBe('down');
     // Ejected: no more connect attempts reach it.
-    const failures = await rt.metric('sluice_upstream_connect_failures_total', { pool: 'p', backend: '127.0.0.1:1' });
+    const failures = await rt.metric('sluice_upstream_connect_failures_total', {
+      pool: 'p',
+      backend: '127.0.0.1:1',
+    });
     for (let i = 0; i < 10; i++) await exchange(rt.port('t'), '');
-    expect(await rt.metric('sluice_upstream_connect_failures_total', { pool: 'p', backend: '127.0.0.1:1' })).toBe(failures);
+    expect(
+      await rt.metric('sluice_upstream_connect_failures_total', { pool: 'p', backend: '127.0.0.1:1' }),
+    ).toBe(failures);
   });
 });
 
@@ -117,26 +126,34 @@ pools:
     // Find a session pinned to the echo backend.
     let s = await connect(rt.port('t'));
     s.on('error', () => undefined);
-    while ((await new Promise<string>((r) => {
-      s.once('data', (d: Buffer) => r(d.toString()));
-      s.once('end', () => r('B'));
-      s.write('E');
-    })) !== 'E') {
+    while (
+      (await new Promise<string>((r) => {
+        s.once('data', (d: Buffer) => r(d.toString()));
+        s.once('end', () => r('B'));
+        s.write('E');
+      })) !== 'E'
+    ) {
       s.destroy();
       s = await connect(rt.port('t'));
       s.on('error', () => undefined);
     }
-    const res = await fetch(`${rt.adminUrl}/api/v1/pools/p/backends/${encodeURIComponent(a.address)}/drain`, { method: 'POST' });
+    const res = await fetch(`${rt.adminUrl}/api/v1/pools/p/backends/${encodeURIComponent(a.address)}/drain`, {
+      method: 'POST',
+    });
     expect(res.status).toBe(200);
     expect(((await res.json()) as { state: string }).state).toBe('draining');
     for (let i = 0; i < 6; i++) expect(await exchange(rt.port('t'), '')).toBe('B');
     const rest = readAll(s);
     s.end('still streaming');
     expect((await rest).toString()).toBe('still streaming');
-    await fetch(`${rt.adminUrl}/api/v1/pools/p/backends/${encodeURIComponent(a.address)}/enable`, { method: 'POST' });
+    await fetch(`${rt.adminUrl}/api/v1/pools/p/backends/${encodeURIComponent(a.address)}/enable`, {
+      method: 'POST',
+    });
     const replies = new Set<string>();
     for (let i = 0; i < 4; i++) replies.add(await exchange(rt.port('t'), 'x'));
     expect(replies).toEqual(new Set(['x', 'B']));
-    expect((await fetch(`${rt.adminUrl}/api/v1/pools/p/backends/10.9.9.9:1/drain`, { method: 'POST' })).status).toBe(404);
+    expect(
+      (await fetch(`${rt.adminUrl}/api/v1/pools/p/backends/10.9.9.9:1/drain`, { method: 'POST' })).status,
+    ).toBe(404);
   });
 });

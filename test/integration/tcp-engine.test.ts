@@ -2,7 +2,17 @@ import { createHash, randomBytes } from 'node:crypto';
 import net from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { TestServer } from '../support/net.js';
-import { closedPort, connect, echoServer, exchange, nameServer, readAll, startServer, untilClosed, waitFor } from '../support/net.js';
+import {
+  closedPort,
+  connect,
+  echoServer,
+  exchange,
+  nameServer,
+  readAll,
+  startServer,
+  untilClosed,
+  waitFor,
+} from '../support/net.js';
 import type { TestRuntime } from '../support/runtime.js';
 import { startRuntime } from '../support/runtime.js';
 import type { TcpListener } from '../../src/listener/tcp.js';
@@ -39,14 +49,21 @@ describe('TCP engine', () => {
   it('balances sessions round-robin over the pool', async () => {
     const a = await server(nameServer('A'));
     const b = await server(nameServer('B'));
-    const rt = await lb(`listeners: [{ name: t, bind: "127.0.0.1:0", pool: p }]\n${poolYaml([a.address, b.address])}`);
+    const rt = await lb(
+      `listeners: [{ name: t, bind: "127.0.0.1:0", pool: p }]\n${poolYaml([a.address, b.address])}`,
+    );
     const replies: string[] = [];
     for (let i = 0; i < 6; i++) replies.push(await exchange(rt.port('t'), ''));
     expect(replies.filter((r) => r === 'A')).toHaveLength(3);
     expect(replies.filter((r) => r === 'B')).toHaveLength(3);
     await waitFor(() => rt.logs.find('session').length === 6, 2000, 'access lines');
     const line = rt.logs.find('session')[0] ?? {};
-    expect(line).toMatchObject({ listener: 't', pool: 'p', bytes_out: 1, reason: expect.any(String) as string });
+    expect(line).toMatchObject({
+      listener: 't',
+      pool: 'p',
+      bytes_out: 1,
+      reason: expect.any(String) as string,
+    });
     expect(String(line.client)).toMatch(/^127\.0\.0\.1:\d+$/);
     expect(typeof line.duration_ms).toBe('number');
     expect(await rt.metric('sluice_listener_connections_total', { listener: 't' })).toBe(6);
@@ -66,7 +83,10 @@ describe('TCP engine', () => {
     const got = await reply;
     expect(got.length).toBe(size);
     expect(sha(got)).toBe(sha(payload));
-    await waitFor(async () => (await rt.metric('sluice_bytes_total', { listener: 't', direction: 'downstream' })) === size);
+    await waitFor(
+      async () =>
+        (await rt.metric('sluice_bytes_total', { listener: 't', direction: 'downstream' })) === size,
+    );
     expect(await rt.metric('sluice_bytes_total', { listener: 't', direction: 'upstream' })).toBe(size);
   });
 
@@ -79,7 +99,9 @@ describe('TCP engine', () => {
         s.on('end', () => s.end(Buffer.concat([Buffer.from(`${Buffer.concat(got).length}:`), reply])));
       }),
     );
-    const rt = await lb(`listeners: [{ name: t, bind: "127.0.0.1:0", pool: p }]\n${poolYaml([backend.address])}`);
+    const rt = await lb(
+      `listeners: [{ name: t, bind: "127.0.0.1:0", pool: p }]\n${poolYaml([backend.address])}`,
+    );
     const s = await connect(rt.port('t'));
     const all = readAll(s);
     s.end('request body');
@@ -89,47 +111,67 @@ describe('TCP engine', () => {
   });
 
   it('relays the backend half-close: the client keeps sending after the backend FIN', async () => {
-    let received: Promise<Buffer> | undefined;
+    let received: Buffer | undefined;
     const backend = await server(
       startServer((s) => {
-        received = readAll(s);
+        readAll(s)
+          .then((b) => (received = b))
+          .catch(() => undefined);
         s.end('bye');
       }),
     );
-    const rt = await lb(`listeners: [{ name: t, bind: "127.0.0.1:0", pool: p }]\n${poolYaml([backend.address])}`);
+    const rt = await lb(
+      `listeners: [{ name: t, bind: "127.0.0.1:0", pool: p }]\n${poolYaml([backend.address])}`,
+    );
     const s = await connect(rt.port('t'));
     const fromBackend = await readAll(s);
     expect(fromBackend.toString()).toBe('bye');
     s.end('still talking after your FIN');
     const got = await waitFor(() => received);
-    expect((await got).toString()).toBe('still talking after your FIN');
+    expect(got.toString()).toBe('still talking after your FIN');
   });
 
   it('retries a refused backend on another one before any byte is sent', async () => {
     const dead = await closedPort();
     const live = await server(nameServer('L'));
-    const rt = await lb(`listeners: [{ name: t, bind: "127.0.0.1:0", pool: p }]\n${poolYaml([`127.0.0.1:${dead}`, live.address])}`);
+    const rt = await lb(
+      `listeners: [{ name: t, bind: "127.0.0.1:0", pool: p }]\n${poolYaml([`127.0.0.1:${dead}`, live.address])}`,
+    );
     for (let i = 0; i < 6; i++) expect(await exchange(rt.port('t'), 'x')).toBe('L');
-    expect(await rt.metric('sluice_upstream_connect_failures_total', { pool: 'p', backend: `127.0.0.1:${dead}` })).toBeGreaterThan(0);
-    expect(await rt.metric('sluice_listener_rejected_total', { listener: 't', reason: 'no_backend' })).toBe(0);
+    expect(
+      await rt.metric('sluice_upstream_connect_failures_total', { pool: 'p', backend: `127.0.0.1:${dead}` }),
+    ).toBeGreaterThan(0);
+    expect(await rt.metric('sluice_listener_rejected_total', { listener: 't', reason: 'no_backend' })).toBe(
+      0,
+    );
   });
 
   it('closes the client promptly and counts it when every backend is down', async () => {
     const d1 = await closedPort();
     const d2 = await closedPort();
-    const rt = await lb(`listeners: [{ name: t, bind: "127.0.0.1:0", pool: p }]\n${poolYaml([`127.0.0.1:${d1}`, `127.0.0.1:${d2}`])}`);
+    const rt = await lb(
+      `listeners: [{ name: t, bind: "127.0.0.1:0", pool: p }]\n${poolYaml([`127.0.0.1:${d1}`, `127.0.0.1:${d2}`])}`,
+    );
     const s = await connect(rt.port('t'));
     s.write('hello');
     const got = await untilClosed(s);
     expect(got.data.length).toBe(0);
-    expect(await rt.metric('sluice_listener_rejected_total', { listener: 't', reason: 'no_backend' })).toBe(1);
+    expect(await rt.metric('sluice_listener_rejected_total', { listener: 't', reason: 'no_backend' })).toBe(
+      1,
+    );
     await waitFor(() => rt.logs.find('session').length === 1);
-    expect(rt.logs.find('session')[0]).toMatchObject({ reason: 'connect_failed', attempts: 2, error: 'ECONNREFUSED' });
+    expect(rt.logs.find('session')[0]).toMatchObject({
+      reason: 'connect_failed',
+      attempts: 2,
+      error: 'ECONNREFUSED',
+    });
   });
 
   it('keeps buffered bytes bounded when the backend never reads', async () => {
     const backend = await server(startServer((s) => s.pause()));
-    const rt = await lb(`listeners: [{ name: t, bind: "127.0.0.1:0", pool: p }]\n${poolYaml([backend.address])}`);
+    const rt = await lb(
+      `listeners: [{ name: t, bind: "127.0.0.1:0", pool: p }]\n${poolYaml([backend.address])}`,
+    );
     const s = await connect(rt.port('t'));
     s.on('error', () => undefined);
     const chunk = Buffer.alloc(64 * 1024, 1);
@@ -180,7 +222,9 @@ describe('TCP engine', () => {
     const b = await connect(rt.port('t'));
     const c = net.connect({ port: rt.port('t'), host: '127.0.0.1' });
     expect((await untilClosed(c)).data.length).toBe(0);
-    expect(await rt.metric('sluice_listener_rejected_total', { listener: 't', reason: 'max_connections' })).toBe(1);
+    expect(
+      await rt.metric('sluice_listener_rejected_total', { listener: 't', reason: 'max_connections' }),
+    ).toBe(1);
     a.destroy();
     b.destroy();
     expect((await fetch(`${rt.adminUrl}/healthz`)).status).toBe(200);
@@ -188,15 +232,24 @@ describe('TCP engine', () => {
 
   it('answers the pools API with state, health and connection counts', async () => {
     const echo = await server(echoServer());
-    const rt = await lb(`listeners: [{ name: t, bind: "127.0.0.1:0", pool: p }]\n${poolYaml([echo.address])}`);
+    const rt = await lb(
+      `listeners: [{ name: t, bind: "127.0.0.1:0", pool: p }]\n${poolYaml([echo.address])}`,
+    );
     const s = await connect(rt.port('t'));
     s.write('x');
     await waitFor(() => echo.sockets.size === 1);
     const body = (await (await fetch(`${rt.adminUrl}/api/v1/pools`)).json()) as {
-      pools: { name: string; backends: { address: string; state: string; connections: { local: number } }[] }[];
+      pools: {
+        name: string;
+        backends: { address: string; state: string; connections: { local: number } }[];
+      }[];
     };
     expect(body.pools[0]?.name).toBe('p');
-    expect(body.pools[0]?.backends[0]).toMatchObject({ address: echo.address, state: 'up', connections: { local: 1 } });
+    expect(body.pools[0]?.backends[0]).toMatchObject({
+      address: echo.address,
+      state: 'up',
+      connections: { local: 1 },
+    });
     s.destroy();
     expect((await fetch(`${rt.adminUrl}/readyz`)).status).toBe(200);
     expect((await fetch(`${rt.adminUrl}/api/v1/pools`, { method: 'DELETE' })).status).toBe(405);
@@ -204,7 +257,9 @@ describe('TCP engine', () => {
 
   it('survives a client reset mid-stream without touching other sessions', async () => {
     const echo = await server(echoServer());
-    const rt = await lb(`listeners: [{ name: t, bind: "127.0.0.1:0", pool: p }]\n${poolYaml([echo.address])}`);
+    const rt = await lb(
+      `listeners: [{ name: t, bind: "127.0.0.1:0", pool: p }]\n${poolYaml([echo.address])}`,
+    );
     const victim = await connect(rt.port('t'));
     victim.write(Buffer.alloc(1024 * 1024));
     victim.resetAndDestroy();

@@ -40,7 +40,10 @@ export async function startServer(
   server.listen(0, host);
   await once(server, 'listening');
   const a = server.address() as net.AddressInfo;
-  return Object.assign(result, { port: a.port, address: host.includes(':') ? `[${host}]:${a.port}` : `${host}:${a.port}` });
+  return Object.assign(result, {
+    port: a.port,
+    address: host.includes(':') ? `[${host}]:${a.port}` : `${host}:${a.port}`,
+  });
 }
 
 /** Echoes every byte and relays FIN (a half-close-aware echo). */
@@ -101,11 +104,15 @@ export async function exchange(port: number, text: string | Buffer, host = '127.
 }
 
 /** Polls `fn` until it returns a truthy value, or throws after `timeoutMs`. */
-export async function waitFor<T>(fn: () => T | Promise<T>, timeoutMs = 5000, what = 'condition'): Promise<NonNullable<T>> {
+export async function waitFor<T>(
+  fn: () => T | Promise<T>,
+  timeoutMs = 5000,
+  what = 'condition',
+): Promise<NonNullable<T>> {
   const end = Date.now() + timeoutMs;
   for (;;) {
     const v = await fn();
-    if (v) return v as NonNullable<T>;
+    if (v) return v;
     if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 20));
   }

@@ -16,7 +16,10 @@ export function tempFile(name: string, text: string): string {
 }
 
 /** Runs the CLI to completion: exit code, stdout, stderr. */
-export function runCli(args: string[], timeoutMs = 20_000): Promise<{ code: number | null; stdout: string; stderr: string }> {
+export function runCli(
+  args: string[],
+  timeoutMs = 20_000,
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [SLUICE, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
@@ -42,7 +45,10 @@ export interface SluiceProcess {
   readonly ports: Map<string, number>;
   adminUrl: string;
   readonly exited: Promise<number | null>;
-  waitForLog(pred: (l: Record<string, unknown>) => boolean, timeoutMs?: number): Promise<Record<string, unknown>>;
+  waitForLog(
+    pred: (l: Record<string, unknown>) => boolean,
+    timeoutMs?: number,
+  ): Promise<Record<string, unknown>>;
   kill(signal?: NodeJS.Signals): void;
 }
 
@@ -102,6 +108,8 @@ export async function spawnSluice(yaml: string, timeoutMs = 15_000): Promise<Slu
     }),
   ]);
   proc.adminUrl = `http://${String(ready.admin)}`;
-  for (const l of logs) if (l.msg === 'listener bound') proc.ports.set(String(l.listener), Number(String(l.address).split(':').pop()));
+  for (const l of logs)
+    if (l.msg === 'listener bound')
+      proc.ports.set(String(l.listener), Number(String(l.address).split(':').pop()));
   return proc;
 }

@@ -41,7 +41,10 @@ export interface TestRuntime {
  * Runs a sluice runtime in this process from YAML text. Ports 0 in the config pick free ports;
  * `admin.listen` defaults to 127.0.0.1:0 here.
  */
-export async function startRuntime(yaml: string, opts: { store?: StateStore; replicaId?: string } = {}): Promise<TestRuntime> {
+export async function startRuntime(
+  yaml: string,
+  opts: { store?: StateStore; replicaId?: string } = {},
+): Promise<TestRuntime> {
   const withAdmin = /^admin:/m.test(yaml) ? yaml : `admin: { listen: "127.0.0.1:0" }\n${yaml}`;
   const config = parseConfigText(withAdmin);
   const logs = new LogSink();
@@ -78,7 +81,11 @@ export async function startRuntime(yaml: string, opts: { store?: StateStore; rep
 }
 
 /** Reads one sample from /metrics (0 when absent). */
-export async function readMetric(adminUrl: string, name: string, labels: Record<string, string> = {}): Promise<number> {
+export async function readMetric(
+  adminUrl: string,
+  name: string,
+  labels: Record<string, string> = {},
+): Promise<number> {
   const text = await (await fetch(`${adminUrl}/metrics`)).text();
   for (const line of text.split('\n')) {
     if (!line.startsWith(name)) continue;

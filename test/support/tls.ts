@@ -19,11 +19,29 @@ export function makeCert(names: readonly string[]): TestCert {
   try {
     execFileSync(
       'openssl',
-      ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-days', '2', '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'cert.pem'), '-config', cfg],
+      [
+        'req',
+        '-x509',
+        '-newkey',
+        'ec',
+        '-pkeyopt',
+        'ec_paramgen_curve:P-256',
+        '-nodes',
+        '-days',
+        '2',
+        '-keyout',
+        join(dir, 'key.pem'),
+        '-out',
+        join(dir, 'cert.pem'),
+        '-config',
+        cfg,
+      ],
       { stdio: 'pipe' },
     );
   } catch (err) {
-    throw new Error(`openssl is needed to make test certificates (apt-get install openssl): ${String(err)}`, { cause: err });
+    throw new Error(`openssl is needed to make test certificates (apt-get install openssl): ${String(err)}`, {
+      cause: err,
+    });
   }
   return { key: readFileSync(join(dir, 'key.pem')), cert: readFileSync(join(dir, 'cert.pem')) };
 }

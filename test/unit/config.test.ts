@@ -43,12 +43,20 @@ describe('addresses', () => {
   ])('%s', (input, host, port) => {
     expect(parseHostPort(input)).toEqual({ ok: true, value: { host, port } });
   });
-  it.each(['10.0.0.1', '::1:80', '[::1]80', '[nope]:80', 'host:0', 'host:65536', 'host:-1', ':80', 'a b:80', 80])(
-    'rejects %s',
-    (input) => {
-      expect(parseHostPort(input).ok).toBe(false);
-    },
-  );
+  it.each([
+    '10.0.0.1',
+    '::1:80',
+    '[::1]80',
+    '[nope]:80',
+    'host:0',
+    'host:65536',
+    'host:-1',
+    ':80',
+    'a b:80',
+    80,
+  ])('rejects %s', (input) => {
+    expect(parseHostPort(input).ok).toBe(false);
+  });
   it('allows port 0 only where asked', () => {
     expect(parseHostPort('127.0.0.1:0', true).ok).toBe(true);
   });
@@ -80,7 +88,12 @@ describe('config', () => {
 
   it('accepts JSON, which is YAML', () => {
     expect(() =>
-      parseConfigText(JSON.stringify({ listeners: [{ name: 'a', bind: '[::]:1', pool: 'p' }], pools: [{ name: 'p', backends: [{ address: '[::1]:2' }] }] })),
+      parseConfigText(
+        JSON.stringify({
+          listeners: [{ name: 'a', bind: '[::]:1', pool: 'p' }],
+          pools: [{ name: 'p', backends: [{ address: '[::1]:2' }] }],
+        }),
+      ),
     ).not.toThrow();
   });
 
@@ -134,29 +147,61 @@ pools:
   });
 
   it.each([
-    [minimal.replace('0.0.0.0:8443', '0.0.0.0'), 'listeners[0].bind: expected host:port (IPv6 as [::1]:port)'],
+    [
+      minimal.replace('0.0.0.0:8443', '0.0.0.0'),
+      'listeners[0].bind: expected host:port (IPv6 as [::1]:port)',
+    ],
     [minimal.replace('pool: p }', 'pool: q }'), 'listeners[0].pool: no pool named "q"'],
     [minimal + 'admin: { listen: x }\n', 'admin.listen: expected host:port (IPv6 as [::1]:port)'],
     [minimal + 'bogus: 1\n', 'bogus: unknown key'],
     [minimal + 'workers: 0\n', 'workers: must be >= 1'],
-    [minimal + 'shutdown: { drain_timeout: soon }\n', 'shutdown.drain_timeout: expected a duration such as 250ms, 5s, 2m, 1h or whole milliseconds'],
-    [minimal.replace('{ name: p,', '{ name: p, algorithm: best,'), 'pools[0].algorithm: expected one of "round-robin", "least-connections", "power-of-two", "random", "maglev", "ring-hash"'],
-    [minimal.replace('"10.0.0.1:8443" }', '"10.0.0.1:8443", weight: 999 }'), 'pools[0].backends[0].weight: must be <= 256'],
-    [minimal.replace('backends: [{ address: "10.0.0.1:8443" }]', 'backends: []'), 'pools[0].backends: a pool needs backends or discovery'],
-    [minimal.replace('"10.0.0.1:8443" }', '"10.0.0.1:8443" }, { address: "10.0.0.1:8443" }'), 'pools[0].backends[1].address: duplicate backend 10.0.0.1:8443'],
-    [minimal.replace('pool: p }', 'pool: p, access: { allow: [10.0.0.0/33] } }'), 'listeners[0].access.allow[0]: expected a CIDR such as 10.0.0.0/8 or ::/0'],
-    [minimal.replace('{ name: p,', '{ name: p, health: { active: { type: send-expect } },'), 'pools[0].health.active.expect: required for type send-expect'],
-    [minimal.replace('{ name: p,', '{ name: p, algorithm: maglev, maglev_table_size: 1000,'), 'pools[0].maglev_table_size: must be a prime number'],
+    [
+      minimal + 'shutdown: { drain_timeout: soon }\n',
+      'shutdown.drain_timeout: expected a duration such as 250ms, 5s, 2m, 1h or whole milliseconds',
+    ],
+    [
+      minimal.replace('{ name: p,', '{ name: p, algorithm: best,'),
+      'pools[0].algorithm: expected one of "round-robin", "least-connections", "power-of-two", "random", "maglev", "ring-hash"',
+    ],
+    [
+      minimal.replace('"10.0.0.1:8443" }', '"10.0.0.1:8443", weight: 999 }'),
+      'pools[0].backends[0].weight: must be <= 256',
+    ],
+    [
+      minimal.replace('backends: [{ address: "10.0.0.1:8443" }]', 'backends: []'),
+      'pools[0].backends: a pool needs backends or discovery',
+    ],
+    [
+      minimal.replace('"10.0.0.1:8443" }', '"10.0.0.1:8443" }, { address: "10.0.0.1:8443" }'),
+      'pools[0].backends[1].address: duplicate backend 10.0.0.1:8443',
+    ],
+    [
+      minimal.replace('pool: p }', 'pool: p, access: { allow: [10.0.0.0/33] } }'),
+      'listeners[0].access.allow[0]: expected a CIDR such as 10.0.0.0/8 or ::/0',
+    ],
+    [
+      minimal.replace('{ name: p,', '{ name: p, health: { active: { type: send-expect } },'),
+      'pools[0].health.active.expect: required for type send-expect',
+    ],
+    [
+      minimal.replace('{ name: p,', '{ name: p, algorithm: maglev, maglev_table_size: 1000,'),
+      'pools[0].maglev_table_size: must be a prime number',
+    ],
     ['listeners: nope\npools: []\n', 'listeners: expected array, got string'],
     ['- 1\n', '(root): expected a mapping'],
     ['pools: [\n', 'line 2: Flow sequence'],
   ])('rejects a bad config with the key path (%#)', (text, expected) => {
     const got = problems(text);
-    expect(got.some((p) => p.startsWith(expected)), `got ${JSON.stringify(got)}`).toBe(true);
+    expect(
+      got.some((p) => p.startsWith(expected)),
+      `got ${JSON.stringify(got)}`,
+    ).toBe(true);
   });
 
   it('lists every problem, not just the first', () => {
-    const got = problems(`listeners: [{ name: a, bind: x, pool: p, timeouts: { idle: y } }]\npools: [{ name: p, algorithm: z, backends: [] }]\n`);
+    const got = problems(
+      `listeners: [{ name: a, bind: x, pool: p, timeouts: { idle: y } }]\npools: [{ name: p, algorithm: z, backends: [] }]\n`,
+    );
     expect(got.length).toBeGreaterThanOrEqual(3);
   });
 });

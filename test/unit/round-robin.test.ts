@@ -3,7 +3,8 @@ import { RoundRobinPicker, smoothSchedule } from '../../src/upstream/balancer/ro
 import { seededRandom } from '../../src/util/clock.js';
 
 const ctx = { clientIp: '192.0.2.1', clientPort: 1000, sni: undefined };
-const targets = (weights: number[]) => weights.map((weight, i) => ({ address: `10.0.0.${i}:80`, weight, load: 0 }));
+const targets = (weights: number[]) =>
+  weights.map((weight, i) => ({ address: `10.0.0.${i}:80`, weight, load: 0 }));
 
 describe('smooth weighted round-robin', () => {
   it('spreads a heavy backend out as nginx does (5,1,1 → a a b a c a a)', () => {
@@ -37,7 +38,9 @@ describe('smooth weighted round-robin', () => {
     const ex = new Set([ts[0], ts[1]].filter((t) => t !== undefined));
     for (let i = 0; i < 10; i++) expect(p.pick(ctx, ex)).toBe(ts[2]);
     expect(p.pick(ctx, new Set(ts))).toBeUndefined();
-    expect(new RoundRobinPicker([], { hashKey: 'source-ip', random: seededRandom(4) }).pick(ctx, undefined)).toBeUndefined();
+    expect(
+      new RoundRobinPicker([], { hashKey: 'source-ip', random: seededRandom(4) }).pick(ctx, undefined),
+    ).toBeUndefined();
   });
 
   it('keeps the schedule bounded for huge weight sums and keeps ratios', () => {

@@ -19,7 +19,8 @@ export interface PickContext {
 
 export type HashKey = 'source-ip' | 'source-ip-port' | 'sni';
 
-export type Algorithm = 'round-robin' | 'least-connections' | 'power-of-two' | 'random' | 'maglev' | 'ring-hash';
+export type Algorithm =
+  'round-robin' | 'least-connections' | 'power-of-two' | 'random' | 'maglev' | 'ring-hash';
 
 export interface PickerOptions {
   readonly hashKey: HashKey;
