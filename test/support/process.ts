@@ -40,6 +40,8 @@ export function runCli(
 /** A forked `sluice run` and what it has logged. */
 export interface SluiceProcess {
   readonly child: ChildProcess;
+  /** The config file it runs (rewrite it, then send SIGHUP, to test reloads). */
+  readonly configPath: string;
   readonly logs: Record<string, unknown>[];
   /** listener name → bound port */
   readonly ports: Map<string, number>;
@@ -78,6 +80,7 @@ export async function spawnSluice(yaml: string, timeoutMs = 15_000): Promise<Slu
   const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
   const proc: SluiceProcess = {
     child,
+    configPath: path,
     logs,
     ports: new Map(),
     adminUrl: '',
