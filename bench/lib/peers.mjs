@@ -213,6 +213,7 @@ export async function startSluice(dir, routes, { workers = 1, accessLog = false,
     admin: { listen: `${HOST}:${admin}` },
     log: { level: accessLog ? 'info' : 'warn', access_log: accessLog },
     workers,
+    shutdown: { drain_timeout: '1s' },
     listeners: routes.map((r) => ({
       name: r.name,
       protocol: r.proto ?? 'tcp',

@@ -80,10 +80,10 @@ export function machineInfo() {
     kernel: `${os.type()} ${os.release()}`,
     memGiB: (os.totalmem() / 2 ** 30).toFixed(1),
     node: execFileSync(sluiceNode(), ['-p', 'process.version'], { encoding: 'utf8' }).trim(),
-    haproxy: firstLine('haproxy', ['-v']),
-    nginx: firstLine('nginx', ['-v']),
+    haproxy: firstLine('haproxy', ['-v']).replace(/^HAProxy version (\S+).*/, 'HAProxy $1'),
+    nginx: firstLine('nginx', ['-v']).replace(/^nginx version: /, ''),
     iperf3: firstLine('iperf3', ['--version']),
-    wrk: firstLine('wrk', ['--version']),
+    wrk: firstLine('wrk', ['--version']).replace(/ \[.*$| Copyright.*$/, ''),
     sluice: git,
   };
 }

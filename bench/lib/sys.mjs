@@ -27,34 +27,36 @@ export function alive(pid) {
   }
 }
 
-/** SIGTERM, then SIGKILL after `graceMs` if it is still there. */
+/**
+ * SIGTERM, then SIGKILL after `graceMs` to whatever is left of its process tree (nginx workers,
+ * sluice workers).
+ */
 export async function stopPid(pid, graceMs = 3000) {
   if (!owned.delete(pid) || !alive(pid)) return;
-  try {
-    process.kill(pid, 'SIGTERM');
-  } catch {
-    return;
-  }
+  const family = tree(pid);
+  signal(pid, 'SIGTERM');
   const deadline = Date.now() + graceMs;
-  while (alive(pid) && Date.now() < deadline) await sleep(50);
-  if (alive(pid)) {
-    try {
-      process.kill(pid, 'SIGKILL');
-    } catch {
-      /* already gone */
-    }
+  while (family.some(alive) && Date.now() < deadline) await sleep(50);
+  for (const p of family) if (alive(p)) signal(p, 'SIGKILL');
+}
+
+function signal(pid, sig) {
+  try {
+    process.kill(pid, sig);
+  } catch {
+    /* already gone */
   }
 }
 
+/** On exit or SIGINT: SIGTERM to everything we own, up to 2 s to go, then SIGKILL the rest. */
 function killAllNow() {
-  for (const pid of owned) {
-    try {
-      process.kill(pid, 'SIGKILL');
-    } catch {
-      /* already gone */
-    }
-  }
+  const family = [...owned].flatMap((p) => (alive(p) ? tree(p) : []));
   owned.clear();
+  for (const p of family) signal(p, 'SIGTERM');
+  const deadline = Date.now() + 2000;
+  const nap = new Int32Array(new SharedArrayBuffer(4));
+  while (family.some(alive) && Date.now() < deadline) Atomics.wait(nap, 0, 0, 50);
+  for (const p of family) if (alive(p)) signal(p, 'SIGKILL');
 }
 
 process.on('exit', killAllNow);

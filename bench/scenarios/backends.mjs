@@ -9,7 +9,7 @@ import { startHttpBackend, startSluice } from '../lib/peers.mjs';
 import { table } from '../lib/report.mjs';
 import { freePort, sleep } from '../lib/sys.mjs';
 import { measureConnRate } from './connrate.mjs';
-import { newSamples, rotate, startPeers, stopAll } from './common.mjs';
+import { newSamples, rotate, startPeers, stopAll, warmUp } from './common.mjs';
 
 const SIZES = [10, 1000, 10000];
 const ALGORITHMS = ['round-robin', 'least-connections'];
@@ -39,6 +39,11 @@ export async function run({ dir, reps }) {
   const [p] = await startPeers(s, [['sluice', () => startSluice(dir, routes, { name: 'sluice-pools' })]]);
   try {
     if (p) {
+      await warmUp(
+        routes.map((r) => p.port[r.name]),
+        'close',
+      );
+      await sleep(1000);
       for (let rep = 0; rep < reps; rep++) {
         for (const r of rotate(routes, rep)) {
           await measureConnRate(s, rep, r.label, p.pid, p.port[r.name]);

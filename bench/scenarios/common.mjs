@@ -1,5 +1,6 @@
 // What every scenario does: start the peers (noting, not throwing, when one fails), interleave
 // them within each repetition, stop them at the end.
+import { iperf, wrk } from '../lib/load.mjs';
 import { Samples } from '../lib/report.mjs';
 
 /** Starts each [label, start()] in turn; a failure becomes a note on that peer's row. */
@@ -38,4 +39,15 @@ export function progress(rep, label, what, fields) {
     .filter(([, v]) => v !== undefined)
     .map(([k, v]) => `${k}=${typeof v === 'number' ? +v.toFixed(3) : v}`);
   console.log(`  rep ${rep + 1} ${label.padEnd(20)} ${what.padEnd(10)} ${parts.join(' ')}`);
+}
+
+/**
+ * One short unrecorded run per port before the repetitions, so the first measured run is not
+ * also the one that warms the JIT, the caches and the backend.
+ */
+export async function warmUp(ports, kind) {
+  for (const port of ports) {
+    if (kind === 'iperf') await iperf(port, { seconds: 1 });
+    else await wrk(port, { seconds: 1, close: kind === 'close' });
+  }
 }

@@ -5,7 +5,7 @@ import { direct, startHaproxy, startHttpBackend, startNginxStream, startSluice }
 import { withCpu, wrk } from '../lib/load.mjs';
 import { table } from '../lib/report.mjs';
 import { sleep } from '../lib/sys.mjs';
-import { newSamples, progress, rotate, startPeers, stopAll } from './common.mjs';
+import { newSamples, progress, rotate, startPeers, stopAll, warmUp } from './common.mjs';
 
 export const id = 'connrate';
 export const title = 'New connections per second (wrk, Connection: close)';
@@ -42,6 +42,11 @@ export async function run({ dir, reps }) {
     ['sluice (access log)', () => startSluice(dir, routes, { accessLog: true, name: 'sluice-accesslog' })],
   ]);
   try {
+    await warmUp(
+      peers.map((p) => p.port.http),
+      'close',
+    );
+    await sleep(1000);
     for (let rep = 0; rep < reps; rep++) {
       for (const p of rotate(peers, rep)) {
         await measureConnRate(s, rep, p.label, p.pid, p.port.http);

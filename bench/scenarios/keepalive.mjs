@@ -4,7 +4,7 @@ import { direct, startHaproxy, startHttpBackend, startNginxStream, startSluice }
 import { withCpu, wrk } from '../lib/load.mjs';
 import { table } from '../lib/report.mjs';
 import { sleep } from '../lib/sys.mjs';
-import { newSamples, progress, rotate, startPeers, stopAll } from './common.mjs';
+import { newSamples, progress, rotate, startPeers, stopAll, warmUp } from './common.mjs';
 
 export const id = 'keepalive';
 export const title = 'Keep-alive requests per second and latency (wrk --latency)';
@@ -24,6 +24,10 @@ export async function run({ dir, reps }) {
     ['sluice', () => startSluice(dir, routes)],
   ]);
   try {
+    await warmUp(
+      peers.map((p) => p.port.http),
+      'keepalive',
+    );
     for (let rep = 0; rep < reps; rep++) {
       for (const p of rotate(peers, rep)) {
         const r = await withCpu(p.pid, () => wrk(p.port.http));

@@ -13,7 +13,7 @@ import { iperf, withCpu } from '../lib/load.mjs';
 import { table } from '../lib/report.mjs';
 import { sleep } from '../lib/sys.mjs';
 import { measureConnRate } from './connrate.mjs';
-import { newSamples, progress, rotate, startPeers, stopAll } from './common.mjs';
+import { newSamples, progress, rotate, startPeers, stopAll, warmUp } from './common.mjs';
 
 export const id = 'scaling';
 export const title = 'Scaling to 2 cores (connection rate and 4-stream throughput)';
@@ -56,6 +56,11 @@ export async function run({ dir, reps }) {
     ['sluice workers: 2', () => sluiceTwoWorkers(dir, routes)],
   ]);
   try {
+    await warmUp(
+      peers.map((p) => p.port.http),
+      'close',
+    );
+    await sleep(1000);
     for (let rep = 0; rep < reps; rep++) {
       for (const p of rotate(peers, rep)) {
         await measureConnRate(s, rep, p.label, p.pid, p.port.http);

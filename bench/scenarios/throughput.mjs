@@ -4,7 +4,7 @@ import { direct, startHaproxy, startIperfServer, startNginxStream, startSluice }
 import { iperf, withCpu } from '../lib/load.mjs';
 import { table } from '../lib/report.mjs';
 import { sleep } from '../lib/sys.mjs';
-import { newSamples, progress, rotate, startPeers, stopAll } from './common.mjs';
+import { newSamples, progress, rotate, startPeers, stopAll, warmUp } from './common.mjs';
 
 export const id = 'throughput';
 export const title = 'Bulk throughput (iperf3, 4 s)';
@@ -22,6 +22,10 @@ export async function run({ dir, reps }) {
     ['sluice', () => startSluice(dir, routes)],
   ]);
   try {
+    await warmUp(
+      peers.map((p) => p.port.iperf),
+      'iperf',
+    );
     for (let rep = 0; rep < reps; rep++) {
       for (const streams of [1, 4]) {
         for (const p of rotate(peers, rep)) {
