@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import { parseCidr } from '../util/cidr.js';
 import type { HostPort } from './values.js';
-import { parseDuration, parseHostPort } from './values.js';
+import { parseDuration, parseHostPort, parseSize } from './values.js';
 
 /**
  * The whole configuration file, with every default in this one place. Objects are strict: an
@@ -11,6 +11,13 @@ import { parseDuration, parseHostPort } from './values.js';
 
 const duration = z.unknown().transform((v, ctx) => {
   const r = parseDuration(v);
+  if (r.ok) return r.value;
+  ctx.addIssue({ code: 'custom', message: r.error });
+  return z.NEVER;
+});
+
+const size = z.unknown().transform((v, ctx) => {
+  const r = parseSize(v);
   if (r.ok) return r.value;
   ctx.addIssue({ code: 'custom', message: r.error });
   return z.NEVER;
@@ -66,6 +73,21 @@ const stateSchema = z
     redis: redisSchema,
     replica_id: nonEmpty.optional(),
     heartbeat: duration.default(1000),
+  })
+  .prefault({});
+
+/**
+ * The overload guard: above `max_memory` (sampled every `interval`) listeners close new TCP
+ * connections at once; they accept again below `max_memory * resume_ratio` (hysteresis).
+ */
+const overloadSchema = z
+  .strictObject({
+    /** 0 = off. */
+    max_memory: size.default(0),
+    /** rss: resident set size of the process; heap: V8 heap in use. */
+    measure: z.enum(['rss', 'heap']).default('rss'),
+    resume_ratio: z.number().min(0.5).max(1).default(0.9),
+    interval: duration.default(250),
   })
   .prefault({});
 
@@ -196,6 +218,12 @@ const poolSchema = z.strictObject({
   health: z.strictObject({ active: activeHealthSchema, passive: passiveHealthSchema }).prefault({}),
   slow_start: duration.default(0),
   drain_timeout: duration.optional(),
+  /** Open TCP sessions per backend on this process; 0 = no cap. Full backends are skipped. */
+  max_connections_per_backend: count(0).default(0),
+  /** Sessions that may wait when every ready backend is full (FIFO); 0 = refuse at once. */
+  max_queue: count(0).default(100),
+  /** Longest wait in that queue before the session is closed (reason queue_timeout). */
+  queue_timeout: duration.default(5000),
 });
 
 export const configSchema = z.strictObject({
@@ -204,6 +232,7 @@ export const configSchema = z.strictObject({
   workers: z.union([count(1, 256), z.literal('auto')]).default(1),
   state: stateSchema,
   shutdown: shutdownSchema,
+  overload: overloadSchema,
   listeners: z.array(listenerSchema).min(1),
   pools: z.array(poolSchema).min(1),
 });

@@ -64,3 +64,26 @@ export function parseHostPort(input: unknown, allowZeroPort = false): Parsed<Hos
 export function formatHostPort(host: string, port: number): string {
   return isIP(host) === 6 ? `[${host}]:${port}` : `${host}:${port}`;
 }
+
+const SIZE_UNIT: Record<string, number> = {
+  b: 1,
+  kb: 1e3,
+  mb: 1e6,
+  gb: 1e9,
+  kib: 1024,
+  mib: 1024 ** 2,
+  gib: 1024 ** 3,
+};
+const SIZE_RE = /^(\d+(?:\.\d+)?)\s*(b|kb|mb|gb|kib|mib|gib)$/i;
+
+/** `512MiB`, `1.5GB`, `800kb`, or an integer number of bytes. */
+export function parseSize(input: unknown): Parsed<number> {
+  const error = 'expected a size such as 512MiB, 2GB or whole bytes';
+  if (typeof input === 'number')
+    return Number.isInteger(input) && input >= 0 ? { ok: true, value: input } : { ok: false, error };
+  if (typeof input !== 'string') return { ok: false, error };
+  const m = SIZE_RE.exec(input.trim());
+  const unit = SIZE_UNIT[(m?.[2] ?? '').toLowerCase()];
+  if (m === null || unit === undefined) return { ok: false, error };
+  return { ok: true, value: Math.round(Number(m[1]) * unit) };
+}

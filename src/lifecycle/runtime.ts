@@ -14,6 +14,7 @@ import { Metrics } from '../telemetry/metrics.js';
 import type { Backend } from '../upstream/backend.js';
 import type { Pool } from '../upstream/pool.js';
 import { PoolSet } from './pool-set.js';
+import { OverloadGuard } from './overload.js';
 import type { Clock, Random } from '../util/clock.js';
 import { Sweeper } from '../util/sweeper.js';
 
@@ -50,6 +51,7 @@ export class Runtime implements AdminApi {
   readonly pools: PoolSet;
   readonly listeners: ListenerSet;
   readonly admin: AdminServer;
+  readonly overload: OverloadGuard;
   #draining = false;
   #reloading = false;
   #ready = false;
@@ -60,7 +62,9 @@ export class Runtime implements AdminApi {
     this.logger = deps.logger;
     this.replicaId = cfg.state.replica_id ?? `${hostname()}:${process.pid}`;
     this.sweeper = new Sweeper(sweepTick(cfg));
+    this.overload = new OverloadGuard(cfg.overload, deps.logger);
     this.metrics = new Metrics({
+      overloaded: () => this.overload.active,
       backends: () => this.#backendSamples(),
       udpFlows: () => this.#udpFlows(),
       storeUp: () => deps.store.isUp(),
@@ -86,6 +90,7 @@ export class Runtime implements AdminApi {
     this.pools.apply(cfg.pools);
     await this.admin.listen(cfg.admin.listen.host, cfg.admin.listen.port);
     await this.listeners.apply(cfg.listeners);
+    this.overload.start();
     this.#logBound(cfg.listeners.map((l) => l.name));
     await this.#deps.store.start();
     this.#ready = true;
@@ -118,6 +123,7 @@ export class Runtime implements AdminApi {
   /** Releases everything at once (after a drain, or on a second signal). */
   async stop(): Promise<void> {
     this.sweeper.stop();
+    this.overload.stop();
     this.pools.stop();
     await this.#deps.store.withdraw(this.replicaId).catch(() => undefined);
     await this.#deps.store.close().catch(() => undefined);
@@ -206,6 +212,7 @@ export class Runtime implements AdminApi {
     this.#cfg = { ...next, admin: this.#cfg.admin, workers: this.#cfg.workers, state: this.#cfg.state };
     this.logger.level = next.log.level;
     this.sweeper.setTick(sweepTick(next));
+    this.overload.update(next.overload);
     this.metrics.configReloads.labels('success').inc();
     this.#logBound([...plan.added, ...plan.rebound]);
     this.logger.info({ ...plan, restart_needed_for: restartOnly }, 'config reloaded');
@@ -244,6 +251,7 @@ export class Runtime implements AdminApi {
       metrics: this.metrics,
       logger: this.logger,
       sweeper: this.sweeper,
+      overload: this.overload,
       get accessLog() {
         return config().log.access_log;
       },

@@ -11,6 +11,8 @@ export interface ListenerDeps {
   readonly logger: Logger;
   readonly sweeper: Sweeper;
   readonly accessLog: boolean;
+  /** The process-wide overload guard: while `active`, new connections are refused. Absent: never. */
+  readonly overload?: { readonly active: boolean };
   /** Pools by name, as of the current config. */
   pool(name: string): Pool | undefined;
   /** Passive health: a connect (TCP) or exchange (UDP) with `backend` failed or succeeded. */

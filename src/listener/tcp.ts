@@ -146,6 +146,7 @@ export class TcpListener implements SessionHost, Listener, PrefaceHost {
   /** Closes a session that was turned away before contacting a backend, counting why. */
   reject(session: Session, reason: RejectReason): void {
     this.#deps.metrics.listenerRejected.labels(this.name, reason).inc();
+    rejectedFor.set(session, reason);
     session.close(rejectCloseReason(reason));
   }
 
@@ -157,7 +158,9 @@ export class TcpListener implements SessionHost, Listener, PrefaceHost {
   connectFailed(pool: Pool, backend: Backend, code: string): void {
     this.#deps.metrics.connectFailures.labels(pool.name, backend.address).inc();
     this.logger.debug({ pool: pool.name, backend: backend.address, code }, 'upstream connect failed');
-    this.#deps.passive(pool, backend, false);
+    // Out of descriptors or local ports is this process's trouble, not the backend's: ejecting
+    // healthy backends for it would turn a short squeeze into an outage.
+    if (!LOCAL_CONNECT_ERRORS.has(code)) this.#deps.passive(pool, backend, false);
   }
 
   connectSucceeded(pool: Pool, backend: Backend): void {
@@ -200,8 +203,8 @@ export class TcpListener implements SessionHost, Listener, PrefaceHost {
   sessionClosed(session: Session, reason: CloseReason): void {
     this.sessions.delete(session);
     if (sourceCounted.delete(session)) this.#limits.release(session.clientIp);
-    if (reason === 'connect_failed')
-      this.#deps.metrics.listenerRejected.labels(this.name, 'no_backend').inc();
+    const counted = closeRejectReason(reason);
+    if (counted !== undefined) this.#deps.metrics.listenerRejected.labels(this.name, counted).inc();
     this.#deps.metrics.sessionsClosed.labels(this.name, reason).inc();
     if (this.accessLog) {
       this.logger.info(
@@ -216,6 +219,7 @@ export class TcpListener implements SessionHost, Listener, PrefaceHost {
           duration_ms: Math.round(performance.now() - session.started),
           attempts: session.attempts,
           reason,
+          rejected: rejectedFor.get(session),
           error: session.errorCode,
         },
         'session',
@@ -232,6 +236,10 @@ export class TcpListener implements SessionHost, Listener, PrefaceHost {
     this.#accepted.inc();
     const session = new TcpSession(this, socket, normalizeIp(remote), socket.remotePort ?? 0);
     this.sessions.add(session);
+    if (this.#deps.overload?.active === true) {
+      this.reject(session, 'overload');
+      return;
+    }
     if (this.sessions.size > this.#cfg.limits.max_connections && this.#cfg.limits.max_connections > 0) {
       this.reject(session, 'max_connections');
       return;
@@ -264,6 +272,29 @@ export class TcpListener implements SessionHost, Listener, PrefaceHost {
 
 /** Sessions whose source was counted by SourceLimits, so exactly those are released. */
 const sourceCounted = new WeakSet<Session>();
+
+/** Why the listener turned a session away, for its access-log line (`rejected`). */
+const rejectedFor = new WeakMap<Session, RejectReason>();
+
+/** Connect errors that come from this host running short, not from the backend. */
+const LOCAL_CONNECT_ERRORS = new Set(['EMFILE', 'ENFILE', 'ENOBUFS', 'ENOMEM', 'EADDRNOTAVAIL']);
+
+/**
+ * Close reasons the session reaches on its own (not through `reject`) that still mean the client
+ * was turned away before any byte reached a backend; counted in sluice_listener_rejected_total.
+ */
+function closeRejectReason(reason: CloseReason): RejectReason | undefined {
+  switch (reason) {
+    case 'connect_failed':
+      return 'no_backend';
+    case 'preface_timeout':
+    case 'queue_full':
+    case 'queue_timeout':
+      return reason;
+    default:
+      return undefined;
+  }
+}
 
 function rejectCloseReason(reason: RejectReason): CloseReason {
   switch (reason) {

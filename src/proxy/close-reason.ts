@@ -23,6 +23,10 @@ export type CloseReason =
   | 'proxy_protocol'
   /** Not TLS, an unparseable ClientHello, or no route for its SNI with on_no_match: reject. */
   | 'tls'
+  /** Every ready backend was at max_connections_per_backend and the pool's queue was full. */
+  | 'queue_full'
+  /** Waited queue_timeout in the pool's queue without a backend slot freeing. */
+  | 'queue_timeout'
   /** The backend was drained (admin, reload, discovery) and its drain deadline passed. */
   | 'backend_drained'
   /** The process was shutting down and shutdown.drain_timeout passed. */

@@ -2,7 +2,7 @@ import net from 'node:net';
 import type { Logger } from '../telemetry/logger.js';
 import type { Backend } from '../upstream/backend.js';
 import type { PickContext } from '../upstream/balancer/picker.js';
-import type { Holder, Pool } from '../upstream/pool.js';
+import type { Holder, Pool, QueueWaiter } from '../upstream/pool.js';
 import type { Sweepable, Sweeper } from '../util/sweeper.js';
 import type { CloseReason } from './close-reason.js';
 import { sniffProxySignature } from '../protocol/proxy-parse.js';
@@ -35,6 +35,8 @@ type Tagged = net.Socket & { [kSession]?: Session | undefined };
 
 const enum State {
   Preface,
+  /** Every ready backend is at max_connections_per_backend: waiting in the pool's queue. */
+  Queued,
   Connecting,
   Open,
   Closed,
@@ -59,7 +61,7 @@ const idPrefix = `${process.pid.toString(36)}${Date.now().toString(36).slice(-4)
  * Socket events reach the session through shared handler functions (the session hangs off the
  * socket), so a session costs no closures.
  */
-export class Session implements Holder, Sweepable {
+export class Session implements Holder, Sweepable, QueueWaiter {
   readonly id = `${idPrefix}-${(++sequence).toString(36)}`;
   readonly host: SessionHost;
   readonly down: Tagged;
@@ -136,6 +138,7 @@ export class Session implements Holder, Sweepable {
   /** Ends the session now: both sockets are destroyed and the access line says `reason`. */
   close(reason: CloseReason): void {
     if (this.#state === State.Closed) return;
+    if (this.#state === State.Queued) this.pool?.dequeue(this);
     this.#reason ??= reason;
     this.#state = State.Closed;
     this.down.destroy();
@@ -155,6 +158,8 @@ export class Session implements Holder, Sweepable {
       }
     } else if (this.#state === State.Connecting) {
       if (now >= this.#deadline) this.#connectFailed('ETIMEDOUT');
+    } else if (this.#state === State.Queued) {
+      if (now >= this.#deadline) this.close('queue_timeout');
     } else if (this.#state === State.Preface) {
       if (this.#deadline > 0 && now >= this.#deadline) this.close('preface_timeout');
     }
@@ -163,11 +168,40 @@ export class Session implements Holder, Sweepable {
   #attempt(): void {
     const pool = this.pool;
     if (pool === undefined) return;
-    const backend = pool.pick(this.pickContext, this.#tried);
+    const backend = pool.pickFree(this.pickContext, this.#tried);
+    if (backend === 'full') {
+      this.#enqueue(pool);
+      return;
+    }
     if (backend === undefined) {
       this.close(this.attempts === 0 ? 'no_backend' : 'connect_failed');
       return;
     }
+    this.#connectTo(pool, backend);
+  }
+
+  /** Waits for a slot, at most the pool's queue_timeout (the client's reads stay paused). */
+  #enqueue(pool: Pool): void {
+    if (!pool.enqueue(this)) {
+      this.close('queue_full');
+      return;
+    }
+    this.#state = State.Queued;
+    this.#deadline = this.host.sweeper.now + pool.config.queue_timeout;
+  }
+
+  /** @internal Called by the pool when a slot may have freed; true once connecting. */
+  retryQueued(): boolean {
+    const pool = this.pool;
+    if (this.#state !== State.Queued || pool === undefined) return true;
+    const backend = pool.pickFree(this.pickContext, this.#tried);
+    if (backend === 'full' || backend === undefined) return false;
+    this.#state = State.Connecting;
+    this.#connectTo(pool, backend);
+    return true;
+  }
+
+  #connectTo(pool: Pool, backend: Backend): void {
     this.attempts++;
     (this.#tried ??= new Set()).add(backend);
     this.backend = backend;

@@ -11,13 +11,17 @@ export type RejectReason =
   | 'no_backend'
   | 'preface_timeout'
   | 'flow_limit'
-  | 'overload';
+  | 'overload'
+  | 'queue_full'
+  | 'queue_timeout';
 
 /** Read at scrape time: the live numbers are never pushed on the connection path. */
 export interface MetricsSource {
   backends(): Iterable<{ pool: string; address: string; up: boolean; local: number; remote: number }>;
   udpFlows(): Iterable<{ listener: string; flows: number }>;
   storeUp(): boolean;
+  /** The overload guard's state (absent: never overloaded). */
+  overloaded?(): boolean;
 }
 
 /**
@@ -135,6 +139,14 @@ export class Metrics {
       collect() {
         this.reset();
         for (const f of source.udpFlows()) this.set({ listener: f.listener }, f.flows);
+      },
+    });
+    new Gauge({
+      name: 'sluice_overloaded',
+      help: '1 while the overload guard refuses new connections (memory above overload.max_memory)',
+      registers: [r],
+      collect() {
+        this.set(source.overloaded?.() === true ? 1 : 0);
       },
     });
     new Gauge({

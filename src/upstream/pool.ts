@@ -12,6 +12,18 @@ export interface Holder {
   close(reason: string): void;
 }
 
+/** A session waiting in a pool's queue for a backend slot (max_connections_per_backend). */
+export interface QueueWaiter {
+  /**
+   * A slot may have freed: pick again and, when a backend has room, take it and start connecting.
+   * Returns true when the waiter took a slot (the pool then drops it from the queue).
+   */
+  retryQueued(): boolean;
+}
+
+/** What `pickFree` found: a backend with room, `full` (every candidate at its cap) or none ready. */
+export type FreePick = Backend | 'full' | undefined;
+
 /** A member as a membership source (config, DNS, registry) reports it. */
 export interface Member {
   readonly address: string;
@@ -45,6 +57,8 @@ export class Pool {
   readonly #sources = new Map<string, readonly Member[]>();
   readonly #holders = new Map<Backend, Set<Holder>>();
   readonly #drainTimers = new Map<Backend, Timer>();
+  /** FIFO of sessions waiting for a slot: a Set keeps insertion order and deletes in O(1). */
+  readonly #queue = new Set<QueueWaiter>();
   #ready = new Set<Backend>();
   /** False until the first build: backends present at start-up skip slow start and begin up. */
   #started = false;
@@ -133,6 +147,46 @@ export class Pool {
     return this.#picker.pick(ctx, exclude);
   }
 
+  /**
+   * Like `pick`, but skips backends at `max_connections_per_backend` (counted on this process):
+   * the picker's choice is kept when it has room, otherwise the picker is asked again with the
+   * full ones excluded, so each algorithm's own order decides who comes next (for hash
+   * algorithms, the next point on the ring or table: affinity yields to the cap, as with
+   * bounded load). At most one pick per ready backend.
+   */
+  pickFree(ctx: PickContext, tried: ReadonlySet<Backend> | undefined): FreePick {
+    const max = this.#cfg.max_connections_per_backend;
+    const first = this.#picker.pick(ctx, tried);
+    if (max <= 0 || first === undefined || first.local < max) return first;
+    const skip = new Set(tried);
+    skip.add(first);
+    for (let i = 1; i < this.#ready.size; i++) {
+      const next = this.#picker.pick(ctx, skip);
+      if (next === undefined) break;
+      if (next.local < max) return next;
+      skip.add(next);
+    }
+    return 'full';
+  }
+
+  /** Sessions waiting for a slot. */
+  get queued(): number {
+    return this.#queue.size;
+  }
+
+  /** Puts `w` at the back of the queue; false when the queue holds `max_queue` already. */
+  enqueue(w: QueueWaiter): boolean {
+    if (this.#queue.has(w)) return true;
+    if (this.#queue.size >= this.#cfg.max_queue) return false;
+    this.#queue.add(w);
+    return true;
+  }
+
+  /** Takes `w` out of the queue (it timed out or its client left). */
+  dequeue(w: QueueWaiter): void {
+    this.#queue.delete(w);
+  }
+
   /** Counts a session or flow on `b` until `release`. */
   acquire(b: Backend, h: Holder): void {
     let set = this.#holders.get(b);
@@ -149,6 +203,7 @@ export class Pool {
         this.#holders.delete(b);
         if (b.removed) this.#forget(b);
       }
+      if (this.#queue.size > 0 && this.#ready.has(b)) this.#serveQueue(false);
     }
   }
 
@@ -182,6 +237,8 @@ export class Pool {
     this.#picker = this.#build(ready);
     this.#scheduleRamp(ramping);
     this.observer.readyChanged?.(this);
+    // A backend became ready, or the cap was raised by a reload: there may be room for many.
+    if (this.#queue.size > 0) this.#serveQueue(true);
   }
 
   /** Closes every holder on every backend (end of a shutdown drain). */
@@ -194,6 +251,23 @@ export class Pool {
     this.#rampTimer?.cancel();
     for (const t of this.#drainTimers.values()) t.cancel();
     this.#drainTimers.clear();
+  }
+
+  /**
+   * Offers free slots to waiters in arrival order. After one release (`all` false) one slot is
+   * free: the first waiter able to use it takes it (a later one only when the earlier ones
+   * already tried that backend). After a rebuild (`all` true) waiters are served from the head
+   * until one finds no room.
+   */
+  #serveQueue(all: boolean): void {
+    for (const w of this.#queue) {
+      if (w.retryQueued()) {
+        this.#queue.delete(w);
+        if (!all) return;
+      } else if (all) {
+        return;
+      }
+    }
   }
 
   #build(ready: readonly Backend[]): Picker<Backend> {
