@@ -32,6 +32,11 @@ const SERVER_OPTIONS: net.ServerOpts = {
  * connection to a Session. Reload swaps its config in place; the socket stays bound.
  */
 export class TcpListener implements SessionHost, Listener, PrefaceHost {
+  /**
+   * Bind with SO_REUSEPORT (Node >= 22.12): set once by a worker process before anything binds,
+   * so the workers of a host share each port and the kernel spreads connections over them.
+   */
+  static reusePort = false;
   readonly name: string;
   readonly logger: Logger;
   readonly sweeper: Sweeper;
@@ -100,7 +105,8 @@ export class TcpListener implements SessionHost, Listener, PrefaceHost {
     return new Promise((resolve, reject) => {
       const onError = (err: NodeJS.ErrnoException): void => reject(listenError(this.name, host, port, err));
       this.#server.once('error', onError);
-      this.#server.listen({ host, port, backlog: 4096, ipv6Only: host === '::' ? false : undefined }, () => {
+      const opts = { host, port, backlog: 4096, ipv6Only: host === '::' ? false : undefined };
+      this.#server.listen(TcpListener.reusePort ? { ...opts, reusePort: true } : opts, () => {
         this.#server.off('error', onError);
         const a = this.#server.address();
         this.boundAddress = a !== null && typeof a === 'object' ? formatHostPort(a.address, a.port) : '';

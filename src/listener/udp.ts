@@ -38,6 +38,11 @@ const FIRST_UNPRIVILEGED_PORT = 1024;
  * `flow_limit`, `no_backend`.
  */
 export class UdpListener implements Listener, FlowHost {
+  /**
+   * Bind with SO_REUSEPORT (Node >= 22.12): set once by a worker process before anything binds.
+   * The kernel hashes each client's 4-tuple to one worker, so a flow stays on one process.
+   */
+  static reusePort = false;
   readonly name: string;
   readonly logger: Logger;
   readonly downstream: dgram.Socket;
@@ -82,7 +87,11 @@ export class UdpListener implements Listener, FlowHost {
       privileged: m.udpDrops.labels(cfg.name, 'privileged_source'),
     };
     const ipv6 = isIP(cfg.bind.host) === 6;
-    this.downstream = dgram.createSocket({ type: ipv6 ? 'udp6' : 'udp4', ipv6Only: false });
+    this.downstream = dgram.createSocket({
+      type: ipv6 ? 'udp6' : 'udp4',
+      ipv6Only: false,
+      ...(UdpListener.reusePort ? { reusePort: true } : {}),
+    });
     this.downstream.on('error', (err: NodeJS.ErrnoException) => this.#onSocketError(err));
     this.downstream.on('message', (msg: Buffer, rinfo: dgram.RemoteInfo) => this.#onMessage(msg, rinfo));
     this.#warnV1(cfg.pool);

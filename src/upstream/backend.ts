@@ -42,6 +42,11 @@ export class Backend implements Target {
   local = 0;
   /** Sessions and flows open on other replicas, as last read from the state store. */
   remote = 0;
+  /**
+   * Sessions and flows open on the other worker processes of this host, pushed by the primary
+   * about every 250 ms (0 with one worker). Kept apart from `remote`, which the store sync owns.
+   */
+  siblings = 0;
 
   constructor(
     pool: string,
@@ -62,7 +67,7 @@ export class Backend implements Target {
   }
 
   get load(): number {
-    return this.local + this.remote;
+    return this.local + this.siblings + this.remote;
   }
 
   readiness(now: number): Readiness {
