@@ -1,27 +1,20 @@
 import net from 'node:net';
 import tls from 'node:tls';
 import { once } from 'node:events';
-import { afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { PP2_TYPE, parseProxyHeader } from '../../src/protocol/proxy-parse.js';
 import type { ProxyHeader } from '../../src/protocol/proxy-parse.js';
 import { encodeProxyV2 } from '../../src/protocol/proxy-encode.js';
 import type { TestServer } from '../support/net.js';
 import { connect, echoServer, readAll, startServer, untilClosed, waitFor } from '../support/net.js';
 import type { TestRuntime } from '../support/runtime.js';
-import { startRuntime } from '../support/runtime.js';
+import { testScope } from '../support/scope.js';
 import type { TestCert } from '../support/tls.js';
 import { makeCert } from '../support/tls.js';
 
-const cleanups: (() => Promise<void>)[] = [];
-afterEach(async () => {
-  while (cleanups.length > 0) await cleanups.pop()?.();
-});
+const scope = testScope();
 
-async function lb(yaml: string): Promise<TestRuntime> {
-  const rt = await startRuntime(yaml);
-  cleanups.push(() => rt.stop());
-  return rt;
-}
+const lb = (yaml: string): Promise<TestRuntime> => scope.lb(yaml);
 
 /** A backend that reads a PROXY header, records it, then echoes the rest (or hands it to `then`). */
 async function proxyBackend(
@@ -47,7 +40,7 @@ async function proxyBackend(
     };
     s.on('data', onData);
   });
-  cleanups.push(() => srv.close());
+  scope.defer(() => srv.close());
   return Object.assign(srv, { headers });
 }
 
@@ -251,7 +244,7 @@ describe('TLS passthrough with SNI routing', () => {
     server.listen(0, '127.0.0.1');
     await once(server, 'listening');
     const port = (server.address() as net.AddressInfo).port;
-    cleanups.push(() => new Promise((r) => server.close(() => r())));
+    scope.defer(() => new Promise((r) => server.close(() => r())));
     const direct = {
       port,
       host: '127.0.0.1',
@@ -337,7 +330,7 @@ pools: [{ name: api, health: { active: { type: none } }, backends: [{ address: "
       });
       up.pipe(c);
     });
-    cleanups.push(() => relay.close());
+    scope.defer(() => relay.close());
     expect(await tlsRequest(relay.port, 'api.example.com')).toBe('api api.example.com h2');
   });
 
@@ -356,7 +349,7 @@ pools: [{ name: api, health: { active: { type: none } }, backends: [{ address: "
 
   it('sends non-TLS bytes to the default pool with on_non_tls: default', async () => {
     const echo = await echoServer();
-    cleanups.push(() => echo.close());
+    scope.defer(() => echo.close());
     const rt =
       await lb(`listeners: [{ name: t, bind: "127.0.0.1:0", pool: p, tls: { routes: [], on_non_tls: default } }]
 pools: [{ name: p, health: { active: { type: none } }, backends: [{ address: "${echo.address}" }] }]`);

@@ -1,25 +1,14 @@
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { TestServer } from '../support/net.js';
 import { connect, echoServer, exchange, nameServer, readAll, waitFor } from '../support/net.js';
 import type { TestRuntime } from '../support/runtime.js';
-import { startRuntime } from '../support/runtime.js';
+import { testScope } from '../support/scope.js';
 
-const cleanups: (() => Promise<void>)[] = [];
-afterEach(async () => {
-  while (cleanups.length > 0) await cleanups.pop()?.();
-});
+const scope = testScope();
 
-async function lb(yaml: string): Promise<TestRuntime> {
-  const rt = await startRuntime(yaml);
-  cleanups.push(() => rt.stop());
-  return rt;
-}
+const lb = (yaml: string): Promise<TestRuntime> => scope.lb(yaml);
 
-async function track(p: Promise<TestServer>): Promise<TestServer> {
-  const s = await p;
-  cleanups.push(() => s.close());
-  return s;
-}
+const track = (p: Promise<TestServer>): Promise<TestServer> => scope.server(p);
 
 async function poolState(rt: TestRuntime, address: string): Promise<string> {
   const body = (await (await fetch(`${rt.adminUrl}/api/v1/pools`)).json()) as {

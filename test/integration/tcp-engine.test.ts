@@ -1,6 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
 import net from 'node:net';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { TestServer } from '../support/net.js';
 import {
   closedPort,
@@ -14,25 +14,14 @@ import {
   waitFor,
 } from '../support/net.js';
 import type { TestRuntime } from '../support/runtime.js';
-import { startRuntime } from '../support/runtime.js';
+import { testScope } from '../support/scope.js';
 import type { TcpListener } from '../../src/listener/tcp.js';
 
-const cleanups: (() => Promise<void>)[] = [];
-afterEach(async () => {
-  while (cleanups.length > 0) await cleanups.pop()?.();
-});
+const scope = testScope();
 
-async function lb(yaml: string): Promise<TestRuntime> {
-  const rt = await startRuntime(yaml);
-  cleanups.push(() => rt.stop());
-  return rt;
-}
+const lb = (yaml: string): Promise<TestRuntime> => scope.lb(yaml);
 
-async function server(p: Promise<TestServer>): Promise<TestServer> {
-  const s = await p;
-  cleanups.push(() => s.close());
-  return s;
-}
+const server = (p: Promise<TestServer>): Promise<TestServer> => scope.server(p);
 
 function poolYaml(addresses: string[], extra = ''): string {
   return `pools:
