@@ -10,11 +10,23 @@ import { PassiveHealth } from './passive.js';
 import type { Probe } from './probe.js';
 import { createProbe } from './probe.js';
 
+/**
+ * What the pool's health tells the outside (the state sync shares it with other replicas). Called
+ * synchronously after the pool has been updated; a listener must not throw.
+ */
+export interface HealthEvents {
+  /** The active checker running here changed its verdict on `b`. */
+  verdict?(b: Backend, to: 'up' | 'down'): void;
+  /** Passive health ejected `b` until `until` (Clock time). */
+  ejected?(b: Backend, until: number): void;
+}
+
 export interface PoolHealthDeps {
   readonly clock: Clock;
   readonly random: Random;
   readonly metrics: Metrics;
   readonly logger: Logger;
+  readonly events?: HealthEvents;
 }
 
 /** Health checks of a PROXY pool open with a header, so backends that require one accept the probe. */
@@ -28,12 +40,21 @@ function preambleFor(cfg: PoolConfig): Buffer | undefined {
  * Keeps one pool's backends' health: an active checker per backend (when a check type is set)
  * and passive ejection fed by sessions. Both only set flags on the backend and ask the pool to
  * rebuild its picker; the balancer reads the ready set and nothing else.
+ *
+ * A backend's checks may be delegated (another replica holds its probe lease): its checker is
+ * stopped here and its verdict is set from outside with `pool.setHealth`. By default nothing is
+ * delegated, so a lone process checks every backend itself.
  */
 export class PoolHealth {
   readonly #pool: Pool;
   readonly #deps: PoolHealthDeps;
   readonly #logger: Logger;
+  /** Backends under active checks, wherever they run. */
+  readonly #watched = new Set<Backend>();
+  /** Checkers running in this process. */
   readonly #checkers = new Map<Backend, ActiveChecker>();
+  /** Backends whose checks run on another replica. Kept across reloads. */
+  readonly #delegated = new Set<Backend>();
   #cfg: PoolConfig;
   #probe: Probe | undefined;
   #passive: PassiveHealth<Backend>;
@@ -59,6 +80,44 @@ export class PoolHealth {
     else this.#passive.failure(b);
   }
 
+  /** True when `b` is under active checks (here or on another replica). */
+  watches(b: Backend): boolean {
+    return this.#watched.has(b);
+  }
+
+  /** Backends under active checks, wherever they run. */
+  watched(): IterableIterator<Backend> {
+    return this.#watched.values();
+  }
+
+  /** True when this process runs the active checks of `b`. */
+  probing(b: Backend): boolean {
+    return this.#checkers.has(b);
+  }
+
+  /**
+   * The verdict of the checker running here, once at least one probe has settled since it
+   * started; undefined otherwise (no checker, or only the provisional starting verdict).
+   */
+  confirmedVerdict(b: Backend): 'up' | 'down' | undefined {
+    const c = this.#checkers.get(b);
+    return c?.lastResult === undefined ? undefined : c.state;
+  }
+
+  /**
+   * Hands the active checks of `b` to another replica (`elsewhere` true: the checker here stops)
+   * or takes them back (a new checker starts from the current verdict, provisionally).
+   */
+  delegate(b: Backend, elsewhere: boolean): void {
+    if (elsewhere) {
+      this.#delegated.add(b);
+      this.#checkers.get(b)?.stop();
+      this.#checkers.delete(b);
+    } else if (this.#delegated.delete(b) && this.#watched.has(b)) {
+      this.#startChecker(b);
+    }
+  }
+
   /** Applies the pool's new config (reload): checks restart only when their settings changed. */
   update(cfg: PoolConfig): void {
     const changed =
@@ -69,7 +128,7 @@ export class PoolHealth {
     this.#passive.stop();
     this.#passive = this.#makePassive(cfg);
     this.#probe = this.#makeProbe(cfg);
-    for (const b of [...this.#checkers.keys()]) this.#unwatch(b);
+    for (const b of [...this.#watched]) this.#stopChecks(b);
     for (const b of this.#pool.backends()) this.#watch(b);
     this.#pool.rebuild();
   }
@@ -106,6 +165,7 @@ export class PoolHealth {
           'backend ejected after consecutive failures',
         );
         this.#pool.rebuild();
+        this.#deps.events?.ejected?.(b, until);
       },
       onReturn: (b) => {
         this.#logger.info({ backend: b.address }, 'backend ejection ended');
@@ -115,12 +175,18 @@ export class PoolHealth {
   }
 
   #watch(b: Backend): void {
+    if (this.#probe === undefined || this.#watched.has(b)) return;
+    this.#watched.add(b);
+    b.checked = true;
+    b.health = b.health === 'up' ? 'up' : 'down';
+    if (!this.#delegated.has(b)) this.#startChecker(b);
+  }
+
+  /** Starts a checker on `b` from its current verdict (provisional: one result the other way flips it). */
+  #startChecker(b: Backend): void {
     const probe = this.#probe;
     if (probe === undefined || this.#checkers.has(b)) return;
     const a = this.#cfg.health.active;
-    const initial = b.health === 'up' ? 'up' : 'down';
-    b.checked = true;
-    b.health = initial;
     const checks = this.#deps.metrics.healthChecks;
     const checker = new ActiveChecker({
       probe: () => probe(b),
@@ -130,7 +196,7 @@ export class PoolHealth {
       jitter: a.jitter,
       rise: a.rise,
       fall: a.fall,
-      initial,
+      initial: b.health === 'up' ? 'up' : 'down',
       onResult: (r) => checks.labels(this.#pool.name, b.address, r.ok ? 'pass' : r.reason).inc(),
       onTransition: (from, to, last) => {
         this.#deps.metrics.healthTransitions.labels(this.#pool.name, b.address, to).inc();
@@ -139,15 +205,24 @@ export class PoolHealth {
           `backend ${to === 'up' ? 'up' : 'down'}`,
         );
         this.#pool.setHealth(b, to);
+        this.#deps.events?.verdict?.(b, to);
       },
     });
     this.#checkers.set(b, checker);
     checker.start();
   }
 
-  #unwatch(b: Backend): void {
+  /** Ends active checks of `b` (settings changed or backend gone); its health is no longer read. */
+  #stopChecks(b: Backend): void {
     this.#checkers.get(b)?.stop();
     this.#checkers.delete(b);
+    this.#watched.delete(b);
+    b.checked = false;
+  }
+
+  #unwatch(b: Backend): void {
+    this.#stopChecks(b);
+    this.#delegated.delete(b);
     this.#passive.forget(b);
   }
 }

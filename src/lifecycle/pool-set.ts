@@ -1,5 +1,6 @@
 import type { PoolConfig } from '../config/schema.js';
 import { DnsDiscovery } from '../discovery/dns.js';
+import type { HealthEvents } from '../health/pool-health.js';
 import { PoolHealth } from '../health/pool-health.js';
 import type { Logger } from '../telemetry/logger.js';
 import type { Metrics } from '../telemetry/metrics.js';
@@ -12,6 +13,14 @@ export interface PoolSetDeps {
   readonly random: Random;
   readonly metrics: Metrics;
   readonly logger: Logger;
+  /** Told of health verdicts and ejections (the state sync shares them). */
+  readonly healthEvents?: HealthEvents;
+}
+
+/** A pool and its health, as the state sync sees them. */
+export interface PoolEntry {
+  readonly pool: Pool;
+  readonly health: PoolHealth;
 }
 
 /** A pool with what keeps it current: its health and its discovery. */
@@ -41,6 +50,11 @@ export class PoolSet {
 
   values(): Pool[] {
     return [...this.#units.values()].map((u) => u.pool);
+  }
+
+  /** Every pool with its health. */
+  entries(): PoolEntry[] {
+    return [...this.#units.values()].map((u) => ({ pool: u.pool, health: u.health }));
   }
 
   /** Creates, updates and retires pools to match `configs`. */
@@ -78,9 +92,10 @@ export class PoolSet {
   }
 
   #create(cfg: PoolConfig): PoolUnit {
-    const { clock, random, metrics, logger } = this.#deps;
+    const { clock, random, metrics, logger, healthEvents } = this.#deps;
     const pool = new Pool(cfg, clock, random);
-    const health = new PoolHealth(pool, { clock, random, metrics, logger });
+    const events = healthEvents !== undefined ? { events: healthEvents } : {};
+    const health = new PoolHealth(pool, { clock, random, metrics, logger, ...events });
     const unit: PoolUnit = { pool, health, dns: undefined, dnsKey: '' };
     this.#syncDns(unit, cfg);
     return unit;
