@@ -9,6 +9,7 @@ import { ConfigError } from '../config/validate.js';
 import { UdpListener } from '../listener/udp.js';
 import type { Listener, ListenerDeps } from '../listener/listener.js';
 import type { StateStore } from '../state/store.js';
+import { StateSync } from '../state/sync.js';
 import type { Logger } from '../telemetry/logger.js';
 import { Metrics } from '../telemetry/metrics.js';
 import type { Backend } from '../upstream/backend.js';
@@ -47,6 +48,8 @@ export class Runtime implements AdminApi {
   readonly sweeper: Sweeper;
   readonly replicaId: string;
   readonly #deps: RuntimeDeps;
+  /** Shares counts, health and admin states with the other replicas through the store. */
+  readonly #sync: StateSync;
   #cfg: Config;
   readonly pools: PoolSet;
   readonly listeners: ListenerSet;
@@ -68,6 +71,17 @@ export class Runtime implements AdminApi {
       backends: () => this.#backendSamples(),
       udpFlows: () => this.#udpFlows(),
       storeUp: () => deps.store.isUp(),
+      syncLagSeconds: () => this.#sync.lagSeconds(),
+      probers: () => this.#sync.probers(),
+    });
+    this.#sync = new StateSync({
+      store: deps.store,
+      clock: deps.clock,
+      logger: deps.logger,
+      replicaId: this.replicaId,
+      heartbeat: cfg.state.heartbeat,
+      pools: () => this.pools.entries(),
+      onFailure: () => this.metrics.stateSyncFailures.inc(),
     });
     this.admin = new AdminServer(this, deps.logger);
     this.listeners = new ListenerSet((l) => this.#newListener(l), deps.logger);
@@ -76,6 +90,7 @@ export class Runtime implements AdminApi {
       random: deps.random,
       metrics: this.metrics,
       logger: deps.logger,
+      healthEvents: this.#sync.healthEvents,
     });
   }
 
@@ -93,6 +108,7 @@ export class Runtime implements AdminApi {
     this.overload.start();
     this.#logBound(cfg.listeners.map((l) => l.name));
     await this.#deps.store.start();
+    this.#sync.start();
     this.#ready = true;
     this.logger.info(
       { admin: this.admin.boundAddress, replica: this.replicaId, store: this.#deps.store.kind },
@@ -122,6 +138,7 @@ export class Runtime implements AdminApi {
 
   /** Releases everything at once (after a drain, or on a second signal). */
   async stop(): Promise<void> {
+    await this.#sync.stop(); // first: a last round must not restart checkers after pools.stop()
     this.sweeper.stop();
     this.overload.stop();
     this.pools.stop();
@@ -159,6 +176,7 @@ export class Runtime implements AdminApi {
     if (pool === undefined || b === undefined) return undefined;
     const state = verb === 'drain' ? 'draining' : verb === 'disable' ? 'disabled' : 'enabled';
     pool.setAdmin(b, state);
+    this.#sync.shareAdmin(b, state);
     this.logger.info({ pool: poolName, backend: address, admin: state }, 'admin state changed');
     return this.#backendJson(b, this.#deps.clock.now());
   }

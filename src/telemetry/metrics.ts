@@ -20,6 +20,10 @@ export interface MetricsSource {
   backends(): Iterable<{ pool: string; address: string; up: boolean; local: number; remote: number }>;
   udpFlows(): Iterable<{ listener: string; flows: number }>;
   storeUp(): boolean;
+  /** Seconds since the last successful state sync (absent: no sync running). */
+  syncLagSeconds?(): number;
+  /** Checked backends and whether this replica runs their active checks. */
+  probers?(): Iterable<{ pool: string; backend: string; probing: boolean }>;
   /** The overload guard's state (absent: never overloaded). */
   overloaded?(): boolean;
 }
@@ -45,6 +49,7 @@ export class Metrics {
   readonly udpDrops: Counter<'listener' | 'reason'>;
   readonly discoveryErrors: Counter<'pool' | 'code'>;
   readonly proxyProtocolErrors: Counter<'listener' | 'reason'>;
+  readonly stateSyncFailures: Counter;
 
   constructor(source: MetricsSource, opts: { defaultMetrics?: boolean } = {}) {
     const r = this.registry;
@@ -106,6 +111,11 @@ export class Metrics {
       'Failed discovery lookups (last set kept)',
       ['pool', 'code'],
     );
+    this.stateSyncFailures = counter(
+      'sluice_state_sync_failures_total',
+      'State sync rounds with a failed store call',
+      [],
+    );
     this.udpDrops = counter('sluice_udp_dropped_total', 'UDP datagrams dropped', ['listener', 'reason']);
 
     new Gauge({
@@ -147,6 +157,25 @@ export class Metrics {
       registers: [r],
       collect() {
         this.set(source.overloaded?.() === true ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: 'sluice_state_sync_lag_seconds',
+      help: 'Seconds since the last successful state sync with the other replicas',
+      registers: [r],
+      collect() {
+        this.set(source.syncLagSeconds?.() ?? 0);
+      },
+    });
+    new Gauge({
+      name: 'sluice_health_prober',
+      help: '1 where this replica runs the backend active checks (elected prober, or store out)',
+      labelNames: ['pool', 'backend'],
+      registers: [r],
+      collect() {
+        this.reset();
+        for (const p of source.probers?.() ?? [])
+          this.set({ pool: p.pool, backend: p.backend }, p.probing ? 1 : 0);
       },
     });
     new Gauge({

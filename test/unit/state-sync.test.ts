@@ -69,7 +69,7 @@ interface Replica {
   readonly pools: PoolSet;
   readonly sync: StateSync;
   readonly store: FlakyStore;
-  failures: number;
+  readonly failures: number;
   api(): Pool;
   backend(address: string, pool?: string): Backend;
   /** What the admin API does: set locally, then share. */
@@ -85,39 +85,48 @@ function replica(store: StateStore, clock: ManualClock, id: string): Replica {
     { defaultMetrics: false },
   );
   const flaky = new FlakyStore(store);
-  let pools: PoolSet | undefined;
+  const failures = { n: 0 };
+  const holder: { pools?: PoolSet } = {};
+  const sync = new StateSync({
+    store: flaky,
+    clock,
+    logger: silentLogger(),
+    replicaId: id,
+    heartbeat: cfg.state.heartbeat,
+    pools: () => holder.pools?.entries() ?? [],
+    wallClock: () => 1_700_000_000_000 + clock.now(),
+    onFailure: () => failures.n++,
+  });
+  const pools = new PoolSet({
+    clock,
+    random: () => 0.99,
+    metrics,
+    logger: silentLogger(),
+    healthEvents: sync.healthEvents,
+  });
+  holder.pools = pools;
   const r: Replica = {
     id,
     store: flaky,
-    failures: 0,
-    sync: new StateSync({
-      store: flaky,
-      clock,
-      logger: silentLogger(),
-      replicaId: id,
-      heartbeat: cfg.state.heartbeat,
-      pools: () => pools?.entries() ?? [],
-      wallClock: () => 1_700_000_000_000 + clock.now(),
-      onFailure: () => r.failures++,
-    }),
-    get pools(): PoolSet {
-      if (pools === undefined) throw new Error('not built');
-      return pools;
+    get failures(): number {
+      return failures.n;
     },
+    sync,
+    pools,
     api: () => {
-      const p = r.pools.get('api');
+      const p = pools.get('api');
       if (p === undefined) throw new Error('no pool api');
       return p;
     },
     backend: (address, pool = 'api') => {
-      const b = r.pools.get(pool)?.get(address);
+      const b = pools.get(pool)?.get(address);
       if (b === undefined) throw new Error(`no backend ${address}`);
       return b;
     },
     admin: (address, state) => {
       const b = r.backend(address);
       r.api().setAdmin(b, state);
-      r.sync.shareAdmin(b, state);
+      sync.shareAdmin(b, state);
     },
     open: (address, n) => {
       const holders: Holder[] = [];
@@ -129,13 +138,6 @@ function replica(store: StateStore, clock: ManualClock, id: string): Replica {
       return holders;
     },
   };
-  pools = new PoolSet({
-    clock,
-    random: () => 0.99,
-    metrics,
-    logger: silentLogger(),
-    healthEvents: r.sync.healthEvents,
-  });
   pools.apply(cfg.pools);
   return r;
 }
