@@ -3,6 +3,7 @@ import { Command, CommanderError } from 'commander';
 import { loadConfigFile } from '../config/load.js';
 import { ConfigError } from '../config/validate.js';
 import { adminCall, printStatus } from './admin-client.js';
+import { addRegisterCommand } from './register.js';
 
 /** Exit codes of the SPEC: 78 is EX_CONFIG from sysexits.h. */
 export const EXIT_CONFIG = 78;
@@ -79,6 +80,7 @@ export function buildProgram(): Command {
         process.stdout.write(`${JSON.stringify(body)}\n`);
       });
   }
+  addRegisterCommand(program);
   return program;
 }
 
