@@ -1,6 +1,8 @@
 import type { Config } from './config/schema.js';
 import { loadConfigFile } from './config/load.js';
 import { Runtime } from './lifecycle/runtime.js';
+import { SdNotify } from './lifecycle/sd-notify.js';
+import { workerCount } from './lifecycle/workers.js';
 import { MemoryStore } from './state/memory.js';
 import type { StateStore } from './state/store.js';
 import { createLogger } from './telemetry/logger.js';
@@ -8,7 +10,7 @@ import type { Logger } from './telemetry/logger.js';
 import { systemClock, systemRandom } from './util/clock.js';
 
 /** Builds the state store the config asks for. */
-async function createStore(cfg: Config, logger: Logger): Promise<StateStore> {
+export async function createStore(cfg: Config, logger: Logger): Promise<StateStore> {
   if (cfg.state.store === 'memory') return new MemoryStore(systemClock);
   const { RedisStore } = await import('./state/redis.js');
   return new RedisStore({ config: cfg.state.redis, logger: logger.child({ component: 'state' }) });
@@ -19,7 +21,14 @@ async function createStore(cfg: Config, logger: Logger): Promise<StateStore> {
  * signals: SIGHUP reloads; SIGTERM/SIGINT drain and exit 0; a second one exits at once.
  */
 export async function run(configPath: string, cfg: Config): Promise<void> {
+  const workers = workerCount(cfg.workers);
+  if (workers > 1) {
+    // Multi-core: this process becomes the primary; workers run the code below, minus admin.
+    const { runPrimary } = await import('./lifecycle/primary.js');
+    return runPrimary(configPath, cfg, workers);
+  }
   const logger = createLogger(cfg.log.level);
+  const notify = new SdNotify(logger);
   const store = await createStore(cfg, logger);
   const runtime = new Runtime(cfg, {
     logger,
@@ -38,6 +47,7 @@ export async function run(configPath: string, cfg: Config): Promise<void> {
     }
     stopping = true;
     logger.info({ signal }, 'shutting down');
+    void notify.stopping();
     runtime
       .drain()
       .then(() => {
@@ -53,7 +63,11 @@ export async function run(configPath: string, cfg: Config): Promise<void> {
   process.on('SIGTERM', onStop);
   process.on('SIGINT', onStop);
   process.on('SIGHUP', () => {
-    runtime.reload().catch((err: unknown) => logger.error({ err }, 'reload failed'));
+    void notify.reloading();
+    runtime
+      .reload()
+      .catch((err: unknown) => logger.error({ err }, 'reload failed'))
+      .finally(() => void notify.ready());
   });
 
   try {
@@ -62,4 +76,5 @@ export async function run(configPath: string, cfg: Config): Promise<void> {
     await runtime.stop().catch(() => undefined);
     throw err;
   }
+  void notify.ready();
 }

@@ -6,15 +6,26 @@ import { listenError } from '../listener/bind-error.js';
 import { formatHostPort } from '../config/values.js';
 import type { Logger } from '../telemetry/logger.js';
 
+/**
+ * AdminApi, whose answers (readiness aside) may also come later: a multi-worker primary asks its
+ * workers over IPC. A Runtime (synchronous answers) is one.
+ */
+export type AdminSource = {
+  [K in Exclude<keyof AdminApi, 'readiness'>]: (
+    ...args: Parameters<AdminApi[K]>
+  ) => ReturnType<AdminApi[K]> | Promise<Awaited<ReturnType<AdminApi[K]>>>;
+} & Pick<AdminApi, 'readiness'>;
+
 /** The admin HTTP server: health, readiness, metrics, the pools API and runtime actions. */
 export class AdminServer {
   readonly #server: http.Server;
-  readonly #api: AdminApi;
+  readonly #api: AdminSource;
   readonly #logger: Logger;
   #token: Buffer | undefined;
+  #disabled = false;
   boundAddress = '';
 
-  constructor(api: AdminApi, logger: Logger) {
+  constructor(api: AdminSource, logger: Logger) {
     this.#api = api;
     this.#logger = logger.child({ component: 'admin' });
     this.#server = http.createServer((req, res) => {
@@ -50,7 +61,17 @@ export class AdminServer {
     this.#token = Buffer.from(text);
   }
 
+  /**
+   * A worker process serves no admin port: its primary does, at `servedBy`, which is what
+   * `boundAddress` then reports. listen() binds nothing afterwards.
+   */
+  disable(servedBy: string): void {
+    this.#disabled = true;
+    this.boundAddress = servedBy;
+  }
+
   listen(host: string, port: number): Promise<void> {
+    if (this.#disabled) return Promise.resolve();
     return new Promise((resolve, reject) => {
       const onError = (err: NodeJS.ErrnoException): void => reject(listenError('admin', host, port, err));
       this.#server.once('error', onError);
@@ -65,6 +86,7 @@ export class AdminServer {
   }
 
   close(): Promise<void> {
+    if (!this.#server.listening) return Promise.resolve();
     return new Promise((resolve) => {
       this.#server.close(() => resolve());
       this.#server.closeAllConnections();
@@ -93,15 +115,17 @@ export class AdminServer {
           return;
         }
         case '/api/v1/pools':
-          return send(res, 200, this.#api.poolsJson());
-        case '/':
+          return send(res, 200, await this.#api.poolsJson());
+        case '/': {
+          const page = await this.#api.statusPage();
           res.writeHead(200, {
             'Content-Type': 'text/html; charset=utf-8',
             'Content-Security-Policy':
               "default-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; connect-src 'self'",
           });
-          res.end(this.#api.statusPage());
+          res.end(page);
           return;
+        }
       }
     }
     const action = /^\/api\/v1\/pools\/([^/]+)\/backends\/([^/]+)\/(drain|enable|disable)$/.exec(path);
@@ -117,7 +141,7 @@ export class AdminServer {
         );
       }
       const [, pool = '', address = '', verb = 'enable'] = action ?? [];
-      const r = this.#api.setAdmin(
+      const r = await this.#api.setAdmin(
         decodeURIComponent(pool),
         decodeURIComponent(address),
         verb as 'drain' | 'enable' | 'disable',

@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import { Command, CommanderError } from 'commander';
 import { loadConfigFile } from '../config/load.js';
 import { ConfigError } from '../config/validate.js';
+import { workerConfigProblems } from '../lifecycle/workers.js';
 import { adminCall, printStatus } from './admin-client.js';
 import { addRegisterCommand } from './register.js';
 
@@ -86,7 +87,11 @@ export function buildProgram(): Command {
 
 async function loadOrExit(path: string): Promise<Awaited<ReturnType<typeof loadConfigFile>>> {
   try {
-    return await loadConfigFile(path);
+    const cfg = await loadConfigFile(path);
+    // Checks that only apply with several workers (port 0 cannot be shared), so validate sees them too.
+    const problems = workerConfigProblems(cfg);
+    if (problems.length > 0) throw new ConfigError(problems);
+    return cfg;
   } catch (err) {
     if (err instanceof ConfigError) {
       printConfigError(path, err);
