@@ -1,3 +1,5 @@
+import type { Sample } from '../telemetry/history.js';
+
 /** JSON shape of one backend in GET /api/v1/pools. */
 export interface BackendJson {
   address: string;
@@ -19,6 +21,16 @@ export interface PoolJson {
   backends: BackendJson[];
 }
 
+/** JSON shape of one listener in GET /api/v1/listeners. */
+export interface ListenerJson {
+  name: string;
+  protocol: string;
+  bind: string;
+  pool: string;
+  /** Open TCP sessions or live UDP flows. */
+  open: number;
+}
+
 /** What the admin server asks of the running process. */
 export interface AdminApi {
   readiness(): { ready: boolean; reason: string };
@@ -26,5 +38,7 @@ export interface AdminApi {
   poolsJson(): { pools: PoolJson[] };
   setAdmin(pool: string, address: string, verb: 'drain' | 'enable' | 'disable'): BackendJson | undefined;
   reload(): Promise<{ ok: true } | { ok: false; errors: string[] }>;
+  listenersJson(): { listeners: ListenerJson[] };
+  historyJson(): { samples: readonly Sample[] };
   statusPage(): string;
 }

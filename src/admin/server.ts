@@ -116,6 +116,10 @@ export class AdminServer {
         }
         case '/api/v1/pools':
           return send(res, 200, await this.#api.poolsJson());
+        case '/api/v1/listeners':
+          return send(res, 200, await this.#api.listenersJson());
+        case '/api/v1/history':
+          return send(res, 200, await this.#api.historyJson());
         case '/': {
           const page = await this.#api.statusPage();
           res.writeHead(200, {
@@ -148,7 +152,17 @@ export class AdminServer {
       );
       return r === undefined ? send(res, 404, { error: 'no such pool or backend' }) : send(res, 200, r);
     }
-    if (['/healthz', '/readyz', '/metrics', '/api/v1/pools', '/'].includes(path))
+    if (
+      [
+        '/healthz',
+        '/readyz',
+        '/metrics',
+        '/api/v1/pools',
+        '/api/v1/listeners',
+        '/api/v1/history',
+        '/',
+      ].includes(path)
+    )
       return send(res, 405, { error: 'use GET' }, { Allow: 'GET, HEAD' });
     return send(res, 404, { error: 'not found' });
   }

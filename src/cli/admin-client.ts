@@ -51,6 +51,18 @@ interface BackendRow {
   connections: { local: number; cluster: number };
 }
 
+interface ListenerRow {
+  name: string;
+  protocol: string;
+  bind: string;
+  pool: string;
+  open: number;
+}
+
+function isListeners(v: unknown): v is { listeners: ListenerRow[] } {
+  return typeof v === 'object' && v !== null && Array.isArray((v as { listeners?: unknown }).listeners);
+}
+
 function isPools(v: unknown): v is { pools: { name: string; algorithm: string; backends: BackendRow[] }[] } {
   return typeof v === 'object' && v !== null && Array.isArray((v as { pools?: unknown }).pools);
 }
@@ -62,17 +74,26 @@ const COLORS: Record<string, string> = {
   disabled: '\x1b[90m',
 };
 
-/** Prints GET /api/v1/pools as a table (colour only on a TTY), or as JSON. */
-export function printStatus(body: unknown, json: boolean): void {
-  if (json || !isPools(body)) {
-    process.stdout.write(`${JSON.stringify(body, null, 2)}\n`);
+/** Prints the listeners and GET /api/v1/pools as tables (colour only on a TTY), or as JSON. */
+export function printStatus(listeners: unknown, pools: unknown, json: boolean): void {
+  if (json || !isPools(pools) || !isListeners(listeners)) {
+    const l = isListeners(listeners) ? listeners.listeners : listeners;
+    const p = isPools(pools) ? pools.pools : pools;
+    process.stdout.write(`${JSON.stringify({ listeners: l, pools: p }, null, 2)}\n`);
     return;
   }
-  const tty = process.stdout.isTTY;
+  printTable(
+    [
+      ['LISTENER', 'PROTOCOL', 'BIND', 'POOL', 'OPEN'],
+      ...listeners.listeners.map((l) => [l.name, l.protocol, l.bind, l.pool, String(l.open)]),
+    ],
+    -1,
+  );
+  process.stdout.write('\n');
   const rows: string[][] = [
     ['POOL', 'ALGORITHM', 'BACKEND', 'STATE', 'WEIGHT', 'HEALTH', 'LOCAL', 'CLUSTER'],
   ];
-  for (const p of body.pools)
+  for (const p of pools.pools)
     for (const b of p.backends)
       rows.push([
         p.name,
@@ -84,12 +105,18 @@ export function printStatus(body: unknown, json: boolean): void {
         String(b.connections.local),
         String(b.connections.cluster),
       ]);
+  printTable(rows, 3);
+}
+
+/** Prints aligned columns; the `stateColumn` cells are coloured by state on a TTY. */
+function printTable(rows: readonly string[][], stateColumn: number): void {
+  const tty = process.stdout.isTTY;
   const widths = rows[0]?.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length))) ?? [];
   for (const r of rows) {
     const line = r
       .map((cell, i) => {
         const padded = cell.padEnd(widths[i] ?? 0);
-        const color = i === 3 && tty ? COLORS[cell] : undefined;
+        const color = i === stateColumn && tty ? COLORS[cell] : undefined;
         return color !== undefined ? `${color}${padded}\x1b[0m` : padded;
       })
       .join('  ');

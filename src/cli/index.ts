@@ -65,8 +65,9 @@ export function buildProgram(): Command {
     .option('--token <file>', 'file holding the admin bearer token')
     .option('--json', 'print the raw JSON')
     .action(async (opts: { admin: string; token?: string; json?: boolean }) => {
-      const body = await adminCall(opts.admin, 'GET', '/api/v1/pools', opts.token);
-      printStatus(body, opts.json === true);
+      const pools = await adminCall(opts.admin, 'GET', '/api/v1/pools', opts.token);
+      const listeners = await adminCall(opts.admin, 'GET', '/api/v1/listeners', opts.token);
+      printStatus(listeners, pools, opts.json === true);
     });
 
   for (const verb of ['drain', 'enable', 'disable'] as const) {

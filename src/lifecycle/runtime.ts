@@ -1,5 +1,7 @@
 import { hostname } from 'node:os';
-import type { AdminApi, BackendJson, PoolJson } from '../admin/api.js';
+import type { AdminApi, BackendJson, ListenerJson, PoolJson } from '../admin/api.js';
+import { History } from '../telemetry/history.js';
+import type { Sample } from '../telemetry/history.js';
 import { AdminServer } from '../admin/server.js';
 import { renderStatusPage } from '../admin/status-page.js';
 import type { Config, ListenerConfig } from '../config/schema.js';
@@ -57,6 +59,7 @@ export class Runtime implements AdminApi {
   readonly overload: OverloadGuard;
   #draining = false;
   #reloading = false;
+  #history: History | undefined;
   #ready = false;
 
   constructor(cfg: Config, deps: RuntimeDeps) {
@@ -109,6 +112,7 @@ export class Runtime implements AdminApi {
     this.#logBound(cfg.listeners.map((l) => l.name));
     await this.#deps.store.start();
     this.#sync.start();
+    this.#history = new History(this.metrics.listenerConnections, this.metrics.bytes);
     this.#ready = true;
     this.logger.info(
       { admin: this.admin.boundAddress, replica: this.replicaId, store: this.#deps.store.kind },
@@ -140,6 +144,7 @@ export class Runtime implements AdminApi {
   async stop(): Promise<void> {
     await this.#sync.stop(); // first: a last round must not restart checkers after pools.stop()
     this.sweeper.stop();
+    this.#history?.stop();
     this.overload.stop();
     this.pools.stop();
     await this.#deps.store.withdraw(this.replicaId).catch(() => undefined);
@@ -248,16 +253,27 @@ export class Runtime implements AdminApi {
     }
   }
 
-  statusPage(): string {
-    return renderStatusPage(
-      this.poolsJson().pools,
-      [...this.listeners.values()].map((l) => ({
+  listenersJson(): { listeners: ListenerJson[] } {
+    return {
+      listeners: [...this.listeners.values()].map((l) => ({
         name: l.name,
         protocol: l.config.protocol,
         bind: l.boundAddress,
         pool: l.config.pool,
-        sessions: l.openCount,
+        open: l.openCount,
       })),
+    };
+  }
+
+  historyJson(): { samples: readonly Sample[] } {
+    return { samples: this.#history?.samples() ?? [] };
+  }
+
+  statusPage(): string {
+    return renderStatusPage(
+      this.poolsJson().pools,
+      this.listenersJson().listeners,
+      this.historyJson().samples,
     );
   }
 
