@@ -125,7 +125,8 @@ describe('status page in a real browser', () => {
       expect(text).toContain(echo.address);
       expect(text).toContain('127.0.0.1:9');
       expect(text).toContain(`127.0.0.1:${rt.port('web')}`);
-      expect(await page.locator('#conn-chart svg').count()).toBe(1);
+      // Fewer than two samples (one every 5 s) so far: the chart says it is collecting.
+      expect(await page.locator('#conn-chart').textContent()).toMatch(/collecting samples|connections\/s/);
       expect(external).toEqual([]);
       const shot = tempFile('status.png', '');
       writeFileSync(shot, await page.screenshot({ fullPage: true }));
