@@ -60,6 +60,8 @@ export class Primary implements AdminSource {
   #siblingTimer: NodeJS.Timeout | undefined;
   #started: { resolve: () => void; reject: (err: Error) => void } | undefined;
   #exitCode = 0;
+  /** The config text each worker process was started with (a reload may come before it is ready). */
+  readonly #startedWith = new Map<WorkerSlot, string>();
   /** Admin actions taken, replayed to a restarted worker so it agrees with its siblings. */
   readonly #adminActions = new Map<
     string,
@@ -130,6 +132,7 @@ export class Primary implements AdminSource {
 
   #spawn(s: WorkerSlot): void {
     s.restartTimer = undefined;
+    this.#startedWith.set(s, this.#text);
     s.spawn({
       t: 'start',
       text: this.#text,
@@ -149,6 +152,11 @@ export class Primary implements AdminSource {
     if (this.#state !== 'running') return;
     this.#logger.info({ worker: s.index, worker_pid: s.pid }, 'worker ready');
     for (const a of this.#adminActions.values()) void s.request({ op: 'admin', ...a }, ASK_TIMEOUT_MS);
+    // Started before a reload that it could not take part in: bring it to the running text.
+    if (this.#startedWith.get(s) !== this.#text) {
+      this.#startedWith.set(s, this.#text);
+      void s.request({ op: 'reload', text: this.#text }, RELOAD_TIMEOUT_MS);
+    }
   }
 
   #onFailed(s: WorkerSlot, message: string, code: number): void {
@@ -353,12 +361,15 @@ export class Primary implements AdminSource {
       if (err instanceof ConfigError) return fail(err.problems.map((p) => `${p.path}: ${p.message}`));
       return fail([`${this.#path}: cannot read the file (${(err as NodeJS.ErrnoException).code ?? 'EIO'})`]);
     }
-    const live = this.#slots.filter((s) => s.alive);
+    // Only ready workers can reload; one still starting catches up when it is ready (#onReady).
+    const live = this.#slots.filter((s) => s.ready);
     const answers = await Promise.all(live.map((s) => s.request({ op: 'reload', text }, RELOAD_TIMEOUT_MS)));
     const errors: string[] = [];
+    let refused = 0;
     answers.forEach((a, i) => {
       const ok = typeof a === 'object' && a !== null && 'ok' in a && a.ok === true;
       if (ok) return;
+      refused++;
       const errs =
         typeof a === 'object' && a !== null && 'errors' in a && Array.isArray(a.errors)
           ? a.errors
@@ -367,7 +378,8 @@ export class Primary implements AdminSource {
     });
     // Workers restarted from now on get the new text if any worker runs it (they are the majority
     // case: a refusal is a bind race on one worker, reported so that the operator reloads again).
-    if (errors.length < live.length || live.length === 0) this.#text = text;
+    if (refused < live.length || live.length === 0) this.#text = text;
+    for (const s of live) this.#startedWith.set(s, this.#text);
     if (errors.length > 0) return fail(errors);
     if (workerCount(next.workers) !== this.#slots.length)
       this.#logger.warn({ workers: next.workers }, 'a change of workers takes effect on restart');
