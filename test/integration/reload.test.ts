@@ -56,7 +56,9 @@ describe('hot reload', () => {
     writeFileSync(p.configPath, config(port, [a.address, b.address]));
     p.kill('SIGHUP');
     await waitFor(async () => (await reloads(p, 'success')) === 1);
-    const pools = (await (await fetch(`${p.adminUrl}/api/v1/pools`)).json()) as { pools: { backends: unknown[] }[] };
+    const pools = (await (await fetch(`${p.adminUrl}/api/v1/pools`)).json()) as {
+      pools: { backends: unknown[] }[];
+    };
     expect(pools.pools[0]?.backends).toHaveLength(2);
 
     writeFileSync(p.configPath, config(port, [a.address], '', true));
@@ -126,7 +128,11 @@ describe('hot reload', () => {
       writeFileSync(p.configPath, text);
       const before = (await reloads(p, 'success')) + (await reloads(p, 'failure'));
       p.kill('SIGHUP');
-      await waitFor(async () => (await reloads(p, 'success')) + (await reloads(p, 'failure')) > before, 5000, `reload ${i}`);
+      await waitFor(
+        async () => (await reloads(p, 'success')) + (await reloads(p, 'failure')) > before,
+        5000,
+        `reload ${i}`,
+      );
       await new Promise((r) => setTimeout(r, 100));
     }
     stop = true;
