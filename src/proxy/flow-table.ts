@@ -7,6 +7,9 @@ const MAX_SCAN_INTERVAL_MS = 1000;
 /**
  * A listener's live flows by `${address}:${port}` of the client, and their expiry.
  *
+ * The same scan reports each flow's relayed datagrams and bytes to the metrics, so the
+ * datagram path itself touches no metric.
+ *
  * Expiry is a periodic scan over last-activity times driven by the process Sweeper (one timer
  * for everything), never a timer per flow. A full scan is O(flows), so it runs at most every
  * flow_idle/10 (capped at one second) rather than on every tick: 100 000 flows cost a
@@ -58,6 +61,9 @@ export class FlowTable implements Sweepable {
     this.#nextScan = now + Math.min(MAX_SCAN_INTERVAL_MS, this.#idleMs / 10);
     const limit = this.#idleMs + this.#tickMs;
     // Deleting the current entry while iterating a Map is safe; close() removes it.
-    for (const flow of this.#flows.values()) if (now - flow.lastActive >= limit) flow.close('idle_timeout');
+    for (const flow of this.#flows.values()) {
+      if (now - flow.lastActive >= limit) flow.close('idle_timeout');
+      else flow.flushCounters();
+    }
   }
 }

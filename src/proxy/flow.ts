@@ -20,6 +20,10 @@ export type FlowCloseReason = 'idle_timeout' | 'upstream_error' | 'backend_drain
  */
 export const REFUSALS_TO_CLOSE = 3;
 
+/** Largest UDP payload over IPv4 (65,535 − 8 UDP − 20 IP) and IPv6 (65,535 − 8 UDP). */
+const MAX_UDP4_PAYLOAD = 65_507;
+const MAX_UDP6_PAYLOAD = 65_527;
+
 /** Datagrams held while the upstream socket connects; more are dropped (`connecting_overflow`). */
 export const MAX_PENDING = 4;
 
@@ -31,8 +35,11 @@ export interface FlowHost {
   readonly now: number;
   /** A datagram was lost; `reason` is a fixed word or a lower-case errno code. */
   drop(reason: string): void;
-  /** A datagram reached the kernel: `upstream` is client→backend, `downstream` backend→client. */
-  relayed(direction: 'upstream' | 'downstream', bytes: number): void;
+  /**
+   * Datagrams handed to the kernel since the last report: `upstream` is client→backend,
+   * `downstream` backend→client. Reported in batches (sweep and close), not per datagram.
+   */
+  relayed(direction: 'upstream' | 'downstream', datagrams: number, bytes: number): void;
   /** Passive health: the backend answered (true) or refused (false). */
   passive(flow: Flow, ok: boolean): void;
   /** The flow has ended; called exactly once. */
@@ -74,6 +81,8 @@ export class Flow implements Holder {
   readonly #header: Buffer | undefined;
   /** Reused [header, payload] list: dgram copies the list on send, so one array serves every datagram. */
   readonly #pair: Buffer[];
+  readonly #headerBytes: number;
+  readonly #maxPayload: number;
   #pending: Buffer[] = [];
   #state = State.Connecting;
   #refusals = 0;
@@ -99,6 +108,8 @@ export class Flow implements Holder {
     this.backend = backend;
     this.#header = header;
     this.#pair = header === undefined ? [] : [header, header];
+    this.#headerBytes = header?.length ?? 0;
+    this.#maxPayload = isIP(backend.host) === 6 ? MAX_UDP6_PAYLOAD : MAX_UDP4_PAYLOAD;
     this.lastActive = host.now;
     this.#socket = dgram.createSocket({ type: isIP(backend.host) === 6 ? 'udp6' : 'udp4' });
     this.#socket.on('error', (err: NodeJS.ErrnoException) => this.#onError(err));
@@ -129,6 +140,7 @@ export class Flow implements Holder {
     if (this.#state === State.Closed) return;
     this.#state = State.Closed;
     this.#pending = [];
+    this.flushCounters();
     try {
       this.#socket.close();
     } catch {
@@ -145,39 +157,55 @@ export class Flow implements Holder {
     for (const msg of queued) this.#send(msg);
   }
 
+  /**
+   * Sends without a completion callback, so Node tries a synchronous send and calls back into
+   * JS no more per datagram (measured: 74 → 93 kpps of 64-byte datagrams through one process).
+   * Node then drops a synchronous send error silently; the oversize case is checked before
+   * sending, and what else a kernel refuses (ENOBUFS under memory pressure) is not counted.
+   * The counters here count datagrams handed to the kernel.
+   */
   #send(msg: Buffer): void {
+    // Without a callback Node reports no synchronous send error, so the one error a proxy can
+    // cause itself, a datagram that the header makes too big, is caught here.
+    if (msg.length + this.#headerBytes > this.#maxPayload) {
+      this.#host.drop('emsgsize');
+      return;
+    }
     try {
-      if (this.#header === undefined) this.#socket.send(msg, this.#afterSend);
+      if (this.#header === undefined) this.#socket.send(msg);
       else {
         this.#pair[1] = msg;
-        this.#socket.send(this.#pair, this.#afterSend);
+        this.#socket.send(this.#pair);
       }
+      this.datagramsIn++;
+      this.bytesIn += msg.length;
     } catch (err) {
       this.#host.drop(errorCode(err).toLowerCase());
     }
   }
 
-  /** Send completion, created once per flow so that sending allocates no closure. */
-  readonly #afterSend = (err: Error | null, bytes: number): void => {
-    if (err !== null) {
-      this.#onError(err);
-      return;
-    }
-    const payload = bytes - (this.#header?.length ?? 0);
-    this.datagramsIn++;
-    this.bytesIn += payload;
-    this.#host.relayed('upstream', payload);
-  };
+  #flushedIn = 0;
+  #flushedInBytes = 0;
+  #flushedOut = 0;
+  #flushedOutBytes = 0;
 
-  readonly #afterReply = (err: Error | null, bytes: number): void => {
-    if (err !== null) {
-      this.#host.drop(errorCode(err).toLowerCase());
-      return;
+  /** Reports the datagrams and bytes relayed since the last call to the listener's counters. */
+  flushCounters(): void {
+    if (this.datagramsIn !== this.#flushedIn) {
+      this.#host.relayed('upstream', this.datagramsIn - this.#flushedIn, this.bytesIn - this.#flushedInBytes);
+      this.#flushedIn = this.datagramsIn;
+      this.#flushedInBytes = this.bytesIn;
     }
-    this.datagramsOut++;
-    this.bytesOut += bytes;
-    this.#host.relayed('downstream', bytes);
-  };
+    if (this.datagramsOut !== this.#flushedOut) {
+      this.#host.relayed(
+        'downstream',
+        this.datagramsOut - this.#flushedOut,
+        this.bytesOut - this.#flushedOutBytes,
+      );
+      this.#flushedOut = this.datagramsOut;
+      this.#flushedOutBytes = this.bytesOut;
+    }
+  }
 
   #onReply(msg: Buffer): void {
     if (this.#state !== State.Open) return;
@@ -189,7 +217,10 @@ export class Flow implements Holder {
       this.#host.passive(this, true);
     }
     try {
-      this.#host.downstream.send(msg, this.clientPort, this.replyAddress, this.#afterReply);
+      // No callback, as in #send; a refused reply is an 'error' on the listener's socket.
+      this.#host.downstream.send(msg, this.clientPort, this.replyAddress);
+      this.datagramsOut++;
+      this.bytesOut += msg.length;
     } catch (err) {
       this.#host.drop(errorCode(err).toLowerCase());
     }

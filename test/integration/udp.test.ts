@@ -397,9 +397,13 @@ describe('UDP listener: sizes, PROXY v2, safety', () => {
     );
     c.send('after');
     await vi.waitFor(() => expect(c.replies.length).toBe(4), WAIT);
-    // Byte counters count payload, not the header.
-    expect(await h.metric('sluice_bytes_total', { listener: 'u', direction: 'upstream' })).toBe(
-      'firstsecondthirdafter'.length,
+    // Byte counters count payload, not the header (reported on the next sweep).
+    await vi.waitFor(
+      async () =>
+        expect(await h.metric('sluice_bytes_total', { listener: 'u', direction: 'upstream' })).toBe(
+          'firstsecondthirdafter'.length,
+        ),
+      WAIT,
     );
   });
 
