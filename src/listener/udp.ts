@@ -175,13 +175,13 @@ export class UdpListener implements Listener, FlowHost {
     c.inc();
   }
 
-  relayed(direction: 'upstream' | 'downstream', bytes: number): void {
+  relayed(direction: 'upstream' | 'downstream', datagrams: number, bytes: number): void {
     const c = this.#counters;
     if (direction === 'upstream') {
-      c.datagramsUp.inc();
+      c.datagramsUp.inc(datagrams);
       if (bytes > 0) c.bytesUp.inc(bytes);
     } else {
-      c.datagramsDown.inc();
+      c.datagramsDown.inc(datagrams);
       if (bytes > 0) c.bytesDown.inc(bytes);
     }
   }
