@@ -54,10 +54,18 @@ export interface SluiceProcess {
   kill(signal?: NodeJS.Signals): void;
 }
 
-/** Starts `sluice run -c` on YAML text and waits for "sluice ready". */
-export async function spawnSluice(yaml: string, timeoutMs = 15_000): Promise<SluiceProcess> {
+/**
+ * Starts `sluice run -c` on YAML text and waits for "sluice ready". `wrap` is a command put in
+ * front of node, e.g. `['prlimit', '--nofile=256:256', '--']` to run it with fewer descriptors.
+ */
+export async function spawnSluice(
+  yaml: string,
+  timeoutMs = 15_000,
+  wrap: readonly string[] = [],
+): Promise<SluiceProcess> {
   const path = tempFile('sluice.yaml', yaml);
-  const child = spawn(process.execPath, [SLUICE, 'run', '-c', path], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const argv = [...wrap, process.execPath, SLUICE, 'run', '-c', path];
+  const child = spawn(argv[0] ?? process.execPath, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
   const logs: Record<string, unknown>[] = [];
   const waiters = new Set<() => void>();
   let buf = '';
