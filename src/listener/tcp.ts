@@ -6,6 +6,7 @@ import { Session as TcpSession } from '../proxy/session.js';
 import type { CloseReason } from '../proxy/close-reason.js';
 import type { Logger } from '../telemetry/logger.js';
 import type { RejectReason } from '../telemetry/metrics.js';
+import type { Counter } from 'prom-client';
 import type { Backend } from '../upstream/backend.js';
 import type { Pool } from '../upstream/pool.js';
 import { CidrSet, normalizeIp } from '../util/cidr.js';
@@ -22,8 +23,9 @@ const SERVER_OPTIONS: net.ServerOpts = {
   allowHalfOpen: true,
   pauseOnConnect: true,
   noDelay: true,
-  keepAlive: true,
-  keepAliveInitialDelay: 60_000,
+  // No SO_KEEPALIVE: timeouts.idle reaps dead peers, and the setsockopt calls cost about a sixth
+  // of the CPU per connection (bench connrate: 150 → 125 CPU-ms per 1k connections).
+  keepAlive: false,
   highWaterMark: 256 * 1024,
 };
 
@@ -134,6 +136,8 @@ export class TcpListener implements SessionHost, Listener, PrefaceHost {
 
   /** The ACL on the client address (the PROXY header's, once trusted). */
   allowed(ip: string): boolean {
+    // The default lists (allow everything, deny nothing) cost nothing per connection.
+    if (this.#deny.size === 0 && this.#allow.coversAll) return true;
     return this.#allow.has(ip) && !this.#deny.has(ip);
   }
 
@@ -211,7 +215,7 @@ export class TcpListener implements SessionHost, Listener, PrefaceHost {
     if (sourceCounted.delete(session)) this.#limits.release(session.clientIp);
     const counted = closeRejectReason(reason);
     if (counted !== undefined) this.#deps.metrics.listenerRejected.labels(this.name, counted).inc();
-    this.#deps.metrics.sessionsClosed.labels(this.name, reason).inc();
+    this.#closedCounter(reason).inc();
     if (this.accessLog) {
       this.logger.info(
         {
@@ -260,6 +264,18 @@ export class TcpListener implements SessionHost, Listener, PrefaceHost {
     }
     if (!this.admitSource(session)) return;
     this.route(session, this.#cfg.pool);
+  }
+
+  readonly #closed = new Map<CloseReason, Counter.Internal>();
+
+  /** The labelled child of sluice_sessions_closed_total, fetched once per reason. */
+  #closedCounter(reason: CloseReason): Counter.Internal {
+    let c = this.#closed.get(reason);
+    if (c === undefined) {
+      c = this.#deps.metrics.sessionsClosed.labels(this.name, reason);
+      this.#closed.set(reason, c);
+    }
+    return c;
   }
 
   #onServerError(err: NodeJS.ErrnoException): void {

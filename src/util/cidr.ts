@@ -116,6 +116,14 @@ export class CidrSet {
     return this.#cidrs.length;
   }
 
+  /**
+   * True when every address is inside: `::/0` is in the list (IPv4 lives in ::ffff:0:0/96, so
+   * it covers IPv4 too). Lets a listener with the default allow list skip the lookup.
+   */
+  get coversAll(): boolean {
+    return this.#cidrs.some((c) => c.bits === 0);
+  }
+
   /** True when `ip` (any textual form, v4-mapped included) is inside one of the CIDRs. */
   has(ip: string): boolean {
     if (this.#cidrs.length === 0) return false;
