@@ -42,7 +42,13 @@ const enum State {
   Closed,
 }
 
-const UPSTREAM_SOCKET_OPTIONS: net.SocketConstructorOpts = {
+/**
+ * Both legs buffer up to 256 KiB before a write says "wait" (the listener sets the same on
+ * accepted sockets): with the 64 KiB default, every 64 KiB read would pause and resume the other
+ * side. net.Socket passes `highWaterMark` to its Duplex, though its type does not list it.
+ */
+const UPSTREAM_SOCKET_OPTIONS: net.SocketConstructorOpts & { highWaterMark: number } = {
+  highWaterMark: 256 * 1024,
   allowHalfOpen: true,
   noDelay: true,
   // No SO_KEEPALIVE: timeouts.idle reaps dead peers, and the setsockopt calls cost about a sixth
