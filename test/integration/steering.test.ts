@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import type { TestServer } from '../support/net.js';
-import { connect, echoServer, exchange, nameServer, readAll, waitFor } from '../support/net.js';
+import { connect, echoServer, exchange, nameServer, readAll, startServer, waitFor } from '../support/net.js';
 import type { TestRuntime } from '../support/runtime.js';
 import { testScope } from '../support/scope.js';
 
@@ -38,29 +38,7 @@ pools:
     // Once it is down, no client connection fails even without retries.
     for (let i = 0; i < 20; i++) expect(await exchange(rt.port('t'), '')).toBe('A');
     // Bring B back on the same port.
-    const again = await track(
-      new Promise<TestServer>((resolve, reject) => {
-        import('node:net')
-          .then(({ default: net }) => {
-            const srv = net.createServer((s) => {
-              s.on('error', () => undefined);
-              s.end('B');
-            });
-            srv.on('error', reject);
-            srv.listen(bPort, '127.0.0.1', () =>
-              resolve({
-                port: bPort,
-                host: '127.0.0.1',
-                address: `127.0.0.1:${bPort}`,
-                sockets: new Set(),
-                accepted: 0,
-                close: () => new Promise((r) => srv.close(() => r())),
-              }),
-            );
-          })
-          .catch(reject);
-      }),
-    );
+    const again = await track(startServer((s) => s.end('B'), '127.0.0.1', { allowHalfOpen: true }, bPort));
     await waitFor(async () => (await poolState(rt, again.address)) === 'up', 3000, 'B back up');
     const replies = new Set<string>();
     for (let i = 0; i < 10; i++) replies.add(await exchange(rt.port('t'), ''));
@@ -144,5 +122,42 @@ pools:
     expect(
       (await fetch(`${rt.adminUrl}/api/v1/pools/p/backends/10.9.9.9:1/drain`, { method: 'POST' })).status,
     ).toBe(404);
+  });
+});
+
+describe('DNS discovery in a pool', () => {
+  it('sends sessions to the addresses a name resolves to, and follows a change', async () => {
+    const { TestDnsServer } = await import('../support/dns-server.js');
+    const dns = await TestDnsServer.start();
+    scope.defer(() => dns.close());
+    const first = await track(nameServer('two', '127.0.0.2'));
+    const second = await track(
+      startServer((s) => s.end('three'), '127.0.0.3', { allowHalfOpen: true }, first.port),
+    );
+    dns.setRecords('svc.test', 'A', ['127.0.0.2']);
+    const rt = await lb(`listeners: [{ name: t, bind: "127.0.0.1:0", pool: p }]
+pools:
+  - name: p
+    health: { active: { type: tcp, interval: 100ms, timeout: 100ms, rise: 1, fall: 1 } }
+    discovery: { dns: { name: svc.test, type: A, port: ${first.port}, interval: 200ms, servers: ["127.0.0.1:${dns.port}"] } }
+`);
+    await waitFor(
+      async () => (await poolState(rt, first.address)) === 'up',
+      5000,
+      'the discovered backend to pass its check',
+    );
+    expect(await exchange(rt.port('t'), '')).toBe('two');
+    dns.setRecords('svc.test', 'A', ['127.0.0.3']);
+    await waitFor(
+      async () => (await poolState(rt, second.address)) === 'up',
+      5000,
+      'the new address to be checked',
+    );
+    await waitFor(
+      async () => (await poolState(rt, first.address)) === 'missing',
+      5000,
+      'the old address to leave',
+    );
+    for (let i = 0; i < 4; i++) expect(await exchange(rt.port('t'), '')).toBe('three');
   });
 });

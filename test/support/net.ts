@@ -15,6 +15,7 @@ export async function startServer(
   onSocket: (s: net.Socket) => void,
   host = '127.0.0.1',
   opts: net.ServerOpts = { allowHalfOpen: true },
+  port = 0,
 ): Promise<TestServer> {
   const sockets = new Set<net.Socket>();
   const server = net.createServer(opts);
@@ -37,7 +38,7 @@ export async function startServer(
     s.on('close', () => sockets.delete(s));
     onSocket(s);
   });
-  server.listen(0, host);
+  server.listen(port, host);
   await once(server, 'listening');
   const a = server.address() as net.AddressInfo;
   return Object.assign(result, {

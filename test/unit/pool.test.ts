@@ -1,0 +1,110 @@
+import { describe, expect, it } from 'vitest';
+import { parseConfigText } from '../../src/config/load.js';
+import type { PoolConfig } from '../../src/config/schema.js';
+import { Pool } from '../../src/upstream/pool.js';
+import { ManualClock, seededRandom } from '../../src/util/clock.js';
+
+function poolConfig(extra: string, backends = ['10.0.0.1:80', '10.0.0.2:80']): PoolConfig {
+  const cfg = parseConfigText(`listeners: [{ name: l, bind: "127.0.0.1:1", pool: p }]
+pools:
+  - name: p
+    health: { active: { type: none } }
+    backends: [${backends.map((b) => `{ address: "${b}", weight: 10 }`).join(', ')}]
+    ${extra}`);
+  const p = cfg.pools[0];
+  if (p === undefined) throw new Error('no pool');
+  return p;
+}
+
+const ctx = { clientIp: '192.0.2.1', clientPort: 1, sni: undefined };
+
+function share(pool: Pool, address: string, picks = 2000): number {
+  let n = 0;
+  for (let i = 0; i < picks; i++) if (pool.pick(ctx, undefined)?.address === address) n++;
+  return n / picks;
+}
+
+describe('pool', () => {
+  it('ramps a returning backend linearly over slow_start, from 10 % of its weight', () => {
+    const clock = new ManualClock(1_000);
+    const pool = new Pool(poolConfig('slow_start: 10s'), clock, seededRandom(1));
+    const b = pool.get('10.0.0.2:80');
+    if (b === undefined) throw new Error('missing');
+    // Present at start-up: no ramp.
+    expect(b.weight).toBe(10);
+    b.checked = true;
+    pool.setHealth(b, 'down');
+    expect(share(pool, b.address)).toBe(0);
+    pool.setHealth(b, 'up');
+    expect(b.weight).toBe(1); // 10 % of 10
+    expect(share(pool, b.address)).toBeCloseTo(1 / 11, 1);
+    clock.advance(5_000);
+    expect(b.weight).toBe(5);
+    clock.advance(5_000);
+    expect(b.weight).toBe(10);
+    expect(share(pool, b.address)).toBeCloseTo(0.5, 1);
+    // The ramp timer stops once everyone is at full weight.
+    expect(clock.pending).toBe(0);
+  });
+
+  it('drains a backend removed from the members, closing what is left at the deadline', () => {
+    const clock = new ManualClock();
+    const pool = new Pool(poolConfig('drain_timeout: 30s'), clock, seededRandom(2));
+    const gone = pool.get('10.0.0.2:80');
+    if (gone === undefined) throw new Error('missing');
+    const closed: string[] = [];
+    const holder = { close: (reason: string) => closed.push(reason) };
+    pool.acquire(gone, holder);
+    pool.update(poolConfig('drain_timeout: 30s', ['10.0.0.1:80']));
+    expect(gone.state(clock.now())).toBe('draining');
+    for (let i = 0; i < 20; i++) expect(pool.pick(ctx, undefined)?.address).toBe('10.0.0.1:80');
+    clock.advance(29_000);
+    expect(closed).toEqual([]);
+    clock.advance(1_000);
+    expect(closed).toEqual(['backend_drained']);
+    pool.release(gone, holder);
+    expect(pool.get('10.0.0.2:80')).toBeUndefined();
+    expect(gone.local).toBe(0);
+  });
+
+  it('forgets a removed backend at once when nothing holds it', () => {
+    const pool = new Pool(poolConfig(''), new ManualClock(), seededRandom(3));
+    pool.update(poolConfig('', ['10.0.0.1:80']));
+    expect(pool.get('10.0.0.2:80')).toBeUndefined();
+  });
+
+  it('gives a backend added later health "unknown" until a check says otherwise', () => {
+    const pool = new Pool(poolConfig(''), new ManualClock(), seededRandom(4));
+    pool.setMembers('dns', [{ address: '10.0.0.3:80', host: '10.0.0.3', port: 80, weight: 1 }]);
+    const b = pool.get('10.0.0.3:80');
+    expect(b?.health).toBe('unknown');
+    // Without an active check, health is not consulted and it is ready at once.
+    expect(b?.readiness(0)).toBe('ready');
+    if (b) b.checked = true;
+    expect(b?.readiness(0)).toBe('unhealthy');
+  });
+
+  it('keeps a backend that two sources report while one of them still does', () => {
+    const pool = new Pool(poolConfig('', ['10.0.0.1:80']), new ManualClock(), seededRandom(5));
+    pool.setMembers('dns', [{ address: '10.0.0.1:80', host: '10.0.0.1', port: 80, weight: 10 }]);
+    pool.update(poolConfig('', ['10.0.0.9:80']));
+    expect(pool.get('10.0.0.1:80')?.removed).toBe(false);
+    pool.setMembers('dns', []);
+    expect(pool.get('10.0.0.1:80')).toBeUndefined();
+  });
+
+  it('stops picking a disabled backend but keeps its sessions, and an enabled one comes back', () => {
+    const clock = new ManualClock();
+    const pool = new Pool(poolConfig(''), clock, seededRandom(6));
+    const b = pool.get('10.0.0.1:80');
+    if (b === undefined) throw new Error('missing');
+    const closed: string[] = [];
+    pool.acquire(b, { close: (r) => closed.push(r) });
+    pool.setAdmin(b, 'disabled');
+    expect(share(pool, b.address)).toBe(0);
+    clock.advance(3_600_000);
+    expect(closed).toEqual([]);
+    pool.setAdmin(b, 'enabled');
+    expect(share(pool, b.address)).toBeGreaterThan(0.3);
+  });
+});
