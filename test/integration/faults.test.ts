@@ -739,7 +739,8 @@ describe('fault table against one sluice process', () => {
           before(REJECTED, { listener: 'stall', reason: 'preface_timeout' }),
       ).toBe(STALLED);
       expect(delta(after, before, CLOSED, { listener: 'stall', reason: RELAYED })).toBe(1);
-      expect(accessLines('stall', 'preface_timeout')).toBeGreaterThanOrEqual(STALLED);
+      // Log lines come through the child's stdout pipe, a little behind the counters.
+      await waitFor(() => accessLines('stall', 'preface_timeout') >= STALLED, 10_000, 'access lines');
       expect(proc.child.pid).toBe(startPid);
       expect(proc.child.exitCode).toBeNull();
     });
