@@ -4,7 +4,7 @@
 // before and after. Loopback only; bounded (it stops itself, and a watchdog kills it at the
 // planned time plus two minutes). Exit 0 when both stay within the tolerance, 1 when not.
 //
-//   npx node bench/soak.mjs                      # 1,000 connections/s for 5 minutes, 8,000 idle
+//   npx node bench/soak.mjs                      # 1,000 connections/s for 5 minutes, 8,000 idle, 2 min warm-up
 //   npx node bench/soak.mjs --minutes 0.5 --idle 2000 --rate 500
 //
 // Each churned connection sends "ping", the backend answers "pong" and closes first, so
@@ -25,7 +25,7 @@ const { values: opts } = parseArgs({
     rate: { type: 'string', default: '1000' },
     idle: { type: 'string', default: '8000' },
     tolerance: { type: 'string', default: '5' },
-    warmup: { type: 'string', default: '15' },
+    warmup: { type: 'string', default: '120' },
   },
 });
 const MINUTES = Number(opts.minutes);
