@@ -83,6 +83,7 @@ export class UdpListener implements Listener, FlowHost {
       acl: m.listenerRejected.labels(cfg.name, 'acl'),
       flowLimit: m.listenerRejected.labels(cfg.name, 'flow_limit'),
       noBackend: m.listenerRejected.labels(cfg.name, 'no_backend'),
+      overload: m.listenerRejected.labels(cfg.name, 'overload'),
       loop: m.udpDrops.labels(cfg.name, 'loop'),
       privileged: m.udpDrops.labels(cfg.name, 'privileged_source'),
     };
@@ -221,6 +222,8 @@ export class UdpListener implements Listener, FlowHost {
       this.drop('closing');
       return undefined;
     }
+    // Above the memory threshold no new flow is created; live flows go on, as TCP sessions do.
+    if (this.#deps.overload?.active === true) return void this.#counters.overload.inc();
     const ip = normalizeIp(address);
     if (!this.allowed(ip)) return void this.#counters.acl.inc();
     if (this.#table.size >= this.#cfg.udp.max_flows) return void this.#counters.flowLimit.inc();

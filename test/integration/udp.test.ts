@@ -127,6 +127,7 @@ interface Options {
   passive?: (pool: Pool, b: Backend, ok: boolean) => void;
   /** Changes the parsed pool config (to reach states the config validation refuses). */
   patchPool?: (p: PoolConfig) => PoolConfig;
+  overload?: { active: boolean };
 }
 
 async function start(o: Options): Promise<Harness> {
@@ -168,6 +169,7 @@ pools:
     logger: createLogger('info', sink),
     sweeper,
     accessLog: true,
+    ...(o.overload !== undefined ? { overload: o.overload } : {}),
     pool: (n) => (n === pool.name ? pool : undefined),
     passive: (p, b, ok) => {
       passive.push({ backend: b.address, ok });
@@ -464,6 +466,29 @@ describe('UDP listener: sizes, PROXY v2, safety', () => {
       WAIT,
     );
     expect(h.listener.flows).toBe(0);
+  });
+
+  it('creates no new flow while the overload guard is on, and keeps live flows', async () => {
+    const a = await udpBackend('a');
+    const overload = { active: false };
+    const h = await start({ backends: [a.address], overload });
+    const old = await client(h.target, '127.0.0.1');
+    old.send('before');
+    await vi.waitFor(() => expect(old.replies.length).toBe(1), WAIT);
+    overload.active = true;
+    const fresh = await client(h.target, '127.0.0.1');
+    fresh.send('refused');
+    old.send('still flowing');
+    await vi.waitFor(() => expect(old.replies.length).toBe(2), WAIT);
+    await vi.waitFor(
+      async () =>
+        expect(await h.metric('sluice_listener_rejected_total', { listener: 'u', reason: 'overload' })).toBe(
+          1,
+        ),
+      WAIT,
+    );
+    expect(fresh.replies).toHaveLength(0);
+    expect(h.listener.flows).toBe(1);
   });
 
   it('applies the ACL before creating a flow', async () => {
