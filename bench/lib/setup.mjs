@@ -36,8 +36,8 @@ export function sluiceNode() {
 }
 
 /**
- * Compiles sluice. Other engineers' work in progress may give type errors while tsc still
- * emits, so the exit code alone does not fail the bench: dist/cli/index.js must exist.
+ * Compiles sluice. A working tree with type errors still emits (the typecheck step is where
+ * those fail), so the exit code alone does not fail the bench: dist/cli/index.js must exist.
  */
 export function buildSluice() {
   const tsc = `${ROOT}node_modules/.bin/tsc`;
