@@ -173,8 +173,8 @@ export class TcpListener implements SessionHost, Listener, PrefaceHost {
     if (!LOCAL_CONNECT_ERRORS.has(code)) this.#deps.passive(pool, backend, false);
   }
 
-  connectSucceeded(pool: Pool, backend: Backend): void {
-    this.#deps.passive(pool, backend, true);
+  backendVerdict(pool: Pool, backend: Backend, ok: boolean): void {
+    this.#deps.passive(pool, backend, ok);
   }
 
   upstreamPreamble(session: Session, pool: Pool): Buffer | undefined {

@@ -20,8 +20,11 @@ export interface SessionHost {
   countBytes(toUpstream: number, toDownstream: number): void;
   /** A connect attempt to `backend` failed (passive health, metrics). */
   connectFailed(pool: Pool, backend: Backend, code: string): void;
-  /** A connect attempt to `backend` succeeded (passive health). */
-  connectSucceeded(pool: Pool, backend: Backend): void;
+  /**
+   * Passive health verdict of the backend for this session: true once it sent a byte or closed
+   * cleanly, false when it reset the connection before sending anything.
+   */
+  backendVerdict(pool: Pool, backend: Backend, ok: boolean): void;
   /** The session is over; called exactly once. */
   sessionClosed(session: Session, reason: CloseReason): void;
   /** A PROXY header arrived from a source that is not trusted: count it and close. */
@@ -247,7 +250,6 @@ export class Session implements Holder, Sweepable, QueueWaiter {
   onConnected(): void {
     const { pool, backend, up } = this;
     if (pool === undefined || backend === undefined || up === undefined) return;
-    this.host.connectSucceeded(pool, backend);
     this.#state = State.Open;
     this.#errorCode = undefined;
     this.#lastActive = this.host.sweeper.now;
@@ -275,12 +277,30 @@ export class Session implements Holder, Sweepable, QueueWaiter {
       this.#connectFailed(err.code ?? 'EIO');
       return;
     }
+    // A backend that accepts and then resets before answering is failing, even though the
+    // connect worked (a common way for an overloaded or broken service to refuse work).
+    if (side === 'up') this.#verdict(false);
     this.#errorCode ??= err.code;
     this.close(side === 'down' ? 'downstream_error' : 'upstream_error');
   }
 
+  #verdictGiven = false;
+
+  /** Reports the backend's passive-health verdict for this session, once. */
+  #verdict(ok: boolean): void {
+    if (this.#verdictGiven || this.pool === undefined || this.backend === undefined) return;
+    this.#verdictGiven = true;
+    this.host.backendVerdict(this.pool, this.backend, ok);
+  }
+
+  /** @internal The backend sent data (only the first call does anything). */
+  sawUpstreamData(): void {
+    if (!this.#verdictGiven) this.#verdict(true);
+  }
+
   /** @internal */
   onEnd(side: 'down' | 'up'): void {
+    if (side === 'up') this.#verdict(true);
     this.#reason ??= side === 'down' ? 'downstream_closed' : 'upstream_closed';
     const other = side === 'down' ? this.up : this.down;
     other?.end();
@@ -358,7 +378,9 @@ function onDownData(this: Tagged, chunk: Buffer): void {
 
 function onUpData(this: Tagged, chunk: Buffer): void {
   const s = sessionOf(this);
-  if (s !== undefined && !s.down.write(chunk)) this.pause();
+  if (s === undefined) return;
+  s.sawUpstreamData();
+  if (!s.down.write(chunk)) this.pause();
 }
 
 function onUpDrain(this: Tagged): void {

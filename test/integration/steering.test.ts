@@ -161,3 +161,29 @@ pools:
     for (let i = 0; i < 4; i++) expect(await exchange(rt.port('t'), '')).toBe('three');
   });
 });
+
+describe('passive health on resets', () => {
+  it('ejects a backend that accepts connections and resets them before answering', async () => {
+    const good = await track(nameServer('G'));
+    const bad = await track(startServer((s) => s.resetAndDestroy()));
+    const rt = await lb(`listeners: [{ name: t, bind: "127.0.0.1:0", pool: p }]
+pools:
+  - name: p
+    algorithm: round-robin
+    health:
+      active: { type: none }
+      passive: { consecutive_failures: 2, ejection: 30s, max_ejection_percent: 50 }
+    backends: [{ address: "${good.address}" }, { address: "${bad.address}" }]
+`);
+    for (let i = 0; i < 6; i++) await exchange(rt.port('t'), 'x').catch(() => '');
+    await waitFor(
+      async () =>
+        (await rt.metric('sluice_backend_ejections_total', { pool: 'p', backend: bad.address })) === 1,
+      5000,
+      'the resetting backend to be ejected',
+    );
+    const accepted = bad.accepted;
+    for (let i = 0; i < 6; i++) expect(await exchange(rt.port('t'), 'x')).toBe('G');
+    expect(bad.accepted).toBe(accepted);
+  });
+});
