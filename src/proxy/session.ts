@@ -71,7 +71,7 @@ const idPrefix = `${process.pid.toString(36)}${Date.now().toString(36).slice(-4)
  * Socket events reach the session through shared handler functions (the session hangs off the
  * socket), so a session costs no closures.
  */
-export class Session implements Holder, Sweepable, QueueWaiter {
+export class Session implements Holder, Sweepable, QueueWaiter, PickContext {
   readonly id = `${idPrefix}-${(++sequence).toString(36)}`;
   readonly host: SessionHost;
   readonly down: Tagged;
@@ -126,8 +126,9 @@ export class Session implements Holder, Sweepable, QueueWaiter {
     return this.#errorCode;
   }
 
+  /** The session is its own pick context (client address and SNI): no object per pick. */
   get pickContext(): PickContext {
-    return { clientIp: this.clientIp, clientPort: this.clientPort, sni: this.sni };
+    return this;
   }
 
   /** Sets a deadline for the preface stage (PROXY header, ClientHello); checked by the sweeper. */
@@ -213,7 +214,6 @@ export class Session implements Holder, Sweepable, QueueWaiter {
 
   #connectTo(pool: Pool, backend: Backend): void {
     this.attempts++;
-    (this.#tried ??= new Set()).add(backend);
     this.backend = backend;
     pool.acquire(backend, this);
     this.#deadline = this.host.sweeper.now + this.host.connectTimeoutMs;
@@ -232,6 +232,8 @@ export class Session implements Holder, Sweepable, QueueWaiter {
     const { pool, backend, up } = this;
     if (pool === undefined || backend === undefined || up === undefined) return;
     this.host.connectFailed(pool, backend, code);
+    // Only a session that retries pays for the set of backends it has tried.
+    (this.#tried ??= new Set()).add(backend);
     pool.release(backend, this);
     this.backend = undefined;
     this.up = undefined;
