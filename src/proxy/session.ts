@@ -78,9 +78,8 @@ export class Session implements Holder, Sweepable, QueueWaiter, PickContext {
   /** The client as seen after a trusted PROXY header. */
   clientIp: string;
   clientPort: number;
-  /** The address the client connected to (PROXY header destination when trusted). */
-  localIp: string;
-  localPort: number;
+  #localIp: string | undefined;
+  #localPort: number | undefined;
   sni: string | undefined;
   alpn: readonly string[] = [];
   /** Client bytes read during the preface (PROXY header stripped), replayed upstream first. */
@@ -111,8 +110,6 @@ export class Session implements Holder, Sweepable, QueueWaiter, PickContext {
     this.down[kSession] = this;
     this.clientIp = clientIp;
     this.clientPort = clientPort;
-    this.localIp = normalizeIp(down.localAddress ?? '');
-    this.localPort = down.localPort ?? 0;
     this.#openSockets = 1;
     down.on('error', onDownError);
     down.on('close', onSocketClose);
@@ -124,6 +121,26 @@ export class Session implements Holder, Sweepable, QueueWaiter, PickContext {
 
   get errorCode(): string | undefined {
     return this.#errorCode;
+  }
+
+  /**
+   * The address the client connected to (the PROXY header's destination when trusted). Read
+   * from the socket only when needed (a PROXY header upstream): it costs a getsockname call.
+   */
+  get localIp(): string {
+    return (this.#localIp ??= normalizeIp(this.down.localAddress ?? ''));
+  }
+
+  set localIp(ip: string) {
+    this.#localIp = ip;
+  }
+
+  get localPort(): number {
+    return (this.#localPort ??= this.down.localPort ?? 0);
+  }
+
+  set localPort(port: number) {
+    this.#localPort = port;
   }
 
   /** The session is its own pick context (client address and SNI): no object per pick. */
