@@ -128,6 +128,11 @@ const timeoutsSchema = z
     connect: duration.default(5000),
     idle: duration.default(350_000),
     preface: duration.default(5000),
+    /**
+     * Inactivity allowed once either side has sent FIN (HAProxy's `timeout client-fin`); 0 =
+     * the idle timeout applies. A peer that never closes its half cannot hold a session longer.
+     */
+    half_closed: duration.default(0),
   })
   .prefault({});
 

@@ -35,6 +35,7 @@ function sweepTick(cfg: Config): number {
   let min = 1000;
   for (const l of cfg.listeners) {
     min = Math.min(min, l.timeouts.idle / 4, l.timeouts.connect / 4, l.timeouts.preface / 4);
+    if (l.timeouts.half_closed > 0) min = Math.min(min, l.timeouts.half_closed / 4);
     if (l.protocol === 'udp') min = Math.min(min, l.udp.flow_idle / 4);
   }
   return Math.max(50, Math.min(1000, Math.floor(min)));

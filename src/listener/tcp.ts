@@ -97,6 +97,10 @@ export class TcpListener implements SessionHost, Listener, PrefaceHost {
     return this.#cfg.timeouts.connect;
   }
 
+  get halfClosedTimeoutMs(): number {
+    return this.#cfg.timeouts.half_closed;
+  }
+
   get idleTimeoutMs(): number {
     return this.#cfg.timeouts.idle;
   }

@@ -13,6 +13,8 @@ export type CloseReason =
   | 'upstream_error'
   /** No traffic either way for timeouts.idle. */
   | 'idle_timeout'
+  /** One side had sent FIN and nothing moved for timeouts.half_closed. */
+  | 'half_closed_timeout'
   /** Every connect attempt (1 + connect_retries) failed or timed out. */
   | 'connect_failed'
   /** The pool had no ready backend. */

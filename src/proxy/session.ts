@@ -16,6 +16,8 @@ export interface SessionHost {
   readonly sweeper: Sweeper;
   readonly connectTimeoutMs: number;
   readonly idleTimeoutMs: number;
+  /** Inactivity allowed once either side has sent FIN; 0 = idleTimeoutMs. */
+  readonly halfClosedTimeoutMs: number;
   /** Adds relayed bytes to the listener's counters (called at most once per tick per session). */
   countBytes(toUpstream: number, toDownstream: number): void;
   /** A connect attempt to `backend` failed (passive health, metrics). */
@@ -100,7 +102,10 @@ export class Session implements Holder, Sweepable, QueueWaiter, PickContext {
   #seenBytes = 0;
   #countedUp = 0;
   #countedDown = 0;
+  /** Set by close(): a timeout, an error, a drain. Wins over who sent FIN first. */
   #reason: CloseReason | undefined;
+  /** Who sent FIN first, for a session that ends normally. */
+  #finFirst: 'downstream_closed' | 'upstream_closed' | undefined;
   #errorCode: string | undefined;
   #openSockets = 0;
 
@@ -116,7 +121,7 @@ export class Session implements Holder, Sweepable, QueueWaiter, PickContext {
   }
 
   get reason(): CloseReason | undefined {
-    return this.#reason;
+    return this.#reason ?? this.#finFirst;
   }
 
   get errorCode(): string | undefined {
@@ -183,6 +188,12 @@ export class Session implements Holder, Sweepable, QueueWaiter, PickContext {
         this.#flushBytes();
       } else if (now - this.#lastActive >= this.host.idleTimeoutMs) {
         this.close('idle_timeout');
+      } else if (
+        this.#halfClosed &&
+        this.host.halfClosedTimeoutMs > 0 &&
+        now - this.#lastActive >= this.host.halfClosedTimeoutMs
+      ) {
+        this.close('half_closed_timeout');
       }
     } else if (this.#state === State.Connecting) {
       if (now >= this.#deadline) this.#connectFailed('ETIMEDOUT');
@@ -317,10 +328,13 @@ export class Session implements Holder, Sweepable, QueueWaiter, PickContext {
     if (!this.#verdictGiven) this.#verdict(true);
   }
 
+  #halfClosed = false;
+
   /** @internal */
   onEnd(side: 'down' | 'up'): void {
+    this.#halfClosed = true;
     if (side === 'up') this.#verdict(true);
-    this.#reason ??= side === 'down' ? 'downstream_closed' : 'upstream_closed';
+    this.#finFirst ??= side === 'down' ? 'downstream_closed' : 'upstream_closed';
     const other = side === 'down' ? this.up : this.down;
     other?.end();
   }
@@ -334,7 +348,7 @@ export class Session implements Holder, Sweepable, QueueWaiter, PickContext {
       // still open, it may yet have bytes to flush or receive only when it is half-closed itself.
       const other = socket === this.down ? this.up : this.down;
       if (this.#state !== State.Open || other === undefined || other.destroyed) {
-        this.close(socket === this.down ? 'downstream_closed' : 'upstream_closed');
+        this.close(this.#finFirst ?? (socket === this.down ? 'downstream_closed' : 'upstream_closed'));
       } else if (!other.writableEnded) {
         // The peer of the closed side can receive nothing more: end it so it finishes.
         other.end();
@@ -363,7 +377,7 @@ export class Session implements Holder, Sweepable, QueueWaiter, PickContext {
     this.host.sweeper.delete(this);
     if (this.up !== undefined) this.#flushBytes();
     if (this.pool !== undefined && this.backend !== undefined) this.pool.release(this.backend, this);
-    this.host.sessionClosed(this, this.#reason ?? 'downstream_closed');
+    this.host.sessionClosed(this, this.#reason ?? this.#finFirst ?? 'downstream_closed');
   }
 
   /** Bytes the client sent (after any PROXY header) and bytes it received. */

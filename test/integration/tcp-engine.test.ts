@@ -204,6 +204,22 @@ describe('TCP engine', () => {
     expect(echo.sockets.size).toBe(0);
   });
 
+  it('closes a half-closed session that goes quiet at timeouts.half_closed', async () => {
+    // The backend reads the client's FIN but never closes its own half and never answers.
+    const backend = await server(startServer((s) => s.resume()));
+    const rt = await lb(
+      `listeners: [{ name: t, bind: "127.0.0.1:0", pool: p, timeouts: { idle: 60s, half_closed: 300ms } }]\n${poolYaml([backend.address])}`,
+    );
+    const s = await connect(rt.port('t'));
+    const closed = untilClosed(s);
+    s.end('request');
+    await closed;
+    await waitFor(() => rt.logs.find('session').length === 1);
+    expect(rt.logs.find('session')[0]).toMatchObject({ reason: 'half_closed_timeout', bytes_in: 7 });
+    // sluice has let go of both sockets (the silent backend learns of it on its next write).
+    expect((rt.runtime.listeners.get('t') as TcpListener).sessions.size).toBe(0);
+  });
+
   it('refuses a connection over max_connections while the admin API still answers', async () => {
     const echo = await server(echoServer());
     const rt = await lb(
