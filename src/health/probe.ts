@@ -14,7 +14,7 @@ import { formatHostPort } from '../config/values.js';
  * `timeout`. Errors are classified by `err.code`, never by message text.
  */
 
-/** Why a probe failed. `closed`: the backend closed before answering; `error`: any other code. */
+/** Why a probe failed. `closed`: the backend closed before answering; `error`: every other code. */
 export type ProbeFailure =
   'refused' | 'timeout' | 'reset' | 'unreachable' | 'closed' | 'unexpected_reply' | 'bad_status' | 'error';
 
@@ -103,7 +103,7 @@ const REGEX_RE = /^\/(.+)\/([dgimsuvy]*)$/s;
  * Compiles an `expect` string: `/.../flags` is a regular expression tested against the reply as
  * latin1 (one character per byte, so `\xHH` in the regex matches byte HH); anything else is a
  * substring in the escape syntax of {@link decodeEscapes} (so `/usr/bin`, whose tail is not
- * regex flags, is a substring). Absent: any non-empty reply matches. The `g` and `y` flags are
+ * regex flags, is a substring). Absent: every non-empty reply matches. The `g` and `y` flags are
  * refused because they make `test` stateful.
  */
 export function compileExpect(expect: string | undefined): Parsed<Matcher> {
