@@ -2,6 +2,7 @@
 // them within each repetition, stop them at the end.
 import { iperf, wrk } from '../lib/load.mjs';
 import { Samples } from '../lib/report.mjs';
+import { direct, startHaproxy, startNginxStream, startSluice } from '../lib/peers.mjs';
 
 /** Starts each [label, start()] in turn; a failure becomes a note on that peer's row. */
 export async function startPeers(samples, starters) {
@@ -50,4 +51,14 @@ export async function warmUp(ports, kind) {
     if (kind === 'iperf') await iperf(port, { seconds: 1 });
     else await wrk(port, { seconds: 1, close: kind === 'close' });
   }
+}
+
+/** The usual line-up of a TCP scenario: no proxy, HAProxy, nginx stream and sluice, one core each. */
+export function tcpPeers(dir, routes) {
+  return [
+    ['direct', async () => direct(routes)],
+    ['haproxy', () => startHaproxy(dir, routes)],
+    ['nginx', () => startNginxStream(dir, routes)],
+    ['sluice', () => startSluice(dir, routes)],
+  ];
 }

@@ -1,11 +1,11 @@
 // 2. New connections per second: wrk with `Connection: close` against an nginx HTTP backend with
 // keep-alive off, so every request is a new TCP connection through the proxy.
 // Primary metric: proxy CPU milliseconds per 1,000 connections.
-import { direct, startHaproxy, startHttpBackend, startNginxStream, startSluice } from '../lib/peers.mjs';
+import { startHttpBackend, startSluice } from '../lib/peers.mjs';
 import { withCpu, wrk } from '../lib/load.mjs';
 import { table } from '../lib/report.mjs';
 import { sleep } from '../lib/sys.mjs';
-import { newSamples, progress, rotate, startPeers, stopAll, warmUp } from './common.mjs';
+import { newSamples, progress, rotate, startPeers, stopAll, warmUp, tcpPeers } from './common.mjs';
 
 export const id = 'connrate';
 export const title = 'New connections per second (wrk, Connection: close)';
@@ -35,10 +35,7 @@ export async function run({ dir, reps }) {
   const backend = await startHttpBackend(dir);
   const routes = [{ name: 'http', upstreams: [backend.port.close] }];
   const peers = await startPeers(s, [
-    ['direct', async () => direct(routes)],
-    ['haproxy', () => startHaproxy(dir, routes)],
-    ['nginx', () => startNginxStream(dir, routes)],
-    ['sluice', () => startSluice(dir, routes)],
+    ...tcpPeers(dir, routes),
     ['sluice (access log)', () => startSluice(dir, routes, { accessLog: true, name: 'sluice-accesslog' })],
   ]);
   try {

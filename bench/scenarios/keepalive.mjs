@@ -1,10 +1,10 @@
 // 3. Keep-alive requests per second and latency: wrk over 50 persistent connections, so the proxy
 // only relays small request/response pairs. Primary metrics: req/s, p50/p99, CPU per request.
-import { direct, startHaproxy, startHttpBackend, startNginxStream, startSluice } from '../lib/peers.mjs';
+import { startHttpBackend } from '../lib/peers.mjs';
 import { withCpu, wrk } from '../lib/load.mjs';
 import { table } from '../lib/report.mjs';
 import { sleep } from '../lib/sys.mjs';
-import { newSamples, progress, rotate, startPeers, stopAll, warmUp } from './common.mjs';
+import { newSamples, progress, rotate, startPeers, stopAll, warmUp, tcpPeers } from './common.mjs';
 
 export const id = 'keepalive';
 export const title = 'Keep-alive requests per second and latency (wrk --latency)';
@@ -17,12 +17,7 @@ export async function run({ dir, reps }) {
   const s = newSamples();
   const backend = await startHttpBackend(dir);
   const routes = [{ name: 'http', upstreams: [backend.port.keepalive] }];
-  const peers = await startPeers(s, [
-    ['direct', async () => direct(routes)],
-    ['haproxy', () => startHaproxy(dir, routes)],
-    ['nginx', () => startNginxStream(dir, routes)],
-    ['sluice', () => startSluice(dir, routes)],
-  ]);
+  const peers = await startPeers(s, tcpPeers(dir, routes));
   try {
     await warmUp(
       peers.map((p) => p.port.http),

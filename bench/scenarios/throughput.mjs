@@ -1,10 +1,10 @@
 // 1. Bulk throughput: an iperf3 server behind each proxy, one and four streams for 4 s.
 // Primary metric: proxy CPU seconds per GB moved.
-import { direct, startHaproxy, startIperfServer, startNginxStream, startSluice } from '../lib/peers.mjs';
+import { startIperfServer } from '../lib/peers.mjs';
 import { iperf, withCpu } from '../lib/load.mjs';
 import { table } from '../lib/report.mjs';
 import { sleep } from '../lib/sys.mjs';
-import { newSamples, progress, rotate, startPeers, stopAll, warmUp } from './common.mjs';
+import { newSamples, progress, rotate, startPeers, stopAll, warmUp, tcpPeers } from './common.mjs';
 
 export const id = 'throughput';
 export const title = 'Bulk throughput (iperf3, 4 s)';
@@ -15,12 +15,7 @@ export async function run({ dir, reps }) {
   const s = newSamples();
   const server = await startIperfServer(dir);
   const routes = [{ name: 'iperf', upstreams: [server.port.iperf] }];
-  const peers = await startPeers(s, [
-    ['direct', async () => direct(routes)],
-    ['haproxy', () => startHaproxy(dir, routes)],
-    ['nginx', () => startNginxStream(dir, routes)],
-    ['sluice', () => startSluice(dir, routes)],
-  ]);
+  const peers = await startPeers(s, tcpPeers(dir, routes));
   try {
     await warmUp(
       peers.map((p) => p.port.iperf),
