@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { Redis } from 'ioredis';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { RedisStore } from '../../src/state/redis.js';
 import { backendKey } from '../../src/state/store.js';
 import { Writable } from 'node:stream';
@@ -74,19 +74,6 @@ async function open(url: string, prefix = `f-${randomUUID().slice(0, 8)}`): Prom
   return { store, events, logs };
 }
 
-async function eventually(check: () => void | Promise<void>, ms = 5000): Promise<void> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    try {
-      await check();
-      return;
-    } catch (err) {
-      if (Date.now() > deadline) throw err;
-      await new Promise((r) => setTimeout(r, 20));
-    }
-  }
-}
-
 /** Every operation of the store, as thunks. */
 function everyCall(store: RedisStore): (() => Promise<unknown>)[] {
   return [
@@ -126,14 +113,20 @@ describe('RedisStore when Redis fails', () => {
     await store.publishCounts('r1', new Map([[K, 2]]), 10_000);
 
     await redis.kill();
-    await eventually(() => expect(store.isUp()).toBe(false), 2 * TIMEOUT_MS + 500);
+    await vi.waitFor(() => expect(store.isUp()).toBe(false), { timeout: 2 * TIMEOUT_MS + 500, interval: 20 });
     await expectAllRejectFast(store);
 
     await redis.restart();
-    await eventually(async () => expect(await other.readCounts('r2')).toEqual(new Map())); // restarted empty
-    await eventually(() => expect(store.isUp()).toBe(true));
+    await vi.waitFor(async () => expect(await other.readCounts('r2')).toEqual(new Map()), {
+      timeout: 5000,
+      interval: 20,
+    }); // restarted empty
+    await vi.waitFor(() => expect(store.isUp()).toBe(true), { timeout: 5000, interval: 20 });
     await store.publishCounts('r1', new Map([[K, 3]]), 10_000);
-    await eventually(async () => expect(await other.readCounts('r2')).toEqual(new Map([[K, 3]])));
+    await vi.waitFor(async () => expect(await other.readCounts('r2')).toEqual(new Map([[K, 3]])), {
+      timeout: 5000,
+      interval: 20,
+    });
     expect(events).toEqual([true, false, true]);
     // One line per change, and a dozen failures folded into one rate-limited error line.
     expect(logs.filter((m) => m !== 'state store error')).toEqual([
@@ -153,7 +146,7 @@ describe('RedisStore when Redis fails', () => {
     expect(store.isUp()).toBe(false);
     await expectAllRejectFast(store);
     await redis.launch();
-    await eventually(() => expect(store.isUp()).toBe(true));
+    await vi.waitFor(() => expect(store.isUp()).toBe(true), { timeout: 5000, interval: 20 });
     expect(await store.lease('l', 'r1', 1000)).toBe(true);
     expect(events).toEqual([true]);
   });
@@ -179,10 +172,10 @@ describe('RedisStore when Redis fails', () => {
     const took = performance.now() - t0;
     expect(took).toBeGreaterThanOrEqual(TIMEOUT_MS - 50);
     expect(took).toBeLessThan(FAST_MS);
-    await eventually(() => expect(store.isUp()).toBe(false), TIMEOUT_MS + 500);
+    await vi.waitFor(() => expect(store.isUp()).toBe(false), { timeout: TIMEOUT_MS + 500, interval: 20 });
     await expectAllRejectFast(store);
     link.heal();
-    await eventually(() => expect(store.isUp()).toBe(true));
+    await vi.waitFor(() => expect(store.isUp()).toBe(true), { timeout: 5000, interval: 20 });
     await store.publishCounts('r1', new Map([[K, 1]]), 1000);
     expect(events).toEqual([true, false, true]);
   });
@@ -202,7 +195,10 @@ describe('RedisStore when Redis fails', () => {
     expect(events.slice(0, 2)).toEqual([true, false]);
     if (code === 'READONLY') {
       // A new connection, so that Sentinel or DNS can lead to the new primary.
-      await eventually(() => expect(fake.connections).toBeGreaterThanOrEqual(2));
+      await vi.waitFor(() => expect(fake.connections).toBeGreaterThanOrEqual(2), {
+        timeout: 5000,
+        interval: 20,
+      });
     } else {
       expect(store.isUp()).toBe(false);
       await expect(store.readFacts()).rejects.toThrow(code);

@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import { MemoryStore } from '../../src/state/memory.js';
 import type { RedisConfig } from '../../src/state/redis-connect.js';
 import { RedisStore } from '../../src/state/redis.js';
@@ -14,20 +14,6 @@ interface Pair {
   readonly a: StateStore;
   readonly b: StateStore;
   close(): Promise<void>;
-}
-
-/** Polls `check` until it passes or `ms` runs out (then its last failure is thrown). */
-async function eventually(check: () => Promise<void>, ms = 3000): Promise<void> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    try {
-      await check();
-      return;
-    } catch (err) {
-      if (Date.now() > deadline) throw err;
-      await new Promise((r) => setTimeout(r, 25));
-    }
-  }
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -72,7 +58,10 @@ function contract(name: string, makePair: () => Promise<Pair>): void {
       await a.publishCounts('short', map({ [K1]: 1 }), 300);
       await b.publishCounts('long', map({ [K1]: 10 }), 10_000);
       expect(await b.readCounts('x')).toEqual(map({ [K1]: 11 }));
-      await eventually(async () => expect(await b.readCounts('x')).toEqual(map({ [K1]: 10 })));
+      await vi.waitFor(async () => expect(await b.readCounts('x')).toEqual(map({ [K1]: 10 })), {
+        timeout: 3000,
+        interval: 25,
+      });
     });
 
     it('keeps counts alive while they are published again before the TTL', async () => {
@@ -113,7 +102,10 @@ function contract(name: string, makePair: () => Promise<Pair>): void {
       expect(await a.lease('lapsed', 'r1', 300)).toBe(true);
       await sleep(200);
       expect(await a.lease('renewed', 'r1', 400)).toBe(true);
-      await eventually(async () => expect(await b.lease('lapsed', 'r2', 10_000)).toBe(true));
+      await vi.waitFor(async () => expect(await b.lease('lapsed', 'r2', 10_000)).toBe(true), {
+        timeout: 3000,
+        interval: 25,
+      });
       expect(await b.lease('renewed', 'r2', 10_000)).toBe(false);
     });
 
@@ -139,7 +131,10 @@ function contract(name: string, makePair: () => Promise<Pair>): void {
       await b.register('api', '10.0.0.2:80', 300);
       await b.register('web', '10.0.0.3:80', 10_000);
       expect((await a.registered('api')).sort()).toEqual(['10.0.0.1:80', '10.0.0.2:80']);
-      await eventually(async () => expect(await a.registered('api')).toEqual(['10.0.0.1:80']));
+      await vi.waitFor(async () => expect(await a.registered('api')).toEqual(['10.0.0.1:80']), {
+        timeout: 3000,
+        interval: 25,
+      });
       await a.deregister('api', '10.0.0.1:80');
       expect(await b.registered('api')).toEqual([]);
       expect(await b.registered('web')).toEqual(['10.0.0.3:80']);
