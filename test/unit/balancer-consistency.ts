@@ -1,5 +1,6 @@
+import { expect, it } from 'vitest';
 import type { Picker, PickerOptions } from '../../src/upstream/balancer/picker.js';
-import { client, target, type TestTarget } from './balancer-fixtures.js';
+import { client, options, target, targets, type TestTarget } from './balancer-fixtures.js';
 
 export const KEYS = 10_000;
 
@@ -35,4 +36,26 @@ export function disruption(
     removed: moved(base, assignment(build(without, opts))),
     added: moved(base, assignment(build(withOneMore, opts))),
   };
+}
+
+/**
+ * What every consistent-hash picker promises: replicas agree without sharing state, and a
+ * membership change moves about 1/N of the keys. Call inside a describe block.
+ */
+export function itIsConsistent(build: Build): void {
+  it('sends the same key to the same backend in separately built pickers', () => {
+    const pool = targets(10).map((t, i) => ({ ...t, weight: 1 + (i % 3) }));
+    expect(assignment(build(copies(pool), options('source-ip', 2)))).toEqual(
+      assignment(build(pool, options())),
+    );
+  });
+
+  it.each([5, 10])(
+    'moves at most 1.2/N of keys when one of %i backends leaves, 1.2/(N+1) when one joins',
+    (n) => {
+      const { removed, added } = disruption(build, targets(n), options());
+      expect(removed / KEYS).toBeLessThanOrEqual(1.2 / n);
+      expect(added / KEYS).toBeLessThanOrEqual(1.2 / (n + 1));
+    },
+  );
 }

@@ -7,7 +7,7 @@ import {
 } from '../../src/upstream/balancer/maglev.js';
 import type { PickerOptions } from '../../src/upstream/balancer/picker.js';
 import { client, options, target, targets, type TestTarget } from './balancer-fixtures.js';
-import { KEYS, assignment, copies, disruption } from './balancer-consistency.js';
+import { KEYS, copies, itIsConsistent } from './balancer-consistency.js';
 
 const build = (t: readonly TestTarget[], o: PickerOptions): MaglevPicker<TestTarget> =>
   new MaglevPicker(t, o);
@@ -51,21 +51,7 @@ describe('buildMaglevTable', () => {
 });
 
 describe('MaglevPicker', () => {
-  it('sends the same key to the same backend in separately built pickers', () => {
-    const pool = targets(10).map((t, i) => ({ ...t, weight: 1 + (i % 3) }));
-    expect(assignment(build(copies(pool), options('source-ip', 2)))).toEqual(
-      assignment(build(pool, options())),
-    );
-  });
-
-  it.each([5, 10])(
-    'moves at most 1.2/N of keys when one of %i backends leaves, 1.2/(N+1) when one joins',
-    (n) => {
-      const { removed, added } = disruption(build, targets(n), options());
-      expect(removed / KEYS).toBeLessThanOrEqual(1.2 / n);
-      expect(added / KEYS).toBeLessThanOrEqual(1.2 / (n + 1));
-    },
-  );
+  itIsConsistent(build);
 
   it('retries an excluded backend onto the same next backend in every replica', () => {
     const a = targets(8);
