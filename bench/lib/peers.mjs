@@ -206,13 +206,18 @@ export function helper(script, args) {
  * admin port (the "sluice ready" log line is at info level, below the bench's `warn`). Rejects
  * with sluice's own stderr when it exits during start-up.
  */
-export async function startSluice(dir, routes, { workers = 1, accessLog = false, name = 'sluice' } = {}) {
+export async function startSluice(
+  dir,
+  routes,
+  { workers = 1, accessLog = false, name = 'sluice', relay = 'splice' } = {},
+) {
   const port = await listenPorts(routes);
   const admin = await freePort();
   const cfg = {
     admin: { listen: `${HOST}:${admin}` },
     log: { level: accessLog ? 'info' : 'warn', access_log: accessLog },
     workers,
+    relay,
     shutdown: { drain_timeout: '1s' },
     listeners: routes.map((r) => ({
       name: r.name,

@@ -53,12 +53,24 @@ export async function warmUp(ports, kind) {
   }
 }
 
-/** The usual line-up of a TCP scenario: no proxy, HAProxy, nginx stream and sluice, one core each. */
+/**
+ * The usual line-up of a TCP scenario: no proxy, HAProxy, nginx stream and sluice, one core each;
+ * sluice twice: with its splice relay (the default) and with `relay: stream` (Node streams).
+ */
 export function tcpPeers(dir, routes) {
   return [
     ['direct', async () => direct(routes)],
     ['haproxy', () => startHaproxy(dir, routes)],
     ['nginx', () => startNginxStream(dir, routes)],
     ['sluice', () => startSluice(dir, routes)],
+    ['sluice-stream', () => startSluice(dir, routes, { relay: 'stream', name: 'sluice-stream' })],
   ];
 }
+
+/** The table rows of tcpPeers, and the ratios every TCP table shows. */
+export const TCP_ROWS = ['direct', 'haproxy', 'nginx', 'sluice', 'sluice-stream'];
+export const TCP_RATIOS = [
+  { num: 'sluice', den: 'haproxy' },
+  { num: 'sluice', den: 'nginx' },
+  { num: 'sluice-stream', den: 'haproxy' },
+];

@@ -5,13 +5,23 @@ import { startHttpBackend, startSluice } from '../lib/peers.mjs';
 import { withCpu, wrk } from '../lib/load.mjs';
 import { table } from '../lib/report.mjs';
 import { sleep } from '../lib/sys.mjs';
-import { newSamples, progress, rotate, startPeers, stopAll, warmUp, tcpPeers } from './common.mjs';
+import {
+  newSamples,
+  progress,
+  rotate,
+  startPeers,
+  stopAll,
+  warmUp,
+  tcpPeers,
+  TCP_ROWS,
+  TCP_RATIOS,
+} from './common.mjs';
 
 export const id = 'connrate';
 export const title = 'New connections per second (wrk, Connection: close)';
 export const what = `wrk -t1 -c50 -d4s -H 'Connection: close' through each proxy to nginx (\`keepalive_timeout 0; return 200 "ok";\`); 1 s pause between runs for TIME_WAIT. CPU-ms/1k = proxy CPU per 1,000 connections. "errors" = wrk socket errors + non-2xx. "sluice (access log)" runs \`log: {level: info, access_log: true}\` with stdout to a file.`;
 
-const LABELS = ['direct', 'haproxy', 'nginx', 'sluice', 'sluice (access log)'];
+const LABELS = [...TCP_ROWS, 'sluice (access log)'];
 
 /** One connection-rate run through `port`, recorded under `label`. Shared with other scenarios. */
 export async function measureConnRate(s, rep, label, pid, port, prefix = '') {
@@ -58,10 +68,6 @@ export async function run({ dir, reps }) {
     { key: 'cpu', label: 'CPU-ms/1k conn', digits: 1 },
     { key: 'err', label: 'errors', digits: 0 },
   ];
-  const ratios = [
-    { num: 'sluice', den: 'haproxy' },
-    { num: 'sluice', den: 'nginx' },
-    { num: 'sluice (access log)', den: 'sluice' },
-  ];
+  const ratios = [...TCP_RATIOS, { num: 'sluice (access log)', den: 'sluice' }];
   return [table(s, LABELS, metrics, ratios)];
 }

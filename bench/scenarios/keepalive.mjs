@@ -4,14 +4,22 @@ import { startHttpBackend } from '../lib/peers.mjs';
 import { withCpu, wrk } from '../lib/load.mjs';
 import { table } from '../lib/report.mjs';
 import { sleep } from '../lib/sys.mjs';
-import { newSamples, progress, rotate, startPeers, stopAll, warmUp, tcpPeers } from './common.mjs';
+import {
+  newSamples,
+  progress,
+  rotate,
+  startPeers,
+  stopAll,
+  warmUp,
+  tcpPeers,
+  TCP_ROWS,
+  TCP_RATIOS,
+} from './common.mjs';
 
 export const id = 'keepalive';
 export const title = 'Keep-alive requests per second and latency (wrk --latency)';
 export const what =
   'wrk -t1 -c50 -d4s --latency through each proxy to nginx (`keepalive_timeout 120s; return 200 "ok";`). p50/p99 are wrk\'s per-request latency at 50 connections (they include queueing); p99 varies 2–3× between runs here. CPU-ms/1k req = proxy CPU per 1,000 requests.';
-
-const LABELS = ['direct', 'haproxy', 'nginx', 'sluice'];
 
 export async function run({ dir, reps }) {
   const s = newSamples();
@@ -57,10 +65,5 @@ export async function run({ dir, reps }) {
     { key: 'cpu', label: 'CPU-ms/1k req', digits: 2 },
     { key: 'err', label: 'errors', digits: 0 },
   ];
-  return [
-    table(s, LABELS, metrics, [
-      { num: 'sluice', den: 'haproxy' },
-      { num: 'sluice', den: 'nginx' },
-    ]),
-  ];
+  return [table(s, TCP_ROWS, metrics, TCP_RATIOS)];
 }

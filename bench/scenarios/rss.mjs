@@ -12,7 +12,7 @@ export const id = 'rss';
 export const title = `Memory per idle proxied connection (${N.toLocaleString('en-US')} connections)`;
 export const what = `A Node client opens ${N} connections through the proxy to a Node sink (50 at a time, 5 bytes each) and holds them; KB/conn = (VmRSS 2 s after all are open − VmRSS before)/${N}, summed over the proxy's processes. Kernel socket buffers are not in VmRSS. Fresh proxy processes for every repetition.`;
 
-const LABELS = ['haproxy', 'nginx', 'sluice'];
+const LABELS = ['haproxy', 'nginx', 'sluice', 'sluice-stream'];
 
 export async function run({ dir, reps }) {
   const s = newSamples();
@@ -24,6 +24,7 @@ export async function run({ dir, reps }) {
     haproxy: () => startHaproxy(dir, routes),
     nginx: () => startNginxStream(dir, routes),
     sluice: () => startSluice(dir, routes),
+    'sluice-stream': () => startSluice(dir, routes, { relay: 'stream', name: 'sluice-stream' }),
   };
   try {
     for (let rep = 0; rep < reps; rep++) {
@@ -71,6 +72,7 @@ export async function run({ dir, reps }) {
     table(s, LABELS, metrics, [
       { num: 'sluice', den: 'haproxy' },
       { num: 'sluice', den: 'nginx' },
+      { num: 'sluice-stream', den: 'haproxy' },
     ]),
   ];
 }

@@ -4,7 +4,17 @@ import { startIperfServer } from '../lib/peers.mjs';
 import { iperf, withCpu } from '../lib/load.mjs';
 import { table } from '../lib/report.mjs';
 import { sleep } from '../lib/sys.mjs';
-import { newSamples, progress, rotate, startPeers, stopAll, warmUp, tcpPeers } from './common.mjs';
+import {
+  newSamples,
+  progress,
+  rotate,
+  startPeers,
+  stopAll,
+  warmUp,
+  tcpPeers,
+  TCP_ROWS,
+  TCP_RATIOS,
+} from './common.mjs';
 
 export const id = 'throughput';
 export const title = 'Bulk throughput (iperf3, 4 s)';
@@ -48,9 +58,5 @@ export async function run({ dir, reps }) {
     { key: 'gbps4', label: '-P4 Gbit/s' },
     { key: 'cpu4', label: '-P4 CPU-s/GB' },
   ];
-  const ratios = [
-    { num: 'sluice', den: 'haproxy' },
-    { num: 'sluice', den: 'nginx' },
-  ];
-  return [table(s, ['direct', 'haproxy', 'nginx', 'sluice'], metrics, ratios)];
+  return [table(s, TCP_ROWS, metrics, TCP_RATIOS)];
 }

@@ -235,6 +235,11 @@ export const configSchema = z.strictObject({
   admin: adminSchema,
   log: logSchema,
   workers: z.union([count(1, 256), z.literal('auto')]).default(1),
+  /**
+   * How established TCP sessions move bytes: splice (in the kernel, through the bundled native
+   * relay), stream (Node streams), auto (splice when the relay is built, else stream).
+   */
+  relay: z.enum(['auto', 'splice', 'stream']).default('auto'),
   state: stateSchema,
   shutdown: shutdownSchema,
   overload: overloadSchema,

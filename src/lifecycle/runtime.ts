@@ -20,6 +20,8 @@ import { PoolSet } from './pool-set.js';
 import { OverloadGuard } from './overload.js';
 import type { Clock, Random } from '../util/clock.js';
 import { Sweeper } from '../util/sweeper.js';
+import { loadSpliceRelay, loadedSpliceRelay } from '../proxy/splice-relay.js';
+import type { SpliceRelay } from '../proxy/splice-relay.js';
 
 export interface RuntimeDeps {
   readonly logger: Logger;
@@ -39,6 +41,17 @@ function sweepTick(cfg: Config): number {
     if (l.protocol === 'udp') min = Math.min(min, l.udp.flow_idle / 4);
   }
   return Math.max(50, Math.min(1000, Math.floor(min)));
+}
+
+/**
+ * The relay that `mode` asks for: the splice relay for `splice` (an Error when it cannot be
+ * loaded) and for `auto` when it loads; undefined (Node streams) otherwise.
+ */
+function chooseRelay(mode: Config['relay']): { relay: SpliceRelay | undefined; error: string | undefined } {
+  if (mode === 'stream') return { relay: undefined, error: undefined };
+  const { relay, error } = loadSpliceRelay();
+  if (relay === undefined && mode === 'splice') throw new Error(`relay: splice is not available: ${error}`);
+  return { relay, error };
 }
 
 /**
@@ -62,6 +75,7 @@ export class Runtime implements AdminApi {
   #reloading = false;
   #history: History | undefined;
   #ready = false;
+  #splice: SpliceRelay | undefined;
 
   constructor(cfg: Config, deps: RuntimeDeps) {
     this.#cfg = cfg;
@@ -77,6 +91,7 @@ export class Runtime implements AdminApi {
       storeUp: () => deps.store.isUp(),
       syncLagSeconds: () => this.#sync.lagSeconds(),
       probers: () => this.#sync.probers(),
+      splice: () => loadedSpliceRelay()?.counts(),
     });
     this.#sync = new StateSync({
       store: deps.store,
@@ -105,6 +120,10 @@ export class Runtime implements AdminApi {
   /** Binds everything. Rejects with a one-line cause (port in use, token file unreadable). */
   async start(): Promise<void> {
     const cfg = this.#cfg;
+    const relay = chooseRelay(cfg.relay);
+    this.#splice = relay.relay;
+    if (relay.error !== undefined && cfg.relay === 'auto')
+      this.logger.warn({ reason: relay.error }, 'splice relay unavailable; relaying through Node streams');
     this.admin.setTokenFile(cfg.admin.token_file);
     this.pools.apply(cfg.pools);
     await this.admin.listen(cfg.admin.listen.host, cfg.admin.listen.port);
@@ -116,7 +135,12 @@ export class Runtime implements AdminApi {
     this.#history = new History(this.metrics.listenerConnections, this.metrics.bytes);
     this.#ready = true;
     this.logger.info(
-      { admin: this.admin.boundAddress, replica: this.replicaId, store: this.#deps.store.kind },
+      {
+        admin: this.admin.boundAddress,
+        replica: this.replicaId,
+        store: this.#deps.store.kind,
+        relay: this.#splice === undefined ? 'stream' : 'splice',
+      },
       'sluice ready',
     );
   }
@@ -218,6 +242,12 @@ export class Runtime implements AdminApi {
       if (err instanceof ConfigError) return fail(err.problems.map((p) => `${p.path}: ${p.message}`));
       return fail([err instanceof Error ? err.message : String(err)]);
     }
+    let relay;
+    try {
+      relay = chooseRelay(next.relay);
+    } catch (err) {
+      return fail([err instanceof Error ? err.message : String(err)]);
+    }
     const restartOnly = (['admin', 'workers', 'state'] as const).filter(
       (k) => JSON.stringify(next[k]) !== JSON.stringify(this.#cfg[k]),
     );
@@ -233,6 +263,7 @@ export class Runtime implements AdminApi {
       return fail([err instanceof Error ? err.message : String(err)]);
     }
     this.pools.apply(next.pools);
+    this.#splice = relay.relay; // new sessions; open ones keep how they relay
     this.#cfg = { ...next, admin: this.#cfg.admin, workers: this.#cfg.workers, state: this.#cfg.state };
     this.logger.level = next.log.level;
     this.sweeper.setTick(sweepTick(next));
@@ -282,6 +313,8 @@ export class Runtime implements AdminApi {
 
   #newListener(cfg: ListenerConfig): Listener {
     const config = (): Config => this.#cfg;
+    // eslint-disable-next-line @typescript-eslint/no-this-alias -- the getter below reads a private field
+    const runtime = this;
     const deps: ListenerDeps = {
       metrics: this.metrics,
       logger: this.logger,
@@ -289,6 +322,9 @@ export class Runtime implements AdminApi {
       overload: this.overload,
       get accessLog() {
         return config().log.access_log;
+      },
+      get splice() {
+        return runtime.#splice;
       },
       pool: (name: string) => this.pools.get(name),
       passive: (pool: Pool, backend: Backend, ok: boolean) => this.pools.report(pool, backend, ok),

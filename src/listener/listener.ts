@@ -4,6 +4,7 @@ import type { Metrics } from '../telemetry/metrics.js';
 import type { Backend } from '../upstream/backend.js';
 import type { Pool } from '../upstream/pool.js';
 import type { Sweeper } from '../util/sweeper.js';
+import type { SpliceRelay } from '../proxy/splice-relay.js';
 
 /** What a listener needs from the process around it. */
 export interface ListenerDeps {
@@ -11,6 +12,8 @@ export interface ListenerDeps {
   readonly logger: Logger;
   readonly sweeper: Sweeper;
   readonly accessLog: boolean;
+  /** The splice relay for new TCP sessions; absent: Node streams. */
+  readonly splice?: SpliceRelay | undefined;
   /** The process-wide overload guard: while `active`, new connections are refused. Absent: never. */
   readonly overload?: { readonly active: boolean };
   /** Pools by name, as of the current config. */

@@ -18,6 +18,7 @@ import type { PrefaceHost } from '../proxy/preface.js';
 import { proxyPreamble } from '../proxy/proxy-out.js';
 import { escapeForLog } from '../util/escape.js';
 import type { Listener, ListenerDeps } from './listener.js';
+import type { SpliceRelay } from '../proxy/splice-relay.js';
 
 const SERVER_OPTIONS: net.ServerOpts = {
   allowHalfOpen: true,
@@ -51,6 +52,7 @@ export class TcpListener implements SessionHost, Listener, PrefaceHost {
   #limits: SourceLimits;
   #bytesUp;
   #bytesDown;
+  #spliced;
   #accepted;
   #lastAcceptError = 0;
   #preface: PrefacePlan | undefined;
@@ -69,6 +71,7 @@ export class TcpListener implements SessionHost, Listener, PrefaceHost {
     this.#limits = new SourceLimits(cfg.limits.per_source_connections, cfg.limits.per_source_rate);
     this.#bytesUp = deps.metrics.bytes.labels(cfg.name, 'upstream');
     this.#bytesDown = deps.metrics.bytes.labels(cfg.name, 'downstream');
+    this.#spliced = deps.metrics.splicedSessions.labels(cfg.name);
     this.#accepted = deps.metrics.listenerConnections.labels(cfg.name);
     this.#proxyErrors = deps.metrics.proxyProtocolErrors;
     this.#preface = PrefacePlan.needed(cfg) ? new PrefacePlan(cfg) : undefined;
@@ -91,6 +94,14 @@ export class TcpListener implements SessionHost, Listener, PrefaceHost {
 
   closeAll(reason: 'shutdown'): void {
     for (const s of [...this.sessions]) s.close(reason);
+  }
+
+  get splice(): SpliceRelay | undefined {
+    return this.#deps.splice;
+  }
+
+  spliced(): void {
+    this.#spliced.inc();
   }
 
   get connectTimeoutMs(): number {

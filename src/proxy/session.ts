@@ -7,6 +7,16 @@ import type { Sweepable, Sweeper } from '../util/sweeper.js';
 import type { CloseReason } from './close-reason.js';
 import { sniffProxySignature } from '../protocol/proxy-parse.js';
 import { normalizeIp } from '../util/cidr.js';
+import { getSystemErrorName } from 'node:util';
+import type { RelayOwner, SpliceRelay } from './splice-relay.js';
+import {
+  relayStats,
+  STAT_BYTES_DOWN,
+  STAT_BYTES_UP,
+  STAT_ERRNO,
+  STAT_ERROR_SIDE,
+  STAT_FIRST_FIN,
+} from './splice-relay.js';
 
 /** What a session needs from the listener that accepted it. */
 export interface SessionHost {
@@ -33,6 +43,22 @@ export interface SessionHost {
   untrustedHeader(session: Session, sample: Buffer): void;
   /** Bytes to write upstream before any client byte (PROXY header); undefined for none. */
   upstreamPreamble(session: Session, pool: Pool): Buffer | undefined;
+  /** The splice relay for new sessions (config `relay`); undefined relays through Node streams. */
+  readonly splice: SpliceRelay | undefined;
+  /** The session was handed to the splice relay (metrics). */
+  spliced(): void;
+}
+
+/** What net.Socket keeps in `_handle` that the hand-off to the splice relay uses. */
+interface StreamHandle {
+  readonly fd: number;
+}
+
+function handleOf(socket: net.Socket): StreamHandle | undefined {
+  const handle = (socket as unknown as { _handle?: StreamHandle | null })._handle;
+  return handle === null || handle === undefined || typeof handle.fd !== 'number' || handle.fd < 0
+    ? undefined
+    : handle;
 }
 
 const kSession = Symbol('sluice.session');
@@ -73,7 +99,7 @@ const idPrefix = `${process.pid.toString(36)}${Date.now().toString(36).slice(-4)
  * Socket events reach the session through shared handler functions (the session hangs off the
  * socket), so a session costs no closures.
  */
-export class Session implements Holder, Sweepable, QueueWaiter, PickContext {
+export class Session implements Holder, Sweepable, QueueWaiter, PickContext, RelayOwner {
   readonly id = `${idPrefix}-${(++sequence).toString(36)}`;
   readonly host: SessionHost;
   readonly down: Tagged;
@@ -108,6 +134,11 @@ export class Session implements Holder, Sweepable, QueueWaiter, PickContext {
   #finFirst: 'downstream_closed' | 'upstream_closed' | undefined;
   #errorCode: string | undefined;
   #openSockets = 0;
+  /** The splice relay's slot while it carries this session; -1 otherwise. */
+  #slot = -1;
+  #splice: SpliceRelay | undefined;
+  /** Client bytes read before the hand-off (PROXY header and preface). */
+  #baseUp = 0;
 
   constructor(host: SessionHost, down: net.Socket, clientIp: string, clientPort: number) {
     this.host = host;
@@ -174,6 +205,11 @@ export class Session implements Holder, Sweepable, QueueWaiter, PickContext {
     if (this.#state === State.Queued) this.pool?.dequeue(this);
     this.#reason ??= reason;
     this.#state = State.Closed;
+    if (this.#slot >= 0 && this.#splice !== undefined) {
+      this.#splice.abort(this.#slot);
+      this.#slot = -1;
+      this.#takeRelayCounters();
+    }
     this.down.destroy();
     this.up?.destroy();
     if (this.#openSockets === 0) this.#finish();
@@ -181,7 +217,17 @@ export class Session implements Holder, Sweepable, QueueWaiter, PickContext {
 
   sweep(now: number): void {
     if (this.#state === State.Open) {
-      const seen = this.down.bytesRead + (this.up?.bytesRead ?? 0);
+      let seen: number;
+      let halfClosed = this.#halfClosed;
+      if (this.#slot >= 0 && this.#splice !== undefined) {
+        this.#splice.read(this.#slot);
+        this.#takeRelayCounters();
+        if (this.#countedDownTotal > 0) this.sawUpstreamData();
+        seen = this.#countedUpTotal + this.#countedDownTotal;
+        halfClosed = relayStats[STAT_FIRST_FIN]! >= 0;
+      } else {
+        seen = this.down.bytesRead + (this.up?.bytesRead ?? 0);
+      }
       if (seen !== this.#seenBytes) {
         this.#seenBytes = seen;
         this.#lastActive = now;
@@ -189,7 +235,7 @@ export class Session implements Holder, Sweepable, QueueWaiter, PickContext {
       } else if (now - this.#lastActive >= this.host.idleTimeoutMs) {
         this.close('idle_timeout');
       } else if (
-        this.#halfClosed &&
+        halfClosed &&
         this.host.halfClosedTimeoutMs > 0 &&
         now - this.#lastActive >= this.host.halfClosedTimeoutMs
       ) {
@@ -284,6 +330,8 @@ export class Session implements Holder, Sweepable, QueueWaiter, PickContext {
     this.#errorCode = undefined;
     this.#lastActive = this.host.sweeper.now;
     const preamble = this.host.upstreamPreamble(this, pool);
+    const splice = this.host.splice;
+    if (splice !== undefined && this.#handOff(splice, up, preamble)) return;
     if (preamble !== undefined) up.write(preamble);
     if (this.pending !== undefined) {
       up.write(this.pending);
@@ -299,6 +347,76 @@ export class Session implements Holder, Sweepable, QueueWaiter, PickContext {
     // A client that already half-closed during the preface gets its FIN relayed at once.
     if (down.readableEnded) up.end();
     else down.resume();
+  }
+
+  /**
+   * Gives both sockets to the splice relay: the preamble and the bytes read during the preface go
+   * first, then the relay carries the session to its end and calls relayEnded(). Sessions the
+   * relay cannot take stay on Node streams: an untrusted client on a PROXY-in listener (its
+   * first bytes are inspected), a client that already half-closed or sent more than the preface,
+   * and any hand-off that fails for want of descriptors.
+   */
+  #handOff(splice: SpliceRelay, up: Tagged, preamble: Buffer | undefined): boolean {
+    const down = this.down;
+    if (this.guardProxySignature || down.readableEnded) return false;
+    const dh = handleOf(down);
+    const uh = handleOf(up);
+    if (dh === undefined || uh === undefined) return false;
+    // Bytes Node has read and not delivered stay with the streams. Otherwise nothing more is read
+    // through the handle: the relay reads from here on, and the sockets are destroyed below.
+    if (down.readableLength > 0) return false;
+    const pending = this.pending;
+    const prefix =
+      pending === undefined
+        ? preamble
+        : preamble === undefined
+          ? pending
+          : Buffer.concat([preamble, pending]);
+    try {
+      this.#slot = splice.start(this, dh.fd, uh.fd, prefix);
+    } catch (err) {
+      const side = (err as { side?: number }).side;
+      if (side === undefined) return false; // out of descriptors: the streams still work
+      this.#errorCode = errnoName((err as { errno?: number }).errno);
+      if (side === 1) this.#verdict(false);
+      this.close(side === 0 ? 'downstream_error' : 'upstream_error');
+      return true;
+    }
+    this.#splice = splice;
+    this.host.spliced();
+    this.pending = undefined;
+    this.#baseUp = down.bytesRead;
+    // The relay holds its own copies of the descriptors: the sockets close quietly.
+    down[kSession] = undefined;
+    up[kSession] = undefined;
+    this.#openSockets = 0;
+    down.destroy();
+    up.destroy();
+    return true;
+  }
+
+  /** Copies the relay's counters (just written to relayStats) into the session. */
+  #takeRelayCounters(): void {
+    this.#countedUpTotal = this.#baseUp + relayStats[STAT_BYTES_UP]!;
+    this.#countedDownTotal = relayStats[STAT_BYTES_DOWN]!;
+  }
+
+  /** @internal The splice relay ended on its own: both directions finished, or a socket failed. */
+  relayEnded(): void {
+    this.#slot = -1;
+    this.#takeRelayCounters();
+    const side = relayStats[STAT_ERROR_SIDE]!;
+    if (side >= 0) {
+      this.#errorCode ??= errnoName(relayStats[STAT_ERRNO]);
+      if (side === 1) this.#verdict(this.#countedDownTotal > 0);
+      this.#reason ??= side === 0 ? 'downstream_error' : 'upstream_error';
+    } else {
+      // Both directions ended with FIN: the backend closed cleanly.
+      this.#verdict(true);
+      this.#finFirst ??= relayStats[STAT_FIRST_FIN] === 1 ? 'upstream_closed' : 'downstream_closed';
+    }
+    this.#state = State.Closed;
+    this.#finish();
   }
 
   /** @internal */
@@ -360,9 +478,14 @@ export class Session implements Holder, Sweepable, QueueWaiter, PickContext {
     }
   }
 
+  /** Byte totals as of the relay's last report (splice relay only). */
+  #countedUpTotal = 0;
+  #countedDownTotal = 0;
+
   #flushBytes(): void {
-    const toUp = this.down.bytesRead;
-    const toDown = this.up?.bytesRead ?? 0;
+    const relayed = this.#splice !== undefined;
+    const toUp = relayed ? this.#countedUpTotal : this.down.bytesRead;
+    const toDown = relayed ? this.#countedDownTotal : (this.up?.bytesRead ?? 0);
     if (toUp !== this.#countedUp || toDown !== this.#countedDown) {
       this.host.countBytes(toUp - this.#countedUp, toDown - this.#countedDown);
       this.#countedUp = toUp;
@@ -387,6 +510,15 @@ export class Session implements Holder, Sweepable, QueueWaiter, PickContext {
 
   get bytesOut(): number {
     return this.#countedDown;
+  }
+}
+
+function errnoName(errno: number | undefined): string {
+  if (errno === undefined || errno <= 0) return 'EIO';
+  try {
+    return getSystemErrorName(-errno);
+  } catch {
+    return 'EIO';
   }
 }
 

@@ -26,6 +26,8 @@ export interface MetricsSource {
   probers?(): Iterable<{ pool: string; backend: string; probing: boolean }>;
   /** The overload guard's state (absent: never overloaded). */
   overloaded?(): boolean;
+  /** The splice relay's live sessions and pipes (absent: not loaded). */
+  splice?(): { relays: number; pipes: number } | undefined;
 }
 
 /**
@@ -50,6 +52,7 @@ export class Metrics {
   readonly discoveryErrors: Counter<'pool' | 'code'>;
   readonly proxyProtocolErrors: Counter<'listener' | 'reason'>;
   readonly stateSyncFailures: Counter;
+  readonly splicedSessions: Counter<'listener'>;
 
   constructor(source: MetricsSource, opts: { defaultMetrics?: boolean } = {}) {
     const r = this.registry;
@@ -116,6 +119,11 @@ export class Metrics {
       'State sync rounds with a failed store call',
       [],
     );
+    this.splicedSessions = counter(
+      'sluice_spliced_sessions_total',
+      'TCP sessions handed to the splice relay once their backend connected',
+      ['listener'],
+    );
     this.udpDrops = counter('sluice_udp_dropped_total', 'UDP datagrams dropped', ['listener', 'reason']);
 
     new Gauge({
@@ -176,6 +184,22 @@ export class Metrics {
         this.reset();
         for (const p of source.probers?.() ?? [])
           this.set({ pool: p.pool, backend: p.backend }, p.probing ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: 'sluice_splice_relays',
+      help: 'TCP sessions the splice relay carries now',
+      registers: [r],
+      collect() {
+        this.set(source.splice?.()?.relays ?? 0);
+      },
+    });
+    new Gauge({
+      name: 'sluice_splice_pipes',
+      help: 'Pipes the splice relay holds (in flight or pooled for reuse; two descriptors each)',
+      registers: [r],
+      collect() {
+        this.set(source.splice?.()?.pipes ?? 0);
       },
     });
     new Gauge({

@@ -19,8 +19,6 @@ import type { TcpListener } from '../../src/listener/tcp.js';
 
 const scope = testScope();
 
-const lb = (yaml: string): Promise<TestRuntime> => scope.lb(yaml);
-
 const server = (p: Promise<TestServer>): Promise<TestServer> => scope.server(p);
 
 function poolYaml(addresses: string[], extra = ''): string {
@@ -34,7 +32,10 @@ ${extra}`;
 
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 
-describe('TCP engine', () => {
+// Every case runs with both relays: the splice relay (kernel) and Node streams.
+describe.each(['splice', 'stream'] as const)('TCP engine (relay: %s)', (relay) => {
+  const lb = (yaml: string): Promise<TestRuntime> => scope.lb(`relay: ${relay}\n${yaml}`);
+
   it('balances sessions round-robin over the pool', async () => {
     const a = await server(nameServer('A'));
     const b = await server(nameServer('B'));
@@ -190,6 +191,37 @@ describe('TCP engine', () => {
     s.destroy();
   });
 
+  it('carries established sessions on the configured relay and leaves nothing behind', async () => {
+    const echo = await server(echoServer());
+    const rt = await lb(
+      `listeners: [{ name: t, bind: "127.0.0.1:0", pool: p }]\n${poolYaml([echo.address])}`,
+    );
+    const payload = randomBytes(300 * 1024);
+    const replies = await Promise.all(
+      Array.from({ length: 20 }, async () => {
+        const s = await connect(rt.port('t'));
+        const reply = readAll(s);
+        s.end(payload);
+        return reply;
+      }),
+    );
+    for (const r of replies) expect(sha(r)).toBe(sha(payload));
+    await waitFor(() => rt.logs.find('session').length === 20, 5000, 'access lines');
+    for (const line of rt.logs.find('session'))
+      expect(line).toMatchObject({
+        reason: 'downstream_closed',
+        bytes_in: payload.length,
+        bytes_out: payload.length,
+      });
+    expect(await rt.metric('sluice_spliced_sessions_total', { listener: 't' })).toBe(
+      relay === 'splice' ? 20 : 0,
+    );
+    expect(await rt.metric('sluice_splice_relays')).toBe(0);
+    expect(await rt.metric('sluice_bytes_total', { listener: 't', direction: 'upstream' })).toBe(
+      20 * payload.length,
+    );
+  });
+
   it('closes an idle session and says why', async () => {
     const echo = await server(echoServer());
     const rt = await lb(
@@ -201,7 +233,7 @@ describe('TCP engine', () => {
     expect((await closed).toString()).toBe('ping');
     await waitFor(() => rt.logs.find('session').length === 1);
     expect(rt.logs.find('session')[0]).toMatchObject({ reason: 'idle_timeout', bytes_in: 4, bytes_out: 4 });
-    expect(echo.sockets.size).toBe(0);
+    await waitFor(() => echo.sockets.size === 0, 2000, 'backend connection closed');
   });
 
   it('closes a half-closed session that goes quiet at timeouts.half_closed', async () => {

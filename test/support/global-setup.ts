@@ -17,4 +17,7 @@ export default function setup(): void {
     },
   );
   if (!existsSync(`${root}dist/cli/index.js`)) throw new Error(`build failed:\n${r.stdout}${r.stderr}`);
+  // The splice relay (a no-op when it is up to date; without a compiler sessions use streams).
+  const n = spawnSync(process.execPath, [`${root}scripts/build-native.mjs`], { cwd: root, encoding: 'utf8' });
+  if (n.status !== 0) throw new Error(`native build failed:\n${n.stdout}${n.stderr}`);
 }

@@ -155,6 +155,7 @@ pools:
     [minimal + 'admin: { listen: x }\n', 'admin.listen: expected host:port (IPv6 as [::1]:port)'],
     [minimal + 'bogus: 1\n', 'bogus: unknown key'],
     [minimal + 'workers: 0\n', 'workers: must be >= 1'],
+    [minimal + 'relay: kernel\n', 'relay: expected one of "auto", "splice", "stream"'],
     [
       minimal + 'shutdown: { drain_timeout: soon }\n',
       'shutdown.drain_timeout: expected a duration such as 250ms, 5s, 2m, 1h or whole milliseconds',

@@ -1,0 +1,41 @@
+// Builds the optional splice relay (native/relay.c → build/sluice_relay.node) against the headers
+// of the Node.js that runs this script (official builds ship them in ../include/node). Without a
+// C compiler or headers it prints why and exits 0: sluice then relays through Node streams.
+// SLUICE_REQUIRE_NATIVE=1 turns that into a failure (CI sets it).
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, statSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+const source = join(root, 'native', 'relay.c');
+const output = join(root, 'build', 'sluice_relay.node');
+const required = process.env.SLUICE_REQUIRE_NATIVE === '1';
+
+function giveUp(why) {
+  const message = `sluice: splice relay not built (${why}); sessions will be relayed through Node streams`;
+  if (required) {
+    console.error(`${message}\nSLUICE_REQUIRE_NATIVE=1: failing`);
+    process.exit(1);
+  }
+  console.warn(message);
+  process.exit(0);
+}
+
+if (process.platform !== 'linux') giveUp(`splice(2) is Linux only, this is ${process.platform}`);
+if (existsSync(output) && statSync(output).mtimeMs >= statSync(source).mtimeMs) process.exit(0);
+
+const candidates = [resolve(dirname(process.execPath), '..', 'include', 'node'), '/usr/include/node'];
+const include = candidates.find(
+  (dir) => existsSync(join(dir, 'node_api.h')) && existsSync(join(dir, 'uv.h')),
+);
+if (include === undefined) giveUp(`no node_api.h and uv.h in ${candidates.join(' or ')}`);
+
+const cc = process.env.CC ?? 'cc';
+mkdirSync(dirname(output), { recursive: true });
+const args = ['-O2', '-std=gnu11', '-Wall', '-Wextra', '-fPIC', '-shared', '-fvisibility=hidden'];
+args.push(`-I${include}`, '-o', output, source);
+const r = spawnSync(cc, args, { encoding: 'utf8' });
+if (r.error !== undefined) giveUp(`${cc}: ${r.error.message}`);
+if (r.status !== 0) giveUp(`${cc} failed:\n${r.stderr.trim()}`);
+if (r.stderr.trim() !== '') console.warn(r.stderr.trim());
