@@ -1,31 +1,42 @@
 /*
- * sluice splice relay: moves the bytes of an established TCP session between its two sockets
- * inside the kernel (splice(2) through a pipe), driven by the Node.js event loop (uv_poll), so
- * no byte crosses into JavaScript and no Buffer is allocated per read.
+ * sluice splice relay: connects a TCP session's upstream and moves its bytes between the two
+ * sockets inside the kernel (splice(2) through a pipe), so no byte crosses into JavaScript and
+ * no Buffer is allocated per read.
  *
- * JavaScript hands over the two connected sockets' descriptors (the relay dup()s them; the
- * net.Socket objects are then destroyed), optionally with bytes to send upstream first (a PROXY
- * header, client bytes read during the preface). The relay:
- *   - reads a direction only while its pipe is empty and its destination is not blocked, so at
- *     most one pipe (64 KiB) is buffered per direction, and the sender is held back by TCP;
- *   - forwards FIN with shutdown(SHUT_WR) once the pipe has drained (half-close each way);
- *   - ends when both directions have finished, or at the first error on either socket;
- *   - takes a pipe from a per-process pool only while bytes are in flight, so an idle session
- *     holds no pipe.
- * JavaScript reads the counters (bytes each way, who sent FIN first) for idle and half-closed
- * timeouts and metrics, may abort a relay at any time (timeouts, drains, shutdown), and is called
- * back once when a relay ends on its own.
+ * The sockets are watched by one epoll set of the relay's own, itself watched by the Node.js event
+ * loop (uv_poll on the epoll descriptor): a socket is added once, its interest changed only when a
+ * direction blocks, unblocks or ends (level-triggered), and it leaves the set when it is closed.
  *
- * Only this one thread touches the state: every entry point runs on the event loop's thread.
+ * A relay's life, driven from JavaScript through its slot number:
+ *   connect(ip, port)        opens the upstream socket (non-blocking, TCP_NODELAY); JavaScript is
+ *                            called back with CONNECTED or CONNECT_FAILED (errno in stats);
+ *   attach(slot, fd, prefix) takes (dups) the client's socket and starts relaying, `prefix` (a
+ *                            PROXY header, bytes read during the preface) first;
+ *   detach(slot)             gives a connected upstream socket back (JavaScript relays it itself);
+ *   abort(slot)              closes everything now, no callback (timeouts, drains, shutdown);
+ *   info(slot)               counters for idle and half-closed timeouts and metrics.
+ * While relaying, a direction is read only while its pipe is empty and its destination is not
+ * blocked (at most one pipe buffered per direction, the sender held back by TCP); FIN is
+ * forwarded with shutdown(SHUT_WR) once the pipe has drained (half-close each way); the relay
+ * ends when both directions have finished, or at the first error on either socket, and JavaScript
+ * is called back once with ENDED. Pipes come from a per-process pool and are held only while bytes
+ * are in flight, so an idle session holds none.
+ *
+ * Everything runs on the event loop's thread. Epoll events carry the slot and a generation
+ * number, so an event for a relay that ended earlier in the same batch is recognised and dropped.
  */
 #define _GNU_SOURCE
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <node_api.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <uv.h>
@@ -34,36 +45,45 @@
 #define PIPE_SIZE (256 * 1024)
 static size_t chunk = 64 * 1024; /* raised to PIPE_SIZE when the kernel allows it */
 #define CHUNK chunk
+/* Reads below this size are copied (recv/send through one shared buffer); a direction whose read
+ * fills it switches to splice for the rest of the session. */
+#define COPY_SIZE (16 * 1024)
+static char copy_buf[COPY_SIZE];
 /* Splices per direction per wake-up before yielding to the rest of the loop. */
 #define ROUNDS 16
 /* Empty pipes kept for reuse; more are closed when released. */
 #define POOL_MAX 256
+/* Epoll events taken per epoll_wait call. */
+#define BATCH 128
 
 #define DOWN 0 /* the client's socket */
 #define UP 1   /* the backend's socket */
+
+/* What JavaScript's callback is told. */
+enum { EV_ENDED = 0, EV_CONNECTED = 1, EV_CONNECT_FAILED = 2 };
+enum { ST_CONNECTING, ST_CONNECTED, ST_RELAYING };
 
 typedef struct instance instance;
 
 typedef struct {
   int r, w; /* -1 when no pipe is held */
   size_t fill;
-  uint64_t bytes;   /* delivered to the destination */
-  char *prefix;     /* sent to the destination before any spliced byte */
+  uint64_t bytes; /* delivered to the destination */
+  char *prefix; /* bytes owed to the destination: the prefix, or what it could not take */
   size_t prefix_len, prefix_off;
-  int eof;          /* the source sent FIN */
-  int shut;         /* FIN forwarded (shutdown(SHUT_WR) on the destination) */
-  int blocked;      /* waiting for the destination to become writable */
+  int spliced; /* bulk seen: this direction splices from now on */
+  int eof;     /* the source sent FIN */
+  int shut;    /* FIN forwarded (shutdown(SHUT_WR) on the destination) */
+  int blocked; /* waiting for the destination to become writable */
 } direction;
 
 typedef struct {
   instance *inst;
   int slot;
-  int fd[2];
-  uv_poll_t poll[2];
-  int events[2];
-  int polling[2];
-  int closes_pending;
-  int ended;
+  int state;
+  int fd[2]; /* -1 when not open */
+  uint32_t mask[2];
+  int registered[2];
   direction d[2]; /* d[DOWN]: client -> backend; d[UP]: backend -> client */
   int first_fin;  /* -1, DOWN or UP */
   int err_side;   /* -1, DOWN or UP */
@@ -73,11 +93,14 @@ typedef struct {
 struct instance {
   napi_env env;
   uv_loop_t *loop;
-  napi_ref on_end;
+  int epfd;
+  uv_poll_t epoll_watch;
+  napi_ref on_event;
   napi_ref stats_ref;
   double *stats;
   napi_async_context async;
   relay **slots;
+  uint32_t *gens;
   int nslots;
   int *free_slots;
   int nfree;
@@ -131,44 +154,58 @@ static void write_stats(relay *r) {
   s[S_ERR_NO] = r->err_no;
 }
 
-static void on_handle_closed(uv_handle_t *h) {
-  relay *r = h->data;
-  if (--r->closes_pending == 0) {
-    free(r->d[DOWN].prefix);
-    free(r);
-  }
+static uint64_t event_key(relay *r, int side) {
+  return ((uint64_t)r->inst->gens[r->slot] << 32) | ((uint64_t)r->slot << 1) | (uint64_t)side;
 }
 
-/* Stops polling, closes both descriptors and frees the slot. Safe to call once. */
+/* Registers, changes or (mask 0 on a registered socket) quiets the epoll interest of one side. */
+static int set_interest(relay *r, int s, uint32_t mask) {
+  if (r->fd[s] < 0) return 0;
+  if (r->registered[s] && r->mask[s] == mask) return 0;
+  if (!r->registered[s] && mask == 0) return 0;
+  struct epoll_event ev = {.events = mask, .data.u64 = event_key(r, s)};
+  int op = r->registered[s] ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
+  if (epoll_ctl(r->inst->epfd, op, r->fd[s], &ev) < 0) return errno;
+  r->registered[s] = 1;
+  r->mask[s] = mask;
+  return 0;
+}
+
+/* Forgets one side's registration (the descriptor stays open: given back, or still shared). */
+static void unregister(relay *r, int s) {
+  if (!r->registered[s]) return;
+  epoll_ctl(r->inst->epfd, EPOLL_CTL_DEL, r->fd[s], NULL);
+  r->registered[s] = 0;
+  r->mask[s] = 0;
+}
+
+static relay *relay_new(instance *in);
+
+/* Frees the relay and its slot; closes its descriptors (which takes them out of the epoll set). */
 static void teardown(relay *r) {
   instance *in = r->inst;
-  r->ended = 1;
   for (int s = 0; s < 2; s++) {
-    if (r->polling[s]) uv_poll_stop(&r->poll[s]);
-    uv_close((uv_handle_t *)&r->poll[s], on_handle_closed);
-    close(r->fd[s]);
+    if (r->fd[s] >= 0) close(r->fd[s]);
     pipe_release(in, &r->d[s]);
   }
+  free(r->d[DOWN].prefix);
+  free(r->d[UP].prefix);
   in->slots[r->slot] = NULL;
+  in->gens[r->slot]++;
   in->free_slots[in->nfree++] = r->slot;
-  in->relays_open--;
+  if (--in->relays_open == 0) uv_unref((uv_handle_t *)&in->epoll_watch);
+  free(r);
 }
 
-/* The relay ended on its own: tear it down and tell JavaScript. */
-static void finish(relay *r) {
-  instance *in = r->inst;
+static void call_js(instance *in, int slot, int kind) {
   napi_env env = in->env;
-  int slot = r->slot;
-  write_stats(r);
-  teardown(r);
-
   napi_handle_scope scope;
   if (napi_open_handle_scope(env, &scope) != napi_ok) return;
-  napi_value fn, recv, arg, result;
+  napi_value fn, recv, argv[2], result;
   /* napi_make_callback wants an object as `this`, and drains the microtask and tick queues. */
-  if (napi_get_reference_value(env, in->on_end, &fn) == napi_ok && napi_get_global(env, &recv) == napi_ok &&
-      napi_create_int32(env, slot, &arg) == napi_ok) {
-    napi_make_callback(env, in->async, recv, fn, 1, &arg, &result);
+  if (napi_get_reference_value(env, in->on_event, &fn) == napi_ok && napi_get_global(env, &recv) == napi_ok &&
+      napi_create_int32(env, slot, &argv[0]) == napi_ok && napi_create_int32(env, kind, &argv[1]) == napi_ok) {
+    napi_make_callback(env, in->async, recv, fn, 2, argv, &result);
     bool pending = false;
     if (napi_is_exception_pending(env, &pending) == napi_ok && pending) {
       napi_value err;
@@ -177,6 +214,15 @@ static void finish(relay *r) {
     }
   }
   napi_close_handle_scope(env, scope);
+}
+
+/* The relay ended on its own: tear it down and tell JavaScript. */
+static void finish(relay *r) {
+  instance *in = r->inst;
+  int slot = r->slot;
+  write_stats(r);
+  teardown(r);
+  call_js(in, slot, EV_ENDED);
 }
 
 static void fail(relay *r, int side, int err) {
@@ -206,6 +252,49 @@ static int pump(relay *r, int i) {
         return 0;
       } else {
         fail(r, 1 - i, n < 0 ? errno : EPIPE);
+        return -1;
+      }
+    }
+    if (d->prefix != NULL) {
+      free(d->prefix);
+      d->prefix = NULL;
+      d->prefix_len = d->prefix_off = 0;
+    }
+    if (!d->spliced && !d->eof) {
+      /* Copy mode: small messages cost one recv and one send, cheaper than two splices. */
+      ssize_t n = recv(src, copy_buf, COPY_SIZE, 0);
+      if (n > 0) {
+        d->bytes += (uint64_t)n;
+        ssize_t m = send(dst, copy_buf, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (m < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+          fail(r, 1 - i, errno);
+          return -1;
+        }
+        if (m < 0) m = 0;
+        if (m < n) {
+          /* The destination is full: keep the rest (at most COPY_SIZE) until it drains. */
+          d->prefix = malloc((size_t)(n - m));
+          if (d->prefix == NULL) {
+            fail(r, i, ENOMEM);
+            return -1;
+          }
+          memcpy(d->prefix, copy_buf + m, (size_t)(n - m));
+          d->prefix_len = (size_t)(n - m);
+          d->prefix_off = 0;
+          d->blocked = 1;
+          return 0;
+        }
+        if (n < COPY_SIZE) return 0; /* drained; level-triggered polling says when there is more */
+        d->spliced = 1;              /* a full buffer: bulk transfer, splice from here on */
+        continue;
+      } else if (n == 0) {
+        d->eof = 1;
+      } else if (errno == EINTR) {
+        continue;
+      } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        return 0;
+      } else {
+        fail(r, i, errno);
         return -1;
       }
     }
@@ -275,37 +364,61 @@ static int pump(relay *r, int i) {
   return 0;
 }
 
-static void on_poll(uv_poll_t *h, int status, int events);
-
 /* Polls each socket for what its two directions wait on. */
-static void update_interest(relay *r) {
+static int update_interest(relay *r) {
   for (int s = 0; s < 2; s++) {
-    int ev = 0;
-    if (!r->d[s].eof && !r->d[s].blocked) ev |= UV_READABLE;
-    if (r->d[1 - s].blocked) ev |= UV_WRITABLE;
-    if (ev == 0) {
-      if (r->polling[s]) {
-        uv_poll_stop(&r->poll[s]);
-        r->polling[s] = 0;
-      }
-    } else if (!r->polling[s] || ev != r->events[s]) {
-      uv_poll_start(&r->poll[s], ev, on_poll);
-      r->polling[s] = 1;
+    uint32_t mask = 0;
+    if (!r->d[s].eof && !r->d[s].blocked) mask |= EPOLLIN;
+    if (r->d[1 - s].blocked) mask |= EPOLLOUT;
+    int err = set_interest(r, s, mask);
+    if (err != 0) {
+      fail(r, s, err);
+      return -1;
     }
-    r->events[s] = ev;
   }
+  return 0;
 }
 
-static void on_poll(uv_poll_t *h, int status, int events) {
-  relay *r = h->data;
-  if (r->ended) return;
-  int s = h == &r->poll[DOWN] ? DOWN : UP;
-  if (status < 0) {
-    fail(r, s, -status);
-    finish(r);
+static int socket_error(int fd) {
+  int err = 0;
+  socklen_t len = sizeof err;
+  if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0) return errno;
+  return err;
+}
+
+static void on_connecting(relay *r, uint32_t events) {
+  (void)events;
+  instance *in = r->inst;
+  int slot = r->slot;
+  int err = socket_error(r->fd[UP]);
+  if (err != 0) {
+    fail(r, UP, err);
+    write_stats(r);
+    teardown(r);
+    call_js(in, slot, EV_CONNECT_FAILED);
     return;
   }
-  if (events & UV_WRITABLE) {
+  r->state = ST_CONNECTED;
+  uint32_t gen = in->gens[slot];
+  call_js(in, slot, EV_CONNECTED);
+  /* Not attached or given back by the callback: stop the writable reports until it is. */
+  if (in->slots[slot] == r && in->gens[slot] == gen && r->state == ST_CONNECTED) set_interest(r, UP, 0);
+}
+
+static void on_relay_event(relay *r, int s, uint32_t events) {
+  if (r->mask[s] == 0) {
+    /* Only EPOLLERR/EPOLLHUP arrive on a quieted socket: an error ends the relay; a hang-up
+     * waits until the socket is polled again (unregistered meanwhile, so it does not repeat). */
+    int err = socket_error(r->fd[s]);
+    if (err != 0) {
+      fail(r, s, err);
+      finish(r);
+    } else {
+      unregister(r, s);
+    }
+    return;
+  }
+  if ((events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) && r->d[1 - s].blocked) {
     /* The direction writing to this socket may go on. */
     r->d[1 - s].blocked = 0;
     if (pump(r, 1 - s) < 0) {
@@ -313,7 +426,7 @@ static void on_poll(uv_poll_t *h, int status, int events) {
       return;
     }
   }
-  if (events & UV_READABLE) {
+  if ((events & (EPOLLIN | EPOLLERR | EPOLLHUP)) && !r->d[s].eof && !r->d[s].blocked) {
     if (pump(r, s) < 0) {
       finish(r);
       return;
@@ -323,7 +436,35 @@ static void on_poll(uv_poll_t *h, int status, int events) {
     finish(r);
     return;
   }
-  update_interest(r);
+  if (update_interest(r) < 0) finish(r);
+}
+
+/* The loop says the epoll set has events: take them all, in batches. */
+static void on_epoll(uv_poll_t *h, int status, int events) {
+  (void)status;
+  (void)events;
+  instance *in = h->data;
+  struct epoll_event evs[BATCH];
+  for (;;) {
+    int n = epoll_wait(in->epfd, evs, BATCH, 0);
+    if (n <= 0) return;
+    for (int k = 0; k < n; k++) {
+      uint64_t key = evs[k].data.u64;
+      int slot = (int)((key & 0xffffffffu) >> 1), s = (int)(key & 1);
+      uint32_t gen = (uint32_t)(key >> 32);
+      if (slot >= in->nslots || in->gens[slot] != gen) continue; /* ended earlier in this batch */
+      relay *r = in->slots[slot];
+      if (r == NULL) continue;
+      if (r->state == ST_CONNECTING) {
+        if (s == UP) on_connecting(r, evs[k].events);
+      } else if (r->state == ST_RELAYING) {
+        on_relay_event(r, s, evs[k].events);
+      } else {
+        unregister(r, s); /* connected, waiting for attach: nothing to do until then */
+      }
+    }
+    if (n < BATCH) return;
+  }
 }
 
 /* ---- JavaScript bindings ---- */
@@ -342,28 +483,34 @@ static instance *get_instance(napi_env env) {
   return data;
 }
 
-static napi_value throw_errno(napi_env env, const char *what, int err) {
+static napi_value throw_errno(napi_env env, const char *what, int err, int side) {
   char msg[128];
   snprintf(msg, sizeof msg, "%s: %s", what, strerror(err));
-  napi_value code, text, error;
+  napi_value code, text, error, sv;
   napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &text);
-  napi_create_int32(env, err, &code);
   napi_create_error(env, NULL, text, &error);
+  napi_create_int32(env, err, &code);
   napi_set_named_property(env, error, "errno", code);
+  if (side >= 0) {
+    napi_create_int32(env, side, &sv);
+    napi_set_named_property(env, error, "side", sv);
+  }
   napi_throw(env, error);
   return NULL;
 }
 
-/* init(onEnd: (slot) => void, stats: Float64Array(5)) */
+static napi_value int_value(napi_env env, int64_t v) {
+  napi_value result;
+  if (napi_create_int64(env, v, &result) != napi_ok) return NULL;
+  return result;
+}
+
+/* init(onEvent: (slot, kind) => void, stats: Float64Array(5)) */
 static napi_value js_init(napi_env env, napi_callback_info info) {
   size_t argc = 2;
   napi_value argv[2];
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   instance *in = get_instance(env);
-  if (in->on_end != NULL) {
-    napi_delete_reference(env, in->on_end);
-    napi_delete_reference(env, in->stats_ref);
-  }
   napi_typedarray_type type;
   size_t length;
   void *data;
@@ -372,9 +519,22 @@ static napi_value js_init(napi_env env, napi_callback_info info) {
     napi_throw_type_error(env, NULL, "stats must be a Float64Array of 5");
     return NULL;
   }
-  CHECK(napi_create_reference(env, argv[0], 1, &in->on_end));
+  if (in->on_event != NULL) {
+    napi_delete_reference(env, in->on_event);
+    napi_delete_reference(env, in->stats_ref);
+  }
+  CHECK(napi_create_reference(env, argv[0], 1, &in->on_event));
   CHECK(napi_create_reference(env, argv[1], 1, &in->stats_ref));
   in->stats = data;
+  if (in->epfd < 0) {
+    in->epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (in->epfd < 0) return throw_errno(env, "epoll_create1", errno, -1);
+    uv_poll_init(in->loop, &in->epoll_watch, in->epfd);
+    in->epoll_watch.data = in;
+    uv_poll_start(&in->epoll_watch, UV_READABLE, on_epoll);
+    /* Referenced only while relays are open (relay_new, teardown). */
+    uv_unref((uv_handle_t *)&in->epoll_watch);
+  }
   return NULL;
 }
 
@@ -382,103 +542,41 @@ static int grow_slots(instance *in) {
   int n = in->nslots == 0 ? 1024 : in->nslots * 2;
   relay **slots = realloc(in->slots, sizeof(relay *) * (size_t)n);
   if (slots == NULL) return -1;
+  in->slots = slots;
+  uint32_t *gens = realloc(in->gens, sizeof(uint32_t) * (size_t)n);
+  if (gens == NULL) return -1;
+  in->gens = gens;
   int *free_slots = realloc(in->free_slots, sizeof(int) * (size_t)n);
-  if (free_slots == NULL) {
-    in->slots = slots;
-    return -1;
+  if (free_slots == NULL) return -1;
+  in->free_slots = free_slots;
+  for (int i = in->nslots; i < n; i++) {
+    slots[i] = NULL;
+    gens[i] = 0;
   }
-  for (int i = in->nslots; i < n; i++) slots[i] = NULL;
   /* Lowest slots first, so slot numbers stay small. */
   for (int i = n - 1; i >= in->nslots; i--) free_slots[in->nfree++] = i;
-  in->slots = slots;
-  in->free_slots = free_slots;
   in->nslots = n;
   return 0;
 }
 
-/* start(downFd, upFd, prefix?: Buffer) => slot */
-static napi_value js_start(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
-  napi_value argv[3];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  instance *in = get_instance(env);
-  if (in->on_end == NULL) {
-    napi_throw_error(env, NULL, "sluice relay: init() first");
-    return NULL;
-  }
-  int32_t fds[2];
-  CHECK(napi_get_value_int32(env, argv[0], &fds[0]));
-  CHECK(napi_get_value_int32(env, argv[1], &fds[1]));
-  char *prefix = NULL;
-  size_t prefix_len = 0;
-  if (argc > 2) {
-    bool is_buffer = false;
-    napi_is_buffer(env, argv[2], &is_buffer);
-    if (is_buffer) {
-      void *bytes;
-      CHECK(napi_get_buffer_info(env, argv[2], &bytes, &prefix_len));
-      if (prefix_len > 0) {
-        prefix = malloc(prefix_len);
-        if (prefix == NULL) return throw_errno(env, "malloc", ENOMEM);
-        memcpy(prefix, bytes, prefix_len);
-      }
-    }
-  }
-  if (in->nfree == 0 && grow_slots(in) < 0) {
-    free(prefix);
-    return throw_errno(env, "slots", ENOMEM);
-  }
+static relay *relay_new(instance *in) {
+  if (in->nfree == 0 && grow_slots(in) < 0) return NULL;
   relay *r = calloc(1, sizeof *r);
-  if (r == NULL) {
-    free(prefix);
-    return throw_errno(env, "calloc", ENOMEM);
-  }
-  for (int s = 0; s < 2; s++) {
-    r->fd[s] = fcntl(fds[s], F_DUPFD_CLOEXEC, 0);
-    if (r->fd[s] < 0) {
-      int err = errno;
-      if (s == 1) close(r->fd[0]);
-      free(r);
-      free(prefix);
-      return throw_errno(env, "dup", err);
-    }
-  }
+  if (r == NULL) return NULL;
   r->inst = in;
+  r->fd[DOWN] = r->fd[UP] = -1;
   r->first_fin = -1;
   r->err_side = -1;
-  for (int s = 0; s < 2; s++) {
-    r->d[s].r = r->d[s].w = -1;
-    uv_poll_init(in->loop, &r->poll[s], r->fd[s]);
-    r->poll[s].data = r;
-  }
-  r->closes_pending = 2;
-  r->d[DOWN].prefix = prefix;
-  r->d[DOWN].prefix_len = prefix_len;
+  for (int s = 0; s < 2; s++) r->d[s].r = r->d[s].w = -1;
   r->slot = in->free_slots[--in->nfree];
   in->slots[r->slot] = r;
-  in->relays_open++;
-  /* Send the prefix now: a fresh connection's send buffer nearly always takes it whole. */
-  if (pump(r, DOWN) < 0) {
-    int side = r->err_side, err = r->err_no;
-    teardown(r);
-    throw_errno(env, "relay", err);
-    napi_value error, v;
-    if (napi_get_and_clear_last_exception(env, &error) == napi_ok) {
-      napi_create_int32(env, side, &v);
-      napi_set_named_property(env, error, "side", v);
-      napi_throw(env, error);
-    }
-    return NULL;
-  }
-  update_interest(r);
-  napi_value result;
-  CHECK(napi_create_int32(env, r->slot, &result));
-  return result;
+  /* Live relays keep the process alive, as their sockets would. */
+  if (in->relays_open++ == 0) uv_ref((uv_handle_t *)&in->epoll_watch);
+  return r;
 }
 
-static relay *slot_arg(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
+static relay *slot_arg(napi_env env, napi_callback_info info, size_t want, napi_value *argv) {
+  size_t argc = want;
   int32_t slot;
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1 ||
       napi_get_value_int32(env, argv[0], &slot) != napi_ok)
@@ -488,18 +586,133 @@ static relay *slot_arg(napi_env env, napi_callback_info info) {
   return in->slots[slot];
 }
 
-/* info(slot) => true while the relay runs; fills stats */
+/* connect(ip: string, port: number) => slot, or -errno when the connect failed at once */
+static napi_value js_connect(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  instance *in = get_instance(env);
+  if (in->epfd < 0) {
+    napi_throw_error(env, NULL, "sluice relay: init() first");
+    return NULL;
+  }
+  char ip[64];
+  size_t iplen;
+  int32_t port;
+  CHECK(napi_get_value_string_utf8(env, argv[0], ip, sizeof ip, &iplen));
+  CHECK(napi_get_value_int32(env, argv[1], &port));
+  struct sockaddr_storage ss;
+  memset(&ss, 0, sizeof ss);
+  socklen_t sslen;
+  struct sockaddr_in *a4 = (struct sockaddr_in *)&ss;
+  struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
+  if (inet_pton(AF_INET, ip, &a4->sin_addr) == 1) {
+    a4->sin_family = AF_INET;
+    a4->sin_port = htons((uint16_t)port);
+    sslen = sizeof *a4;
+  } else if (inet_pton(AF_INET6, ip, &a6->sin6_addr) == 1) {
+    a6->sin6_family = AF_INET6;
+    a6->sin6_port = htons((uint16_t)port);
+    sslen = sizeof *a6;
+  } else {
+    return int_value(env, -EINVAL);
+  }
+  int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return int_value(env, -errno);
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  if (connect(fd, (struct sockaddr *)&ss, sslen) < 0 && errno != EINPROGRESS) {
+    int err = errno;
+    close(fd);
+    return int_value(env, -err);
+  }
+  relay *r = relay_new(in);
+  if (r == NULL) {
+    close(fd);
+    return int_value(env, -ENOMEM);
+  }
+  r->fd[UP] = fd;
+  r->state = ST_CONNECTING;
+  int err = set_interest(r, UP, EPOLLOUT);
+  if (err != 0) {
+    teardown(r);
+    return int_value(env, -err);
+  }
+  return int_value(env, r->slot);
+}
+
+/* attach(slot, clientFd, prefix?: Buffer): starts relaying a connected slot */
+static napi_value js_attach(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  relay *r = slot_arg(env, info, 3, argv);
+  if (r == NULL || r->state != ST_CONNECTED) {
+    napi_throw_error(env, NULL, "sluice relay: attach() needs a connected slot");
+    return NULL;
+  }
+  int32_t fd;
+  CHECK(napi_get_value_int32(env, argv[1], &fd));
+  bool is_buffer = false;
+  napi_is_buffer(env, argv[2], &is_buffer);
+  if (is_buffer) {
+    void *bytes;
+    size_t len;
+    CHECK(napi_get_buffer_info(env, argv[2], &bytes, &len));
+    if (len > 0) {
+      r->d[DOWN].prefix = malloc(len);
+      if (r->d[DOWN].prefix == NULL) return throw_errno(env, "malloc", ENOMEM, -1);
+      memcpy(r->d[DOWN].prefix, bytes, len);
+      r->d[DOWN].prefix_len = len;
+    }
+  }
+  r->fd[DOWN] = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (r->fd[DOWN] < 0) {
+    int err = errno;
+    free(r->d[DOWN].prefix);
+    r->d[DOWN].prefix = NULL;
+    r->d[DOWN].prefix_len = 0;
+    return throw_errno(env, "dup", err, -1); /* the slot stays connected: detach() still works */
+  }
+  r->state = ST_RELAYING;
+  /* Send the prefix and what the client has sent so far now: no wait for a first event. */
+  if (pump(r, DOWN) < 0 || update_interest(r) < 0) {
+    int side = r->err_side, err = r->err_no;
+    /* JavaScript still holds the client's descriptor: take ours out of the set explicitly. */
+    unregister(r, DOWN);
+    teardown(r);
+    return throw_errno(env, "relay", err, side);
+  }
+  return NULL;
+}
+
+/* detach(slot) => the connected upstream descriptor, now JavaScript's */
+static napi_value js_detach(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  relay *r = slot_arg(env, info, 1, argv);
+  if (r == NULL || r->state != ST_CONNECTED) {
+    napi_throw_error(env, NULL, "sluice relay: detach() needs a connected slot");
+    return NULL;
+  }
+  unregister(r, UP);
+  int fd = r->fd[UP];
+  r->fd[UP] = -1;
+  teardown(r);
+  return int_value(env, fd);
+}
+
+/* info(slot) => true while the slot runs; fills stats */
 static napi_value js_info(napi_env env, napi_callback_info info) {
-  relay *r = slot_arg(env, info);
+  napi_value argv[1];
+  relay *r = slot_arg(env, info, 1, argv);
   napi_value result;
   if (r != NULL) write_stats(r);
   CHECK(napi_get_boolean(env, r != NULL, &result));
   return result;
 }
 
-/* abort(slot) => true if it was running; fills stats, closes both sockets, no callback */
+/* abort(slot) => true if it was running; fills stats, closes its sockets, no callback */
 static napi_value js_abort(napi_env env, napi_callback_info info) {
-  relay *r = slot_arg(env, info);
+  napi_value argv[1];
+  relay *r = slot_arg(env, info, 1, argv);
   napi_value result;
   if (r != NULL) {
     write_stats(r);
@@ -513,14 +726,11 @@ static napi_value js_abort(napi_env env, napi_callback_info info) {
 static napi_value js_counts(napi_env env, napi_callback_info info) {
   (void)info;
   instance *in = get_instance(env);
-  napi_value arr, v;
+  napi_value arr;
   CHECK(napi_create_array_with_length(env, 3, &arr));
-  CHECK(napi_create_int64(env, in->relays_open, &v));
-  CHECK(napi_set_element(env, arr, 0, v));
-  CHECK(napi_create_int64(env, in->pipes_open, &v));
-  CHECK(napi_set_element(env, arr, 1, v));
-  CHECK(napi_create_int64(env, in->pool_n, &v));
-  CHECK(napi_set_element(env, arr, 2, v));
+  CHECK(napi_set_element(env, arr, 0, int_value(env, in->relays_open)));
+  CHECK(napi_set_element(env, arr, 1, int_value(env, in->pipes_open)));
+  CHECK(napi_set_element(env, arr, 2, int_value(env, in->pool_n)));
   return arr;
 }
 
@@ -528,13 +738,15 @@ static void instance_free(napi_env env, void *data, void *hint) {
   (void)env;
   (void)hint;
   instance *in = data;
+  /* Runs as the environment goes away. The instance itself is left: the loop may still list its
+   * epoll watcher until the process exits. */
   for (int i = 0; i < in->pool_n; i++) {
     close(in->pool[i][0]);
     close(in->pool[i][1]);
   }
   free(in->slots);
+  free(in->gens);
   free(in->free_slots);
-  free(in);
 }
 
 NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
@@ -544,6 +756,7 @@ NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
     return NULL;
   }
   in->env = env;
+  in->epfd = -1;
   CHECK(napi_get_uv_event_loop(env, &in->loop));
   napi_value name;
   CHECK(napi_create_string_utf8(env, "sluice.relay", NAPI_AUTO_LENGTH, &name));
@@ -551,7 +764,9 @@ NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
   CHECK(napi_set_instance_data(env, in, instance_free, NULL));
   napi_property_descriptor props[] = {
       {"init", NULL, js_init, NULL, NULL, NULL, napi_default, NULL},
-      {"start", NULL, js_start, NULL, NULL, NULL, napi_default, NULL},
+      {"connect", NULL, js_connect, NULL, NULL, NULL, napi_default, NULL},
+      {"attach", NULL, js_attach, NULL, NULL, NULL, napi_default, NULL},
+      {"detach", NULL, js_detach, NULL, NULL, NULL, napi_default, NULL},
       {"info", NULL, js_info, NULL, NULL, NULL, napi_default, NULL},
       {"abort", NULL, js_abort, NULL, NULL, NULL, napi_default, NULL},
       {"counts", NULL, js_counts, NULL, NULL, NULL, napi_default, NULL},

@@ -10,6 +10,8 @@ import { normalizeIp } from '../util/cidr.js';
 import { getSystemErrorName } from 'node:util';
 import type { RelayOwner, SpliceRelay } from './splice-relay.js';
 import {
+  RELAY_CONNECT_FAILED,
+  RELAY_CONNECTED,
   relayStats,
   STAT_BYTES_DOWN,
   STAT_BYTES_UP,
@@ -134,9 +136,11 @@ export class Session implements Holder, Sweepable, QueueWaiter, PickContext, Rel
   #finFirst: 'downstream_closed' | 'upstream_closed' | undefined;
   #errorCode: string | undefined;
   #openSockets = 0;
-  /** The splice relay's slot while it carries this session; -1 otherwise. */
+  /** The splice relay's slot while it connects or carries this session; -1 otherwise. */
   #slot = -1;
   #splice: SpliceRelay | undefined;
+  /** The client's socket went to the splice relay: the byte counts are the relay's. */
+  #attached = false;
   /** Client bytes read before the hand-off (PROXY header and preface). */
   #baseUp = 0;
 
@@ -208,7 +212,7 @@ export class Session implements Holder, Sweepable, QueueWaiter, PickContext, Rel
     if (this.#slot >= 0 && this.#splice !== undefined) {
       this.#splice.abort(this.#slot);
       this.#slot = -1;
-      this.#takeRelayCounters();
+      if (this.#attached) this.#takeRelayCounters();
     }
     this.down.destroy();
     this.up?.destroy();
@@ -219,7 +223,7 @@ export class Session implements Holder, Sweepable, QueueWaiter, PickContext, Rel
     if (this.#state === State.Open) {
       let seen: number;
       let halfClosed = this.#halfClosed;
-      if (this.#slot >= 0 && this.#splice !== undefined) {
+      if (this.#attached && this.#slot >= 0 && this.#splice !== undefined) {
         this.#splice.read(this.#slot);
         this.#takeRelayCounters();
         if (this.#countedDownTotal > 0) this.sawUpstreamData();
@@ -291,6 +295,19 @@ export class Session implements Holder, Sweepable, QueueWaiter, PickContext, Rel
     this.backend = backend;
     pool.acquire(backend, this);
     this.#deadline = this.host.sweeper.now + this.host.connectTimeoutMs;
+    // The splice relay connects by itself, except for an untrusted client on a PROXY-in listener
+    // (its first bytes are inspected here) and a backend named by host name (Node resolves it).
+    const splice = this.guardProxySignature ? undefined : this.host.splice;
+    const slot = splice?.connect(this, backend.host, backend.port);
+    if (slot !== undefined) {
+      if (slot < 0) {
+        this.#connectFailed(errnoName(-slot));
+      } else {
+        this.#splice = splice;
+        this.#slot = slot;
+      }
+      return;
+    }
     const up = new net.Socket(UPSTREAM_SOCKET_OPTIONS) as Tagged;
     up[kSession] = this;
     this.up = up;
@@ -304,16 +321,22 @@ export class Session implements Holder, Sweepable, QueueWaiter, PickContext, Rel
   /** A connect attempt failed before any byte went upstream: try another backend. */
   #connectFailed(code: string): void {
     const { pool, backend, up } = this;
-    if (pool === undefined || backend === undefined || up === undefined) return;
+    if (pool === undefined || backend === undefined) return;
     this.host.connectFailed(pool, backend, code);
     // Only a session that retries pays for the set of backends it has tried.
     (this.#tried ??= new Set()).add(backend);
     pool.release(backend, this);
     this.backend = undefined;
-    this.up = undefined;
-    up[kSession] = undefined;
-    this.#openSockets--;
-    up.destroy();
+    if (this.#slot >= 0) {
+      this.#splice?.abort(this.#slot); // a connect timeout
+      this.#slot = -1;
+    }
+    if (up !== undefined) {
+      this.up = undefined;
+      up[kSession] = undefined;
+      this.#openSockets--;
+      up.destroy();
+    }
     this.#errorCode = code;
     if (this.attempts > pool.config.connect_retries) {
       this.close('connect_failed');
@@ -330,8 +353,6 @@ export class Session implements Holder, Sweepable, QueueWaiter, PickContext, Rel
     this.#errorCode = undefined;
     this.#lastActive = this.host.sweeper.now;
     const preamble = this.host.upstreamPreamble(this, pool);
-    const splice = this.host.splice;
-    if (splice !== undefined && this.#handOff(splice, up, preamble)) return;
     if (preamble !== undefined) up.write(preamble);
     if (this.pending !== undefined) {
       up.write(this.pending);
@@ -349,50 +370,76 @@ export class Session implements Holder, Sweepable, QueueWaiter, PickContext, Rel
     else down.resume();
   }
 
-  /**
-   * Gives both sockets to the splice relay: the preamble and the bytes read during the preface go
-   * first, then the relay carries the session to its end and calls relayEnded(). Sessions the
-   * relay cannot take stay on Node streams: an untrusted client on a PROXY-in listener (its
-   * first bytes are inspected), a client that already half-closed or sent more than the preface,
-   * and any hand-off that fails for want of descriptors.
-   */
-  #handOff(splice: SpliceRelay, up: Tagged, preamble: Buffer | undefined): boolean {
-    const down = this.down;
-    if (this.guardProxySignature || down.readableEnded) return false;
-    const dh = handleOf(down);
-    const uh = handleOf(up);
-    if (dh === undefined || uh === undefined) return false;
-    // Bytes Node has read and not delivered stay with the streams. Otherwise nothing more is read
-    // through the handle: the relay reads from here on, and the sockets are destroyed below.
-    if (down.readableLength > 0) return false;
-    const pending = this.pending;
-    const prefix =
-      pending === undefined
-        ? preamble
-        : preamble === undefined
-          ? pending
-          : Buffer.concat([preamble, pending]);
-    try {
-      this.#slot = splice.start(this, dh.fd, uh.fd, prefix);
-    } catch (err) {
-      const side = (err as { side?: number }).side;
-      if (side === undefined) return false; // out of descriptors: the streams still work
-      this.#errorCode = errnoName((err as { errno?: number }).errno);
-      if (side === 1) this.#verdict(false);
-      this.close(side === 0 ? 'downstream_error' : 'upstream_error');
-      return true;
+  /** @internal The splice relay reports on this session's slot. */
+  relayEvent(kind: number): void {
+    if (kind === RELAY_CONNECTED) {
+      this.#relayConnected();
+    } else if (kind === RELAY_CONNECT_FAILED) {
+      this.#slot = -1;
+      this.#connectFailed(errnoName(relayStats[STAT_ERRNO]));
+    } else {
+      this.#relayEnded();
     }
-    this.#splice = splice;
-    this.host.spliced();
-    this.pending = undefined;
-    this.#baseUp = down.bytesRead;
-    // The relay holds its own copies of the descriptors: the sockets close quietly.
-    down[kSession] = undefined;
-    up[kSession] = undefined;
-    this.#openSockets = 0;
-    down.destroy();
-    up.destroy();
-    return true;
+  }
+
+  /**
+   * The relay connected the upstream: attach the client's socket, the preamble and the bytes
+   * read during the preface going first; the relay carries the session to its end. A client
+   * whose socket Node has already read more from (or seen FIN on) stays on Node streams, with
+   * the upstream socket handed back; so does any hand-off that fails for want of descriptors.
+   */
+  #relayConnected(): void {
+    const { pool, backend, down } = this;
+    const splice = this.#splice;
+    if (pool === undefined || backend === undefined || splice === undefined) return;
+    this.#state = State.Open;
+    this.#errorCode = undefined;
+    this.#lastActive = this.host.sweeper.now;
+    const dh = handleOf(down);
+    if (dh !== undefined && !down.readableEnded && down.readableLength === 0) {
+      const preamble = this.host.upstreamPreamble(this, pool);
+      const pending = this.pending;
+      const prefix =
+        pending === undefined
+          ? preamble
+          : preamble === undefined
+            ? pending
+            : Buffer.concat([preamble, pending]);
+      try {
+        splice.attach(this.#slot, dh.fd, prefix);
+        this.#attached = true;
+      } catch (err) {
+        const side = (err as { side?: number }).side;
+        if (side !== undefined) {
+          this.#slot = -1;
+          this.#errorCode = errnoName((err as { errno?: number }).errno);
+          if (side === 1) this.#verdict(false);
+          this.close(side === 0 ? 'downstream_error' : 'upstream_error');
+          return;
+        }
+      }
+    }
+    if (this.#attached) {
+      this.host.spliced();
+      this.pending = undefined;
+      this.#baseUp = down.bytesRead;
+      // The relay holds its own copy of the client's descriptor: the socket closes quietly.
+      down[kSession] = undefined;
+      this.#openSockets--;
+      down.destroy();
+      return;
+    }
+    // Node streams from here: the upstream descriptor becomes a net.Socket.
+    const fd = splice.detach(this.#slot);
+    this.#slot = -1;
+    this.#splice = undefined;
+    const up = new net.Socket({ ...UPSTREAM_SOCKET_OPTIONS, fd }) as Tagged;
+    up[kSession] = this;
+    this.up = up;
+    this.#openSockets++;
+    up.on('error', onUpError);
+    up.on('close', onSocketClose);
+    this.onConnected();
   }
 
   /** Copies the relay's counters (just written to relayStats) into the session. */
@@ -401,8 +448,8 @@ export class Session implements Holder, Sweepable, QueueWaiter, PickContext, Rel
     this.#countedDownTotal = relayStats[STAT_BYTES_DOWN]!;
   }
 
-  /** @internal The splice relay ended on its own: both directions finished, or a socket failed. */
-  relayEnded(): void {
+  /** The splice relay ended on its own: both directions finished, or a socket failed. */
+  #relayEnded(): void {
     this.#slot = -1;
     this.#takeRelayCounters();
     const side = relayStats[STAT_ERROR_SIDE]!;
@@ -483,7 +530,7 @@ export class Session implements Holder, Sweepable, QueueWaiter, PickContext, Rel
   #countedDownTotal = 0;
 
   #flushBytes(): void {
-    const relayed = this.#splice !== undefined;
+    const relayed = this.#attached;
     const toUp = relayed ? this.#countedUpTotal : this.down.bytesRead;
     const toDown = relayed ? this.#countedDownTotal : (this.up?.bytesRead ?? 0);
     if (toUp !== this.#countedUp || toDown !== this.#countedDown) {
@@ -498,7 +545,9 @@ export class Session implements Holder, Sweepable, QueueWaiter, PickContext, Rel
     if (this.#finished) return;
     this.#finished = true;
     this.host.sweeper.delete(this);
-    if (this.up !== undefined) this.#flushBytes();
+    // Counted for sessions that got as far as connecting (as the stream path counts them).
+    if (this.up !== undefined || this.#attached || (this.#splice !== undefined && this.backend !== undefined))
+      this.#flushBytes();
     if (this.pool !== undefined && this.backend !== undefined) this.pool.release(this.backend, this);
     this.host.sessionClosed(this, this.#reason ?? this.#finFirst ?? 'downstream_closed');
   }

@@ -1,23 +1,26 @@
 import { createRequire } from 'node:module';
 
 /**
- * The optional splice relay (native/relay.c, built by `npm ci` into build/sluice_relay.node):
- * once a session's upstream has connected, its two sockets are handed to it and the bytes move
- * between them inside the kernel (splice(2) through a pipe) under the same event loop, with no
- * Buffer and no JavaScript per read. Sessions fall back to Node streams when it is not built.
+ * The optional splice relay (native/relay.c, built by `npm ci` into build/sluice_relay.node). It
+ * connects a session's upstream itself and, once the client's socket is attached, moves the
+ * bytes between the two inside the kernel (splice(2) through a pipe) under the same event loop:
+ * no net.Socket for the upstream, no Buffer and no JavaScript per read. Sessions fall back to
+ * Node streams when it is not built.
  */
 interface Addon {
-  init(onEnd: (slot: number) => void, stats: Float64Array): void;
-  /** Takes over (dups) the two descriptors; `prefix` is sent upstream before anything else. */
-  start(downFd: number, upFd: number, prefix?: Buffer): number;
-  /** Fills `stats`; false when the slot is not running. */
+  init(onEvent: (slot: number, kind: number) => void, stats: Float64Array): void;
+  /** A slot connecting to ip:port, or -errno when the connect failed at once. */
+  connect(ip: string, port: number): number;
+  /** Dups `clientFd` and starts relaying; `prefix` goes upstream first. */
+  attach(slot: number, clientFd: number, prefix: Buffer | undefined): void;
+  /** The connected upstream descriptor, handed over (the slot is freed). */
+  detach(slot: number): number;
   info(slot: number): boolean;
-  /** Fills `stats`, closes both sockets; no onEnd call. */
   abort(slot: number): boolean;
   counts(): [relays: number, pipes: number, pooledPipes: number];
 }
 
-/** Written by the addon on info/abort and before each onEnd call. */
+/** Written by the addon on info/abort and before each callback. */
 export const relayStats = new Float64Array(5);
 export const STAT_BYTES_UP = 0;
 export const STAT_BYTES_DOWN = 1;
@@ -27,36 +30,58 @@ export const STAT_FIRST_FIN = 2;
 export const STAT_ERROR_SIDE = 3;
 export const STAT_ERRNO = 4;
 
-/** A session relayed by the addon; told once when the relay ends on its own. */
+export const RELAY_ENDED = 0;
+export const RELAY_CONNECTED = 1;
+export const RELAY_CONNECT_FAILED = 2;
+
+/** A session using the relay; told when its upstream connects or fails, and when it ends. */
 export interface RelayOwner {
-  relayEnded(): void;
+  relayEvent(kind: number): void;
 }
 
 const owners: (RelayOwner | undefined)[] = [];
 
-function onEnd(slot: number): void {
+function onEvent(slot: number, kind: number): void {
   const owner = owners[slot];
-  owners[slot] = undefined;
-  owner?.relayEnded();
+  // Connected: the slot goes on (attached or detached by the owner). Otherwise it is gone.
+  if (kind !== RELAY_CONNECTED) owners[slot] = undefined;
+  owner?.relayEvent(kind);
 }
+
+const EINVAL = 22;
 
 export class SpliceRelay {
   readonly #addon: Addon;
 
   constructor(addon: Addon) {
     this.#addon = addon;
-    addon.init(onEnd, relayStats);
+    addon.init(onEvent, relayStats);
   }
 
   /**
-   * Hands both descriptors to the relay. Returns the slot, or throws an Error with `errno` (and
-   * `side`, 0 client / 1 backend, when a socket failed rather than the host running short).
+   * Starts connecting to `ip`:`port`. Returns the slot; a negative errno when the connect failed
+   * at once; undefined when `ip` is not an IP literal (Node's connect resolves names).
    */
-  start(owner: RelayOwner, downFd: number, upFd: number, prefix: Buffer | undefined): number {
-    const slot =
-      prefix === undefined ? this.#addon.start(downFd, upFd) : this.#addon.start(downFd, upFd, prefix);
-    owners[slot] = owner;
+  connect(owner: RelayOwner, ip: string, port: number): number | undefined {
+    const slot = this.#addon.connect(ip, port);
+    if (slot === -EINVAL) return undefined;
+    if (slot >= 0) owners[slot] = owner;
     return slot;
+  }
+
+  /**
+   * Starts relaying a connected slot. Throws an Error with `errno`, and `side` (0 client, 1
+   * backend) when a socket failed (the slot is then gone) rather than the host running short of
+   * descriptors (the slot stays connected).
+   */
+  attach(slot: number, clientFd: number, prefix: Buffer | undefined): void {
+    this.#addon.attach(slot, clientFd, prefix);
+  }
+
+  /** Takes a connected slot's upstream descriptor back; the slot is freed. */
+  detach(slot: number): number {
+    owners[slot] = undefined;
+    return this.#addon.detach(slot);
   }
 
   /** Refreshes relayStats for `slot`. */
