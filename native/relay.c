@@ -7,11 +7,17 @@
  * loop (uv_poll on the epoll descriptor): a socket is added once, its interest changed only when a
  * direction blocks, unblocks or ends (level-triggered), and it leaves the set when it is closed.
  *
+ * It also accepts connections for listeners JavaScript bound (listen(fd): the relay keeps its own
+ * copy of the listening socket and calls back with each accepted descriptor, TCP_NODELAY set, and
+ * the client address), so a session that needs no preface never gets a net.Socket at all. When
+ * out of descriptors it sheds the pending connection with a spare one, as libuv does.
+ *
  * A relay's life, driven from JavaScript through its slot number:
  *   connect(ip, port)        opens the upstream socket (non-blocking, TCP_NODELAY); JavaScript is
  *                            called back with CONNECTED or CONNECT_FAILED (errno in stats);
- *   attach(slot, fd, prefix) takes (dups) the client's socket and starts relaying, `prefix` (a
- *                            PROXY header, bytes read during the preface) first;
+ *   attach(slot, fd, prefix, own) takes the client's socket (dup'ed unless `own`: accepted by
+ *                            the relay) and starts relaying, `prefix` (a PROXY header, bytes
+ *                            read during the preface) first;
  *   detach(slot)             gives a connected upstream socket back (JavaScript relays it itself);
  *   abort(slot)              closes everything now, no callback (timeouts, drains, shutdown);
  *   info(slot)               counters for idle and half-closed timeouts and metrics.
@@ -90,8 +96,25 @@ typedef struct {
   int err_no;
 } relay;
 
+/* A listening socket whose connections the relay accepts (JavaScript bound it). */
+typedef struct {
+  int fd; /* -1 when the entry is free */
+  uint32_t gen;
+} acceptor;
+
+#define MAX_ACCEPTORS 1024
+/* Connections accepted per wake-up of one listening socket before yielding. */
+#define ACCEPTS 16
+/* Event keys: bit 31 marks an acceptor, bits 1..30 the slot, bit 0 the side. */
+#define KEY_ACCEPTOR (1u << 31)
+
 struct instance {
   napi_env env;
+  acceptor acceptors[MAX_ACCEPTORS];
+  int nacceptors;
+  int64_t acceptors_open;
+  int reserve_fd; /* spare descriptor, given up to shed a connection when out of descriptors */
+  napi_ref on_accept;
   uv_loop_t *loop;
   int epfd;
   uv_poll_t epoll_watch;
@@ -181,6 +204,14 @@ static void unregister(relay *r, int s) {
 
 static relay *relay_new(instance *in);
 
+/* Keeps the process alive while relays or acceptors are open, as their sockets would. */
+static void update_ref(instance *in) {
+  if (in->relays_open + in->acceptors_open > 0)
+    uv_ref((uv_handle_t *)&in->epoll_watch);
+  else
+    uv_unref((uv_handle_t *)&in->epoll_watch);
+}
+
 /* Frees the relay and its slot; closes its descriptors (which takes them out of the epoll set). */
 static void teardown(relay *r) {
   instance *in = r->inst;
@@ -193,7 +224,7 @@ static void teardown(relay *r) {
   in->slots[r->slot] = NULL;
   in->gens[r->slot]++;
   in->free_slots[in->nfree++] = r->slot;
-  if (--in->relays_open == 0) uv_unref((uv_handle_t *)&in->epoll_watch);
+  if (--in->relays_open == 0) update_ref(in);
   free(r);
 }
 
@@ -439,6 +470,66 @@ static void on_relay_event(relay *r, int s, uint32_t events) {
   if (update_interest(r) < 0) finish(r);
 }
 
+/* Tells JavaScript of an accepted connection (fd >= 0) or an accept failure (fd = -errno). */
+static void call_accept(instance *in, int a, int fd, const char *ip, int port) {
+  napi_env env = in->env;
+  napi_handle_scope scope;
+  if (napi_open_handle_scope(env, &scope) != napi_ok) return;
+  napi_value fn, recv, argv[4], result;
+  if (napi_get_reference_value(env, in->on_accept, &fn) == napi_ok && napi_get_global(env, &recv) == napi_ok &&
+      napi_create_int32(env, a, &argv[0]) == napi_ok && napi_create_int32(env, fd, &argv[1]) == napi_ok &&
+      napi_create_string_latin1(env, ip, NAPI_AUTO_LENGTH, &argv[2]) == napi_ok &&
+      napi_create_int32(env, port, &argv[3]) == napi_ok) {
+    napi_make_callback(env, in->async, recv, fn, 4, argv, &result);
+    bool pending = false;
+    if (napi_is_exception_pending(env, &pending) == napi_ok && pending) {
+      napi_value err;
+      napi_get_and_clear_last_exception(env, &err);
+      napi_fatal_exception(env, err);
+    }
+  }
+  napi_close_handle_scope(env, scope);
+}
+
+static void on_accept(instance *in, int a) {
+  for (int k = 0; k < ACCEPTS; k++) {
+    acceptor *ac = &in->acceptors[a];
+    if (ac->fd < 0) return; /* closed by the callback */
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    int fd = accept4(ac->fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      int err = errno;
+      if (err == EAGAIN || err == EWOULDBLOCK) return;
+      if (err == EINTR || err == ECONNABORTED) continue;
+      if ((err == EMFILE || err == ENFILE) && in->reserve_fd >= 0) {
+        /* Out of descriptors: shed the pending connection with the spare, so the listening
+         * socket does not stay readable and spin the loop. */
+        close(in->reserve_fd);
+        int shed = accept4(ac->fd, NULL, NULL, SOCK_CLOEXEC);
+        if (shed >= 0) close(shed);
+        in->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+      }
+      call_accept(in, a, -err, "", 0);
+      return;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    char ip[INET6_ADDRSTRLEN] = "";
+    int port = 0;
+    if (ss.ss_family == AF_INET) {
+      struct sockaddr_in *a4 = (struct sockaddr_in *)&ss;
+      inet_ntop(AF_INET, &a4->sin_addr, ip, sizeof ip);
+      port = ntohs(a4->sin_port);
+    } else if (ss.ss_family == AF_INET6) {
+      struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
+      inet_ntop(AF_INET6, &a6->sin6_addr, ip, sizeof ip);
+      port = ntohs(a6->sin6_port);
+    }
+    call_accept(in, a, fd, ip, port);
+  }
+}
+
 /* The loop says the epoll set has events: take them all, in batches. */
 static void on_epoll(uv_poll_t *h, int status, int events) {
   (void)status;
@@ -450,8 +541,13 @@ static void on_epoll(uv_poll_t *h, int status, int events) {
     if (n <= 0) return;
     for (int k = 0; k < n; k++) {
       uint64_t key = evs[k].data.u64;
-      int slot = (int)((key & 0xffffffffu) >> 1), s = (int)(key & 1);
       uint32_t gen = (uint32_t)(key >> 32);
+      if (key & KEY_ACCEPTOR) {
+        int a = (int)((key & ~(uint64_t)KEY_ACCEPTOR & 0xffffffffu) >> 1);
+        if (a < in->nacceptors && in->acceptors[a].fd >= 0 && in->acceptors[a].gen == gen) on_accept(in, a);
+        continue;
+      }
+      int slot = (int)((key & 0xffffffffu) >> 1), s = (int)(key & 1);
       if (slot >= in->nslots || in->gens[slot] != gen) continue; /* ended earlier in this batch */
       relay *r = in->slots[slot];
       if (r == NULL) continue;
@@ -505,10 +601,10 @@ static napi_value int_value(napi_env env, int64_t v) {
   return result;
 }
 
-/* init(onEvent: (slot, kind) => void, stats: Float64Array(5)) */
+/* init(onEvent: (slot, kind) => void, stats: Float64Array(5), onAccept: (id, fd, ip, port) => void) */
 static napi_value js_init(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2];
+  size_t argc = 3;
+  napi_value argv[3];
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   instance *in = get_instance(env);
   napi_typedarray_type type;
@@ -522,17 +618,20 @@ static napi_value js_init(napi_env env, napi_callback_info info) {
   if (in->on_event != NULL) {
     napi_delete_reference(env, in->on_event);
     napi_delete_reference(env, in->stats_ref);
+    napi_delete_reference(env, in->on_accept);
   }
+  CHECK(napi_create_reference(env, argv[2], 1, &in->on_accept));
   CHECK(napi_create_reference(env, argv[0], 1, &in->on_event));
   CHECK(napi_create_reference(env, argv[1], 1, &in->stats_ref));
   in->stats = data;
   if (in->epfd < 0) {
     in->epfd = epoll_create1(EPOLL_CLOEXEC);
     if (in->epfd < 0) return throw_errno(env, "epoll_create1", errno, -1);
+    in->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     uv_poll_init(in->loop, &in->epoll_watch, in->epfd);
     in->epoll_watch.data = in;
     uv_poll_start(&in->epoll_watch, UV_READABLE, on_epoll);
-    /* Referenced only while relays are open (relay_new, teardown). */
+    /* Referenced only while relays or acceptors are open (update_ref). */
     uv_unref((uv_handle_t *)&in->epoll_watch);
   }
   return NULL;
@@ -570,8 +669,7 @@ static relay *relay_new(instance *in) {
   for (int s = 0; s < 2; s++) r->d[s].r = r->d[s].w = -1;
   r->slot = in->free_slots[--in->nfree];
   in->slots[r->slot] = r;
-  /* Live relays keep the process alive, as their sockets would. */
-  if (in->relays_open++ == 0) uv_ref((uv_handle_t *)&in->epoll_watch);
+  if (in->relays_open++ == 0) update_ref(in);
   return r;
 }
 
@@ -641,10 +739,12 @@ static napi_value js_connect(napi_env env, napi_callback_info info) {
   return int_value(env, r->slot);
 }
 
-/* attach(slot, clientFd, prefix?: Buffer): starts relaying a connected slot */
+/* attach(slot, clientFd, prefix?: Buffer, own?: boolean): starts relaying a connected slot; with
+ * `own` the relay takes the descriptor itself (it was accept()ed by the relay) instead of a dup */
 static napi_value js_attach(napi_env env, napi_callback_info info) {
-  napi_value argv[3];
-  relay *r = slot_arg(env, info, 3, argv);
+  napi_value argv[4];
+  napi_get_undefined(env, &argv[3]);
+  relay *r = slot_arg(env, info, 4, argv);
   if (r == NULL || r->state != ST_CONNECTED) {
     napi_throw_error(env, NULL, "sluice relay: attach() needs a connected slot");
     return NULL;
@@ -664,7 +764,9 @@ static napi_value js_attach(napi_env env, napi_callback_info info) {
       r->d[DOWN].prefix_len = len;
     }
   }
-  r->fd[DOWN] = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  bool own = false;
+  napi_get_value_bool(env, argv[3], &own);
+  r->fd[DOWN] = own ? fd : fcntl(fd, F_DUPFD_CLOEXEC, 0);
   if (r->fd[DOWN] < 0) {
     int err = errno;
     free(r->d[DOWN].prefix);
@@ -676,8 +778,9 @@ static napi_value js_attach(napi_env env, napi_callback_info info) {
   /* Send the prefix and what the client has sent so far now: no wait for a first event. */
   if (pump(r, DOWN) < 0 || update_interest(r) < 0) {
     int side = r->err_side, err = r->err_no;
-    /* JavaScript still holds the client's descriptor: take ours out of the set explicitly. */
+    /* JavaScript still holds the client's descriptor (unless given): take ours out of the set. */
     unregister(r, DOWN);
+    if (own) r->fd[DOWN] = -1; /* the caller still closes it */
     teardown(r);
     return throw_errno(env, "relay", err, side);
   }
@@ -722,6 +825,84 @@ static napi_value js_abort(napi_env env, napi_callback_info info) {
   return result;
 }
 
+/* listen(fd) => acceptor id: accepts the connections of a bound, listening socket (dup'ed) */
+static napi_value js_listen(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  int32_t fd;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  CHECK(napi_get_value_int32(env, argv[0], &fd));
+  instance *in = get_instance(env);
+  if (in->epfd < 0) {
+    napi_throw_error(env, NULL, "sluice relay: init() first");
+    return NULL;
+  }
+  int a = 0;
+  while (a < in->nacceptors && in->acceptors[a].fd >= 0) a++;
+  if (a == MAX_ACCEPTORS) return throw_errno(env, "listen", EMFILE, -1);
+  int dup = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (dup < 0) return throw_errno(env, "dup", errno, -1);
+  acceptor *ac = &in->acceptors[a];
+  ac->gen++;
+  struct epoll_event ev = {.events = EPOLLIN,
+                           .data.u64 = ((uint64_t)ac->gen << 32) | KEY_ACCEPTOR | ((uint64_t)a << 1)};
+  if (epoll_ctl(in->epfd, EPOLL_CTL_ADD, dup, &ev) < 0) {
+    int err = errno;
+    close(dup);
+    return throw_errno(env, "epoll_ctl", err, -1);
+  }
+  ac->fd = dup;
+  if (a == in->nacceptors) in->nacceptors++;
+  if (in->acceptors_open++ == 0) update_ref(in);
+  return int_value(env, a);
+}
+
+/* unlisten(id): stops accepting (closes the relay's copy of the listening socket) */
+static napi_value js_unlisten(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  int32_t a;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  CHECK(napi_get_value_int32(env, argv[0], &a));
+  instance *in = get_instance(env);
+  if (a >= 0 && a < in->nacceptors && in->acceptors[a].fd >= 0) {
+    /* Explicitly: the listening socket may stay open elsewhere (another copy). */
+    epoll_ctl(in->epfd, EPOLL_CTL_DEL, in->acceptors[a].fd, NULL);
+    close(in->acceptors[a].fd);
+    in->acceptors[a].fd = -1;
+    in->acceptors[a].gen++;
+    if (--in->acceptors_open == 0) update_ref(in);
+  }
+  return NULL;
+}
+
+/* sockname(fd) => "ip port": the local address of a connected socket */
+static napi_value js_sockname(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  int32_t fd;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  CHECK(napi_get_value_int32(env, argv[0], &fd));
+  struct sockaddr_storage ss;
+  socklen_t len = sizeof ss;
+  char out[INET6_ADDRSTRLEN + 8] = "";
+  if (getsockname(fd, (struct sockaddr *)&ss, &len) == 0) {
+    char ip[INET6_ADDRSTRLEN] = "";
+    int port = 0;
+    if (ss.ss_family == AF_INET) {
+      inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, ip, sizeof ip);
+      port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    } else if (ss.ss_family == AF_INET6) {
+      inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, ip, sizeof ip);
+      port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+    }
+    snprintf(out, sizeof out, "%s %d", ip, port);
+  }
+  napi_value result;
+  CHECK(napi_create_string_latin1(env, out, NAPI_AUTO_LENGTH, &result));
+  return result;
+}
+
 /* counts() => [relays open, pipes open, pipes pooled] */
 static napi_value js_counts(napi_env env, napi_callback_info info) {
   (void)info;
@@ -757,6 +938,7 @@ NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
   }
   in->env = env;
   in->epfd = -1;
+  in->reserve_fd = -1;
   CHECK(napi_get_uv_event_loop(env, &in->loop));
   napi_value name;
   CHECK(napi_create_string_utf8(env, "sluice.relay", NAPI_AUTO_LENGTH, &name));
@@ -770,6 +952,9 @@ NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
       {"info", NULL, js_info, NULL, NULL, NULL, napi_default, NULL},
       {"abort", NULL, js_abort, NULL, NULL, NULL, napi_default, NULL},
       {"counts", NULL, js_counts, NULL, NULL, NULL, napi_default, NULL},
+      {"listen", NULL, js_listen, NULL, NULL, NULL, napi_default, NULL},
+      {"unlisten", NULL, js_unlisten, NULL, NULL, NULL, napi_default, NULL},
+      {"sockname", NULL, js_sockname, NULL, NULL, NULL, napi_default, NULL},
   };
   CHECK(napi_define_properties(env, exports, sizeof props / sizeof props[0], props));
   return exports;

@@ -18,7 +18,8 @@ import type { PrefaceHost } from '../proxy/preface.js';
 import { proxyPreamble } from '../proxy/proxy-out.js';
 import { escapeForLog } from '../util/escape.js';
 import type { Listener, ListenerDeps } from './listener.js';
-import type { SpliceRelay } from '../proxy/splice-relay.js';
+import type { AcceptOwner, SpliceRelay } from '../proxy/splice-relay.js';
+import { getSystemErrorName } from 'node:util';
 
 const SERVER_OPTIONS: net.ServerOpts = {
   allowHalfOpen: true,
@@ -34,7 +35,7 @@ const SERVER_OPTIONS: net.ServerOpts = {
  * A TCP listener: accepts, applies the ACL and limits on the client address, and hands each
  * connection to a Session. Reload swaps its config in place; the socket stays bound.
  */
-export class TcpListener implements SessionHost, Listener, PrefaceHost {
+export class TcpListener implements SessionHost, Listener, PrefaceHost, AcceptOwner {
   /**
    * Bind with SO_REUSEPORT (Node >= 22.12): set once by a worker process before anything binds,
    * so the workers of a host share each port and the kernel spreads connections over them.
@@ -59,6 +60,8 @@ export class TcpListener implements SessionHost, Listener, PrefaceHost {
   #proxyErrors;
   /** Address actually bound (port 0 in the config picks a free one). */
   boundAddress = '';
+  /** The splice relay accepting this listener's connections, and its acceptor id. */
+  #acceptor: { relay: SpliceRelay; id: number } | undefined;
 
   constructor(cfg: ListenerConfig, deps: ListenerDeps) {
     this.name = cfg.name;
@@ -127,13 +130,41 @@ export class TcpListener implements SessionHost, Listener, PrefaceHost {
         this.#server.off('error', onError);
         const a = this.#server.address();
         this.boundAddress = a !== null && typeof a === 'object' ? formatHostPort(a.address, a.port) : '';
+        this.#acceptThroughRelay();
         resolve();
       });
     });
   }
 
+  /**
+   * With the splice relay loaded, the relay accepts this listener's connections: it keeps its own
+   * copy of the bound socket and the net.Server closes its descriptor (the socket stays bound
+   * and listening). An accepted client costs no net.Socket unless it needs one (a preface, Node
+   * streams), and a reload keeps accepting through the relay whatever `relay` becomes.
+   */
+  #acceptThroughRelay(): void {
+    const relay = this.#deps.splice;
+    const fd = (this.#server as unknown as { _handle?: { fd?: number } | null })._handle?.fd;
+    if (relay === undefined || typeof fd !== 'number' || fd < 0) return;
+    this.#acceptor = { relay, id: relay.listen(this, fd) };
+    this.#server.close();
+  }
+
+  /** @internal A connection accepted by the splice relay, or an accept failure (fd = -errno). */
+  accepted(fd: number, ip: string, port: number): void {
+    if (fd < 0) {
+      this.#acceptFailed(errnoName(-fd));
+      return;
+    }
+    this.#admit(new TcpSession(this, fd, normalizeIp(ip), port));
+  }
+
   /** Stops accepting at once; open sessions go on (net.Server's close callback would wait for them). */
   close(): Promise<void> {
+    if (this.#acceptor !== undefined) {
+      this.#acceptor.relay.unlisten(this.#acceptor.id);
+      this.#acceptor = undefined;
+    }
     if (this.#server.listening) this.#server.close();
     return Promise.resolve();
   }
@@ -258,8 +289,11 @@ export class TcpListener implements SessionHost, Listener, PrefaceHost {
       socket.destroy();
       return;
     }
+    this.#admit(new TcpSession(this, socket, normalizeIp(remote), socket.remotePort ?? 0));
+  }
+
+  #admit(session: Session): void {
     this.#accepted.inc();
-    const session = new TcpSession(this, socket, normalizeIp(remote), socket.remotePort ?? 0);
     this.sessions.add(session);
     if (this.#deps.overload?.active === true) {
       this.reject(session, 'overload');
@@ -294,10 +328,15 @@ export class TcpListener implements SessionHost, Listener, PrefaceHost {
   }
 
   #onServerError(err: NodeJS.ErrnoException): void {
-    // accept() failures (EMFILE, ENFILE, ENOBUFS) arrive here once the socket is bound. libuv
-    // keeps a spare descriptor to shed the pending connection, so this does not spin; log at
-    // most once a second and count every one.
-    const code = err.code ?? 'EIO';
+    this.#acceptFailed(err.code ?? 'EIO');
+  }
+
+  /**
+   * accept() failures (EMFILE, ENFILE, ENOBUFS) once the socket is bound. libuv and the splice
+   * relay both keep a spare descriptor to shed the pending connection, so this does not spin;
+   * log at most once a second and count every one.
+   */
+  #acceptFailed(code: string): void {
     this.#deps.metrics.acceptErrors.labels(this.name, code).inc();
     const now = performance.now();
     if (now - this.#lastAcceptError > 1000) {
@@ -345,5 +384,13 @@ function rejectCloseReason(reason: RejectReason): CloseReason {
       return 'preface_timeout';
     default:
       return 'rejected';
+  }
+}
+
+function errnoName(errno: number): string {
+  try {
+    return getSystemErrorName(-errno);
+  } catch {
+    return 'EIO';
   }
 }

@@ -7,8 +7,10 @@ import type { Sweepable, Sweeper } from '../util/sweeper.js';
 import type { CloseReason } from './close-reason.js';
 import { sniffProxySignature } from '../protocol/proxy-parse.js';
 import { normalizeIp } from '../util/cidr.js';
+import { closeSync } from 'node:fs';
 import { getSystemErrorName } from 'node:util';
 import type { RelayOwner, SpliceRelay } from './splice-relay.js';
+import { loadedSpliceRelay } from './splice-relay.js';
 import {
   RELAY_CONNECT_FAILED,
   RELAY_CONNECTED,
@@ -88,6 +90,19 @@ const UPSTREAM_SOCKET_OPTIONS: net.SocketConstructorOpts & { highWaterMark: numb
   // of the CPU per connection (bench connrate: 150 → 125 CPU-ms per 1k connections).
   keepAlive: false,
 };
+/** A client accepted by the splice relay and then given to Node streams (preface, fallback). */
+const CLIENT_SOCKET_OPTIONS = {
+  ...UPSTREAM_SOCKET_OPTIONS,
+  readable: true,
+  writable: true,
+  // Not read until the session resumes it, as with the listener's pauseOnConnect.
+  pauseOnCreate: true,
+} as net.SocketConstructorOpts;
+
+/** What `down` answers once the client's descriptor went to the splice relay. */
+const CLOSED_SOCKET = new net.Socket() as Tagged;
+CLOSED_SOCKET.destroy();
+
 let sequence = 0;
 const idPrefix = `${process.pid.toString(36)}${Date.now().toString(36).slice(-4)}`;
 
@@ -104,7 +119,13 @@ const idPrefix = `${process.pid.toString(36)}${Date.now().toString(36).slice(-4)
 export class Session implements Holder, Sweepable, QueueWaiter, PickContext, RelayOwner {
   readonly id = `${idPrefix}-${(++sequence).toString(36)}`;
   readonly host: SessionHost;
-  readonly down: Tagged;
+  /** The client's socket; undefined while the client is a bare descriptor (#clientFd). */
+  #down: Tagged | undefined;
+  /**
+   * A client accepted by the splice relay: a descriptor with no net.Socket, attached to the
+   * relay as it is. -1 once attached, closed or made a net.Socket (by the `down` getter).
+   */
+  #clientFd = -1;
   /** The client as seen after a trusted PROXY header. */
   clientIp: string;
   clientPort: number;
@@ -144,15 +165,35 @@ export class Session implements Holder, Sweepable, QueueWaiter, PickContext, Rel
   /** Client bytes read before the hand-off (PROXY header and preface). */
   #baseUp = 0;
 
-  constructor(host: SessionHost, down: net.Socket, clientIp: string, clientPort: number) {
+  /** `down` is the client's socket, or its descriptor when the splice relay accepted it. */
+  constructor(host: SessionHost, down: net.Socket | number, clientIp: string, clientPort: number) {
     this.host = host;
-    this.down = down;
-    this.down[kSession] = this;
     this.clientIp = clientIp;
     this.clientPort = clientPort;
     this.#openSockets = 1;
+    if (typeof down === 'number') this.#clientFd = down;
+    else this.#adopt(down);
+  }
+
+  #adopt(socket: net.Socket): Tagged {
+    const down = socket as Tagged;
+    this.#down = down;
+    down[kSession] = this;
     down.on('error', onDownError);
     down.on('close', onSocketClose);
+    return down;
+  }
+
+  /**
+   * The client's net.Socket. A client the splice relay accepted gets one here on first use (the
+   * preface, Node streams); once its descriptor went to the relay, a closed placeholder.
+   */
+  get down(): Tagged {
+    if (this.#down !== undefined) return this.#down;
+    if (this.#clientFd < 0) return CLOSED_SOCKET;
+    const fd = this.#clientFd;
+    this.#clientFd = -1;
+    return this.#adopt(new net.Socket({ ...CLIENT_SOCKET_OPTIONS, fd }));
   }
 
   get reason(): CloseReason | undefined {
@@ -168,7 +209,20 @@ export class Session implements Holder, Sweepable, QueueWaiter, PickContext, Rel
    * from the socket only when needed (a PROXY header upstream): it costs a getsockname call.
    */
   get localIp(): string {
-    return (this.#localIp ??= normalizeIp(this.down.localAddress ?? ''));
+    if (this.#localIp === undefined) this.#readLocalAddress();
+    return this.#localIp ?? '';
+  }
+
+  #readLocalAddress(): void {
+    const relay = this.#clientFd >= 0 ? loadedSpliceRelay() : undefined;
+    if (relay !== undefined) {
+      const { ip, port } = relay.sockname(this.#clientFd);
+      this.#localIp ??= normalizeIp(ip);
+      this.#localPort ??= port;
+    } else {
+      this.#localIp ??= normalizeIp(this.down.localAddress ?? '');
+      this.#localPort ??= this.down.localPort ?? 0;
+    }
   }
 
   set localIp(ip: string) {
@@ -176,7 +230,8 @@ export class Session implements Holder, Sweepable, QueueWaiter, PickContext, Rel
   }
 
   get localPort(): number {
-    return (this.#localPort ??= this.down.localPort ?? 0);
+    if (this.#localPort === undefined) this.#readLocalAddress();
+    return this.#localPort ?? 0;
   }
 
   set localPort(port: number) {
@@ -214,7 +269,13 @@ export class Session implements Holder, Sweepable, QueueWaiter, PickContext, Rel
       this.#slot = -1;
       if (this.#attached) this.#takeRelayCounters();
     }
-    this.down.destroy();
+    if (this.#down !== undefined) {
+      this.#down.destroy();
+    } else if (this.#clientFd >= 0) {
+      closeSync(this.#clientFd);
+      this.#clientFd = -1;
+      this.#openSockets--;
+    }
     this.up?.destroy();
     if (this.#openSockets === 0) this.#finish();
   }
@@ -230,7 +291,7 @@ export class Session implements Holder, Sweepable, QueueWaiter, PickContext, Rel
         seen = this.#countedUpTotal + this.#countedDownTotal;
         halfClosed = relayStats[STAT_FIRST_FIN]! >= 0;
       } else {
-        seen = this.down.bytesRead + (this.up?.bytesRead ?? 0);
+        seen = (this.#down?.bytesRead ?? 0) + (this.up?.bytesRead ?? 0);
       }
       if (seen !== this.#seenBytes) {
         this.#seenBytes = seen;
@@ -389,14 +450,17 @@ export class Session implements Holder, Sweepable, QueueWaiter, PickContext, Rel
    * the upstream socket handed back; so does any hand-off that fails for want of descriptors.
    */
   #relayConnected(): void {
-    const { pool, backend, down } = this;
+    const { pool, backend } = this;
+    const down = this.#down;
     const splice = this.#splice;
     if (pool === undefined || backend === undefined || splice === undefined) return;
     this.#state = State.Open;
     this.#errorCode = undefined;
     this.#lastActive = this.host.sweeper.now;
-    const dh = handleOf(down);
-    if (dh !== undefined && !down.readableEnded && down.readableLength === 0) {
+    // A bare descriptor is handed over as it is; a net.Socket's is dup'ed by the relay.
+    const own = down === undefined;
+    const fd = own ? this.#clientFd : handleOf(down)?.fd;
+    if (fd !== undefined && fd >= 0 && (own || (!down.readableEnded && down.readableLength === 0))) {
       const preamble = this.host.upstreamPreamble(this, pool);
       const pending = this.pending;
       const prefix =
@@ -406,7 +470,7 @@ export class Session implements Holder, Sweepable, QueueWaiter, PickContext, Rel
             ? pending
             : Buffer.concat([preamble, pending]);
       try {
-        splice.attach(this.#slot, dh.fd, prefix);
+        splice.attach(this.#slot, fd, prefix, own);
         this.#attached = true;
       } catch (err) {
         const side = (err as { side?: number }).side;
@@ -422,18 +486,22 @@ export class Session implements Holder, Sweepable, QueueWaiter, PickContext, Rel
     if (this.#attached) {
       this.host.spliced();
       this.pending = undefined;
-      this.#baseUp = down.bytesRead;
-      // The relay holds its own copy of the client's descriptor: the socket closes quietly.
-      down[kSession] = undefined;
       this.#openSockets--;
-      down.destroy();
+      if (down === undefined) {
+        this.#clientFd = -1;
+      } else {
+        this.#baseUp = down.bytesRead;
+        // The relay holds its own copy of the client's descriptor: the socket closes quietly.
+        down[kSession] = undefined;
+        down.destroy();
+      }
       return;
     }
     // Node streams from here: the upstream descriptor becomes a net.Socket.
-    const fd = splice.detach(this.#slot);
+    const upFd = splice.detach(this.#slot);
     this.#slot = -1;
     this.#splice = undefined;
-    const up = new net.Socket({ ...UPSTREAM_SOCKET_OPTIONS, fd }) as Tagged;
+    const up = new net.Socket({ ...UPSTREAM_SOCKET_OPTIONS, fd: upFd }) as Tagged;
     up[kSession] = this;
     this.up = up;
     this.#openSockets++;
@@ -511,9 +579,9 @@ export class Session implements Holder, Sweepable, QueueWaiter, PickContext, Rel
     if (this.#state !== State.Closed) {
       // One side is gone for good (destroyed, or both its directions finished). If the other is
       // still open, it may yet have bytes to flush or receive only when it is half-closed itself.
-      const other = socket === this.down ? this.up : this.down;
+      const other = socket === this.#down ? this.up : this.#down;
       if (this.#state !== State.Open || other === undefined || other.destroyed) {
-        this.close(this.#finFirst ?? (socket === this.down ? 'downstream_closed' : 'upstream_closed'));
+        this.close(this.#finFirst ?? (socket === this.#down ? 'downstream_closed' : 'upstream_closed'));
       } else if (!other.writableEnded) {
         // The peer of the closed side can receive nothing more: end it so it finishes.
         other.end();
@@ -531,7 +599,7 @@ export class Session implements Holder, Sweepable, QueueWaiter, PickContext, Rel
 
   #flushBytes(): void {
     const relayed = this.#attached;
-    const toUp = relayed ? this.#countedUpTotal : this.down.bytesRead;
+    const toUp = relayed ? this.#countedUpTotal : (this.#down?.bytesRead ?? 0);
     const toDown = relayed ? this.#countedDownTotal : (this.up?.bytesRead ?? 0);
     if (toUp !== this.#countedUp || toDown !== this.#countedDown) {
       this.host.countBytes(toUp - this.#countedUp, toDown - this.#countedDown);

@@ -1,3 +1,4 @@
+import { closeSync } from 'node:fs';
 import { createRequire } from 'node:module';
 
 /**
@@ -8,11 +9,20 @@ import { createRequire } from 'node:module';
  * Node streams when it is not built.
  */
 interface Addon {
-  init(onEvent: (slot: number, kind: number) => void, stats: Float64Array): void;
+  init(
+    onEvent: (slot: number, kind: number) => void,
+    stats: Float64Array,
+    onAccept: (id: number, fd: number, ip: string, port: number) => void,
+  ): void;
+  /** Accepts the connections of a listening descriptor (dup'ed); returns its id. */
+  listen(fd: number): number;
+  unlisten(id: number): void;
+  /** "ip port" of a socket's local address ('' when unknown). */
+  sockname(fd: number): string;
   /** A slot connecting to ip:port, or -errno when the connect failed at once. */
   connect(ip: string, port: number): number;
   /** Dups `clientFd` and starts relaying; `prefix` goes upstream first. */
-  attach(slot: number, clientFd: number, prefix: Buffer | undefined): void;
+  attach(slot: number, clientFd: number, prefix: Buffer | undefined, own: boolean): void;
   /** The connected upstream descriptor, handed over (the slot is freed). */
   detach(slot: number): number;
   info(slot: number): boolean;
@@ -41,6 +51,20 @@ export interface RelayOwner {
 
 const owners: (RelayOwner | undefined)[] = [];
 
+/** A listener whose connections the relay accepts. */
+export interface AcceptOwner {
+  /** A connection (fd >= 0, the owner's to close), or an accept failure (fd = -errno). */
+  accepted(fd: number, ip: string, port: number): void;
+}
+
+const acceptOwners: (AcceptOwner | undefined)[] = [];
+
+function onAccept(id: number, fd: number, ip: string, port: number): void {
+  const owner = acceptOwners[id];
+  if (owner !== undefined) owner.accepted(fd, ip, port);
+  else if (fd >= 0) closeSync(fd);
+}
+
 function onEvent(slot: number, kind: number): void {
   const owner = owners[slot];
   // Connected: the slot goes on (attached or detached by the owner). Otherwise it is gone.
@@ -55,7 +79,7 @@ export class SpliceRelay {
 
   constructor(addon: Addon) {
     this.#addon = addon;
-    addon.init(onEvent, relayStats);
+    addon.init(onEvent, relayStats, onAccept);
   }
 
   /**
@@ -74,8 +98,29 @@ export class SpliceRelay {
    * backend) when a socket failed (the slot is then gone) rather than the host running short of
    * descriptors (the slot stays connected).
    */
-  attach(slot: number, clientFd: number, prefix: Buffer | undefined): void {
-    this.#addon.attach(slot, clientFd, prefix);
+  attach(slot: number, clientFd: number, prefix: Buffer | undefined, own = false): void {
+    this.#addon.attach(slot, clientFd, prefix, own);
+  }
+
+  /**
+   * Accepts the connections of a bound, listening socket (the relay keeps its own copy of the
+   * descriptor, so the net.Server may close): each goes to owner.accepted() with TCP_NODELAY set.
+   */
+  listen(owner: AcceptOwner, fd: number): number {
+    const id = this.#addon.listen(fd);
+    acceptOwners[id] = owner;
+    return id;
+  }
+
+  unlisten(id: number): void {
+    acceptOwners[id] = undefined;
+    this.#addon.unlisten(id);
+  }
+
+  /** The local address of a connected socket. */
+  sockname(fd: number): { ip: string; port: number } {
+    const [ip = '', port = '0'] = this.#addon.sockname(fd).split(' ');
+    return { ip, port: Number(port) };
   }
 
   /** Takes a connected slot's upstream descriptor back; the slot is freed. */
