@@ -1,5 +1,5 @@
 /*
- * sluice splice relay: connects a TCP session's upstream and moves its bytes between the two
+ * sluice splice relay: accepts and connects TCP sessions and moves their bytes between the two
  * sockets inside the kernel (splice(2) through a pipe), so no byte crosses into JavaScript and
  * no Buffer is allocated per read.
  *
@@ -11,6 +11,13 @@
  * copy of the listening socket and calls back with each accepted descriptor, TCP_NODELAY set, and
  * the client address), so a session that needs no preface never gets a net.Socket at all. When
  * out of descriptors it sheds the pending connection with a spare one, as libuv does.
+ *
+ * UDP goes the same way: the relay reads a bound UDP socket in batches (recvmmsg), sends the
+ * datagrams of known clients straight to their flow's connected upstream socket (sendmmsg, with
+ * the flow's PROXY v2 header in front when it has one) and replies back from the listener's
+ * socket; a datagram from a new client goes to JavaScript, which runs its checks and creates the
+ * flow (udpFlow) while the relay holds that datagram. Flows keep counters JavaScript reads for
+ * expiry and metrics, and report refusals (ICMP port unreachable) and answers after them.
  *
  * A relay's life, driven from JavaScript through its slot number:
  *   connect(ip, port)        opens the upstream socket (non-blocking, TCP_NODELAY); JavaScript is
@@ -102,11 +109,49 @@ typedef struct {
   uint32_t gen;
 } acceptor;
 
+/* ---- UDP types ---- */
+#define UDP_BATCH 32
+#define UDP_MAX (64 * 1024)
+#define MAX_UDP_LISTENERS 1024
+/* What the UDP callback is told about a flow. */
+enum { UDP_REFUSED = 1, UDP_ANSWERED = 2 };
+
+typedef struct {
+  int fd; /* -1 when free */
+  uint32_t gen;
+} udp_listener;
+
+/* A flow's key: the listener and the client's address and port (padding zeroed). */
+typedef struct {
+  uint16_t listener;
+  uint16_t family;
+  uint16_t port;
+  uint8_t addr[16];
+} ukey;
+
+typedef struct {
+  int id;
+  int listener;
+  int fd; /* connected to the backend */
+  ukey key;
+  struct sockaddr_storage client;
+  socklen_t client_len;
+  char *header; /* PROXY v2 header sent before every payload */
+  size_t header_len;
+  size_t max_payload;
+  uint64_t dg_in, bytes_in, dg_out, bytes_out, drop_size, drop_full;
+  int answered;
+  int refused;
+} udp_flow;
+
 #define MAX_ACCEPTORS 1024
 /* Connections accepted per wake-up of one listening socket before yielding. */
 #define ACCEPTS 16
-/* Event keys: bit 31 marks an acceptor, bits 1..30 the slot, bit 0 the side. */
-#define KEY_ACCEPTOR (1u << 31)
+/* Event keys: generation << 32 | kind << 30 | index << 1 | side. */
+#define KIND_SHIFT 30
+enum { KIND_RELAY = 0, KIND_ACCEPTOR = 1, KIND_UDP_LISTENER = 2, KIND_UDP_FLOW = 3 };
+#define KEY(gen, kind, index, side)                                                                 \
+  (((uint64_t)(gen) << 32) | ((uint64_t)(kind) << KIND_SHIFT) | ((uint64_t)(index) << 1) | (uint64_t)(side))
 
 struct instance {
   napi_env env;
@@ -115,6 +160,28 @@ struct instance {
   int64_t acceptors_open;
   int reserve_fd; /* spare descriptor, given up to shed a connection when out of descriptors */
   napi_ref on_accept;
+  napi_ref on_datagram;
+  napi_ref on_udp;
+  /* UDP listeners and flows */
+  udp_listener ulisteners[MAX_UDP_LISTENERS];
+  int nulisteners;
+  int64_t ulisteners_open;
+  udp_flow **uflows;
+  uint32_t *ugens;
+  int *ufree;
+  int nuflows, nufree;
+  int64_t flows_open;
+  int *utable; /* flow id + 1 by client key; 0 = empty */
+  int ucap, uused;
+  /* batch buffers, allocated on the first UDP listener */
+  char *rbuf;
+  struct mmsghdr rmsgs[UDP_BATCH], smsgs[UDP_BATCH];
+  struct iovec riov[UDP_BATCH], siov[UDP_BATCH][2];
+  struct sockaddr_storage raddr[UDP_BATCH];
+  /* the source of the datagram JavaScript is deciding on (udpFlow files the flow under it) */
+  struct sockaddr_storage *src;
+  socklen_t src_len;
+  int src_listener;
   uv_loop_t *loop;
   int epfd;
   uv_poll_t epoll_watch;
@@ -178,7 +245,7 @@ static void write_stats(relay *r) {
 }
 
 static uint64_t event_key(relay *r, int side) {
-  return ((uint64_t)r->inst->gens[r->slot] << 32) | ((uint64_t)r->slot << 1) | (uint64_t)side;
+  return KEY(r->inst->gens[r->slot], KIND_RELAY, r->slot, side);
 }
 
 /* Registers, changes or (mask 0 on a registered socket) quiets the epoll interest of one side. */
@@ -206,7 +273,7 @@ static relay *relay_new(instance *in);
 
 /* Keeps the process alive while relays or acceptors are open, as their sockets would. */
 static void update_ref(instance *in) {
-  if (in->relays_open + in->acceptors_open > 0)
+  if (in->relays_open + in->acceptors_open + in->ulisteners_open + in->flows_open > 0)
     uv_ref((uv_handle_t *)&in->epoll_watch);
   else
     uv_unref((uv_handle_t *)&in->epoll_watch);
@@ -530,6 +597,315 @@ static void on_accept(instance *in, int a) {
   }
 }
 
+/* ---- UDP: a listener socket read in batches, a connected upstream socket per client flow ---- */
+
+/* Tells JavaScript of a datagram from a client with no flow (port < 0: a receive error, -errno). */
+static void call_datagram(instance *in, int l, const char *ip, int port, const char *data, size_t len) {
+  napi_env env = in->env;
+  napi_handle_scope scope;
+  if (napi_open_handle_scope(env, &scope) != napi_ok) return;
+  napi_value fn, recv, argv[4], result;
+  void *copy;
+  if (napi_get_reference_value(env, in->on_datagram, &fn) == napi_ok && napi_get_global(env, &recv) == napi_ok &&
+      napi_create_int32(env, l, &argv[0]) == napi_ok &&
+      napi_create_string_latin1(env, ip, NAPI_AUTO_LENGTH, &argv[1]) == napi_ok &&
+      napi_create_int32(env, port, &argv[2]) == napi_ok &&
+      napi_create_buffer_copy(env, len, len > 0 ? data : "", &copy, &argv[3]) == napi_ok) {
+    napi_make_callback(env, in->async, recv, fn, 4, argv, &result);
+    bool pending = false;
+    if (napi_is_exception_pending(env, &pending) == napi_ok && pending) {
+      napi_value err;
+      napi_get_and_clear_last_exception(env, &err);
+      napi_fatal_exception(env, err);
+    }
+  }
+  napi_close_handle_scope(env, scope);
+}
+
+static void call_udp_event(instance *in, int id, int kind) {
+  napi_env env = in->env;
+  napi_handle_scope scope;
+  if (napi_open_handle_scope(env, &scope) != napi_ok) return;
+  napi_value fn, recv, argv[2], result;
+  if (napi_get_reference_value(env, in->on_udp, &fn) == napi_ok && napi_get_global(env, &recv) == napi_ok &&
+      napi_create_int32(env, id, &argv[0]) == napi_ok && napi_create_int32(env, kind, &argv[1]) == napi_ok) {
+    napi_make_callback(env, in->async, recv, fn, 2, argv, &result);
+    bool pending = false;
+    if (napi_is_exception_pending(env, &pending) == napi_ok && pending) {
+      napi_value err;
+      napi_get_and_clear_last_exception(env, &err);
+      napi_fatal_exception(env, err);
+    }
+  }
+  napi_close_handle_scope(env, scope);
+}
+
+static void make_ukey(ukey *k, int l, const struct sockaddr_storage *ss) {
+  memset(k, 0, sizeof *k);
+  k->listener = (uint16_t)l;
+  if (ss->ss_family == AF_INET) {
+    const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
+    k->family = AF_INET;
+    k->port = a->sin_port;
+    memcpy(k->addr, &a->sin_addr, 4);
+  } else {
+    const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
+    k->family = AF_INET6;
+    k->port = a->sin6_port;
+    memcpy(k->addr, &a->sin6_addr, 16);
+  }
+}
+
+static uint32_t ukey_hash(const ukey *k) {
+  /* FNV-1a over the key bytes (padding is zeroed by make_ukey). */
+  const uint8_t *p = (const uint8_t *)k;
+  uint32_t h = 2166136261u;
+  for (size_t i = 0; i < sizeof *k; i++) h = (h ^ p[i]) * 16777619u;
+  return h;
+}
+
+/* The flow of a client, or NULL. The table holds flow id + 1 (0 = empty), linear probing. */
+static udp_flow *flow_find(instance *in, const ukey *k) {
+  if (in->ucap == 0) return NULL;
+  uint32_t mask = (uint32_t)in->ucap - 1;
+  for (uint32_t i = ukey_hash(k) & mask;; i = (i + 1) & mask) {
+    int v = in->utable[i];
+    if (v == 0) return NULL;
+    udp_flow *f = in->uflows[v - 1];
+    if (f != NULL && memcmp(&f->key, k, sizeof *k) == 0) return f;
+  }
+}
+
+static int flow_table_put(instance *in, udp_flow *f);
+
+static int flow_table_grow(instance *in) {
+  int cap = in->ucap == 0 ? 1024 : in->ucap * 2;
+  int *old = in->utable;
+  int oldcap = in->ucap;
+  in->utable = calloc((size_t)cap, sizeof(int));
+  if (in->utable == NULL) {
+    in->utable = old;
+    return -1;
+  }
+  in->ucap = cap;
+  in->uused = 0;
+  for (int i = 0; i < oldcap; i++)
+    if (old[i] != 0) flow_table_put(in, in->uflows[old[i] - 1]);
+  free(old);
+  return 0;
+}
+
+static int flow_table_put(instance *in, udp_flow *f) {
+  if ((in->uused + 1) * 2 > in->ucap && flow_table_grow(in) < 0) return -1;
+  uint32_t mask = (uint32_t)in->ucap - 1;
+  uint32_t i = ukey_hash(&f->key) & mask;
+  while (in->utable[i] != 0) i = (i + 1) & mask;
+  in->utable[i] = f->id + 1;
+  in->uused++;
+  return 0;
+}
+
+/* Removes a flow from the table (backward-shift deletion keeps probe chains whole). */
+static void flow_table_remove(instance *in, udp_flow *f) {
+  uint32_t mask = (uint32_t)in->ucap - 1;
+  uint32_t i = ukey_hash(&f->key) & mask;
+  while (in->utable[i] != f->id + 1) {
+    if (in->utable[i] == 0) return;
+    i = (i + 1) & mask;
+  }
+  in->utable[i] = 0;
+  in->uused--;
+  for (uint32_t j = (i + 1) & mask; in->utable[j] != 0; j = (j + 1) & mask) {
+    int v = in->utable[j];
+    uint32_t home = ukey_hash(&in->uflows[v - 1]->key) & mask;
+    /* Move v back into the hole if its home slot is not in (i, j]. */
+    if (((j - home) & mask) >= ((j - i) & mask)) {
+      in->utable[i] = v;
+      in->utable[j] = 0;
+      i = j;
+    }
+  }
+}
+
+static void flow_free(instance *in, udp_flow *f) {
+  flow_table_remove(in, f);
+  close(f->fd); /* leaves the epoll set with it */
+  free(f->header);
+  in->uflows[f->id] = NULL;
+  in->ugens[f->id]++;
+  in->ufree[in->nufree++] = f->id;
+  if (--in->flows_open == 0) update_ref(in);
+  free(f);
+}
+
+/* Sends datagrams [0, k) of the send batch to the flow's backend. */
+static void flow_flush(instance *in, udp_flow *f, int k) {
+  int cnt = 0;
+  for (int j = 0; j < k; j++) {
+    size_t len = in->siov[j][1].iov_len;
+    if (len + f->header_len > f->max_payload) {
+      f->drop_size++;
+      continue;
+    }
+    struct msghdr *m = &in->smsgs[cnt].msg_hdr;
+    memset(m, 0, sizeof *m);
+    if (f->header_len > 0) {
+      in->siov[cnt][0].iov_base = f->header;
+      in->siov[cnt][0].iov_len = f->header_len;
+      in->siov[cnt][1] = in->siov[j][1];
+      m->msg_iov = in->siov[cnt];
+      m->msg_iovlen = 2;
+    } else {
+      in->siov[cnt][1] = in->siov[j][1];
+      m->msg_iov = &in->siov[cnt][1];
+      m->msg_iovlen = 1;
+    }
+    cnt++;
+  }
+  int sent = 0;
+  while (sent < cnt) {
+    int r = sendmmsg(f->fd, in->smsgs + sent, (unsigned)(cnt - sent), MSG_DONTWAIT);
+    if (r > 0) {
+      for (int j = sent; j < sent + r; j++) {
+        f->dg_in++;
+        f->bytes_in += in->smsgs[j].msg_len - f->header_len;
+      }
+      sent += r;
+    } else if (errno == EINTR) {
+      continue;
+    } else {
+      /* Full buffers (EAGAIN, ENOBUFS) or a stale ICMP error (ECONNREFUSED): this batch is lost;
+       * a refusal shows again on the reply side, where it is reported. */
+      f->drop_full += (uint64_t)(cnt - sent);
+      break;
+    }
+  }
+}
+
+static void on_udp_listener(instance *in, int l) {
+  for (int round = 0; round < 4; round++) {
+    udp_listener *ul = &in->ulisteners[l];
+    if (ul->fd < 0) return;
+    uint32_t lgen = ul->gen;
+    for (int i = 0; i < UDP_BATCH; i++) {
+      in->riov[i].iov_base = in->rbuf + (size_t)i * UDP_MAX;
+      in->riov[i].iov_len = UDP_MAX;
+      memset(&in->rmsgs[i].msg_hdr, 0, sizeof in->rmsgs[i].msg_hdr);
+      in->rmsgs[i].msg_hdr.msg_name = &in->raddr[i];
+      in->rmsgs[i].msg_hdr.msg_namelen = sizeof in->raddr[i];
+      in->rmsgs[i].msg_hdr.msg_iov = &in->riov[i];
+      in->rmsgs[i].msg_hdr.msg_iovlen = 1;
+    }
+    int n = recvmmsg(ul->fd, in->rmsgs, UDP_BATCH, MSG_DONTWAIT, NULL);
+    if (n < 0) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return;
+      call_datagram(in, l, "", -errno, NULL, 0);
+      return;
+    }
+    udp_flow *cur = NULL;
+    int k = 0;
+    for (int i = 0; i < n; i++) {
+      ukey key;
+      make_ukey(&key, l, &in->raddr[i]);
+      udp_flow *f = flow_find(in, &key);
+      if (f != NULL) {
+        if (f != cur) {
+          if (cur != NULL) flow_flush(in, cur, k);
+          cur = f;
+          k = 0;
+        }
+        in->siov[k][1].iov_base = in->riov[i].iov_base;
+        in->siov[k][1].iov_len = in->rmsgs[i].msg_len;
+        k++;
+        continue;
+      }
+      if (cur != NULL) flow_flush(in, cur, k);
+      cur = NULL;
+      k = 0;
+      char ip[INET6_ADDRSTRLEN] = "";
+      int port = 0;
+      if (in->raddr[i].ss_family == AF_INET) {
+        struct sockaddr_in *a = (struct sockaddr_in *)&in->raddr[i];
+        inet_ntop(AF_INET, &a->sin_addr, ip, sizeof ip);
+        port = ntohs(a->sin_port);
+      } else {
+        struct sockaddr_in6 *a = (struct sockaddr_in6 *)&in->raddr[i];
+        inet_ntop(AF_INET6, &a->sin6_addr, ip, sizeof ip);
+        port = ntohs(a->sin6_port);
+      }
+      /* JavaScript decides; udpFlow() called from there files the flow under this source. */
+      in->src = &in->raddr[i];
+      in->src_len = in->rmsgs[i].msg_hdr.msg_namelen;
+      in->src_listener = l;
+      call_datagram(in, l, ip, port, in->riov[i].iov_base, in->rmsgs[i].msg_len);
+      in->src = NULL;
+      if (ul->fd < 0 || ul->gen != lgen) return; /* the listener closed meanwhile */
+    }
+    if (cur != NULL) flow_flush(in, cur, k);
+    if (n < UDP_BATCH) return;
+  }
+}
+
+/* Replies from a flow's backend go back to its client through the listener's socket. */
+static void on_udp_flow(instance *in, udp_flow *f) {
+  int id = f->id;
+  uint32_t gen = in->ugens[id];
+  for (int round = 0; round < 4; round++) {
+    for (int i = 0; i < UDP_BATCH; i++) {
+      in->riov[i].iov_base = in->rbuf + (size_t)i * UDP_MAX;
+      in->riov[i].iov_len = UDP_MAX;
+      memset(&in->rmsgs[i].msg_hdr, 0, sizeof in->rmsgs[i].msg_hdr);
+      in->rmsgs[i].msg_hdr.msg_iov = &in->riov[i];
+      in->rmsgs[i].msg_hdr.msg_iovlen = 1;
+    }
+    int n = recvmmsg(f->fd, in->rmsgs, UDP_BATCH, MSG_DONTWAIT, NULL);
+    if (n < 0) {
+      int err = errno;
+      if (err == EAGAIN || err == EWOULDBLOCK || err == EINTR) return;
+      if (err == ECONNREFUSED) {
+        f->answered = 0;
+        f->refused++;
+        call_udp_event(in, id, UDP_REFUSED); /* may close the flow */
+      }
+      return;
+    }
+    udp_listener *ul = &in->ulisteners[f->listener];
+    if (ul->fd < 0) return;
+    for (int i = 0; i < n; i++) {
+      struct msghdr *m = &in->smsgs[i].msg_hdr;
+      memset(m, 0, sizeof *m);
+      m->msg_name = &f->client;
+      m->msg_namelen = f->client_len;
+      in->siov[i][1].iov_base = in->riov[i].iov_base;
+      in->siov[i][1].iov_len = in->rmsgs[i].msg_len;
+      m->msg_iov = &in->siov[i][1];
+      m->msg_iovlen = 1;
+    }
+    int sent = 0;
+    while (sent < n) {
+      int r = sendmmsg(ul->fd, in->smsgs + sent, (unsigned)(n - sent), MSG_DONTWAIT);
+      if (r > 0) {
+        for (int j = sent; j < sent + r; j++) {
+          f->dg_out++;
+          f->bytes_out += in->smsgs[j].msg_len;
+        }
+        sent += r;
+      } else if (errno == EINTR) {
+        continue;
+      } else {
+        f->drop_full += (uint64_t)(n - sent);
+        break;
+      }
+    }
+    if (!f->answered) {
+      f->answered = 1;
+      call_udp_event(in, id, UDP_ANSWERED);
+      if (in->uflows[id] != f || in->ugens[id] != gen) return;
+    }
+    if (n < UDP_BATCH) return;
+  }
+}
+
 /* The loop says the epoll set has events: take them all, in batches. */
 static void on_epoll(uv_poll_t *h, int status, int events) {
   (void)status;
@@ -542,12 +918,24 @@ static void on_epoll(uv_poll_t *h, int status, int events) {
     for (int k = 0; k < n; k++) {
       uint64_t key = evs[k].data.u64;
       uint32_t gen = (uint32_t)(key >> 32);
-      if (key & KEY_ACCEPTOR) {
-        int a = (int)((key & ~(uint64_t)KEY_ACCEPTOR & 0xffffffffu) >> 1);
-        if (a < in->nacceptors && in->acceptors[a].fd >= 0 && in->acceptors[a].gen == gen) on_accept(in, a);
+      int kind = (int)((key >> KIND_SHIFT) & 3);
+      int index = (int)((key & ((1u << KIND_SHIFT) - 1)) >> 1);
+      if (kind == KIND_ACCEPTOR) {
+        if (index < in->nacceptors && in->acceptors[index].fd >= 0 && in->acceptors[index].gen == gen)
+          on_accept(in, index);
         continue;
       }
-      int slot = (int)((key & 0xffffffffu) >> 1), s = (int)(key & 1);
+      if (kind == KIND_UDP_LISTENER) {
+        if (index < in->nulisteners && in->ulisteners[index].fd >= 0 && in->ulisteners[index].gen == gen)
+          on_udp_listener(in, index);
+        continue;
+      }
+      if (kind == KIND_UDP_FLOW) {
+        if (index < in->nuflows && in->uflows[index] != NULL && in->ugens[index] == gen)
+          on_udp_flow(in, in->uflows[index]);
+        continue;
+      }
+      int slot = index, s = (int)(key & 1);
       if (slot >= in->nslots || in->gens[slot] != gen) continue; /* ended earlier in this batch */
       relay *r = in->slots[slot];
       if (r == NULL) continue;
@@ -601,26 +989,31 @@ static napi_value int_value(napi_env env, int64_t v) {
   return result;
 }
 
-/* init(onEvent: (slot, kind) => void, stats: Float64Array(5), onAccept: (id, fd, ip, port) => void) */
+/* init(onEvent: (slot, kind) => void, stats: Float64Array(8), onAccept: (id, fd, ip, port) => void,
+ *      onDatagram: (listener, ip, port, payload) => void, onUdp: (flow, kind) => void) */
 static napi_value js_init(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
-  napi_value argv[3];
+  size_t argc = 5;
+  napi_value argv[5];
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   instance *in = get_instance(env);
   napi_typedarray_type type;
   size_t length;
   void *data;
   CHECK(napi_get_typedarray_info(env, argv[1], &type, &length, &data, NULL, NULL));
-  if (type != napi_float64_array || length < S_LEN) {
-    napi_throw_type_error(env, NULL, "stats must be a Float64Array of 5");
+  if (type != napi_float64_array || length < 8) {
+    napi_throw_type_error(env, NULL, "stats must be a Float64Array of 8");
     return NULL;
   }
   if (in->on_event != NULL) {
     napi_delete_reference(env, in->on_event);
     napi_delete_reference(env, in->stats_ref);
     napi_delete_reference(env, in->on_accept);
+    napi_delete_reference(env, in->on_datagram);
+    napi_delete_reference(env, in->on_udp);
   }
   CHECK(napi_create_reference(env, argv[2], 1, &in->on_accept));
+  CHECK(napi_create_reference(env, argv[3], 1, &in->on_datagram));
+  CHECK(napi_create_reference(env, argv[4], 1, &in->on_udp));
   CHECK(napi_create_reference(env, argv[0], 1, &in->on_event));
   CHECK(napi_create_reference(env, argv[1], 1, &in->stats_ref));
   in->stats = data;
@@ -845,7 +1238,7 @@ static napi_value js_listen(napi_env env, napi_callback_info info) {
   acceptor *ac = &in->acceptors[a];
   ac->gen++;
   struct epoll_event ev = {.events = EPOLLIN,
-                           .data.u64 = ((uint64_t)ac->gen << 32) | KEY_ACCEPTOR | ((uint64_t)a << 1)};
+                           .data.u64 = KEY(ac->gen, KIND_ACCEPTOR, a, 0)};
   if (epoll_ctl(in->epfd, EPOLL_CTL_ADD, dup, &ev) < 0) {
     int err = errno;
     close(dup);
@@ -903,6 +1296,224 @@ static napi_value js_sockname(napi_env env, napi_callback_info info) {
   return result;
 }
 
+/* udpListen(fd) => id: reads a bound UDP socket's datagrams in batches (dup'ed descriptor) */
+static napi_value js_udp_listen(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  int32_t fd;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  CHECK(napi_get_value_int32(env, argv[0], &fd));
+  instance *in = get_instance(env);
+  if (in->epfd < 0) {
+    napi_throw_error(env, NULL, "sluice relay: init() first");
+    return NULL;
+  }
+  if (in->rbuf == NULL) {
+    in->rbuf = malloc((size_t)UDP_BATCH * UDP_MAX);
+    if (in->rbuf == NULL) return throw_errno(env, "malloc", ENOMEM, -1);
+  }
+  int l = 0;
+  while (l < in->nulisteners && in->ulisteners[l].fd >= 0) l++;
+  if (l == MAX_UDP_LISTENERS) return throw_errno(env, "udpListen", EMFILE, -1);
+  int dup = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (dup < 0) return throw_errno(env, "dup", errno, -1);
+  udp_listener *ul = &in->ulisteners[l];
+  ul->gen++;
+  struct epoll_event ev = {.events = EPOLLIN, .data.u64 = KEY(ul->gen, KIND_UDP_LISTENER, l, 0)};
+  if (epoll_ctl(in->epfd, EPOLL_CTL_ADD, dup, &ev) < 0) {
+    int err = errno;
+    close(dup);
+    return throw_errno(env, "epoll_ctl", err, -1);
+  }
+  ul->fd = dup;
+  if (l == in->nulisteners) in->nulisteners++;
+  if (in->ulisteners_open++ == 0) update_ref(in);
+  return int_value(env, l);
+}
+
+/* udpUnlisten(id): stops reading (its flows must be closed first: replies leave from it) */
+static napi_value js_udp_unlisten(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  int32_t l;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  CHECK(napi_get_value_int32(env, argv[0], &l));
+  instance *in = get_instance(env);
+  if (l >= 0 && l < in->nulisteners && in->ulisteners[l].fd >= 0) {
+    epoll_ctl(in->epfd, EPOLL_CTL_DEL, in->ulisteners[l].fd, NULL);
+    close(in->ulisteners[l].fd);
+    in->ulisteners[l].fd = -1;
+    in->ulisteners[l].gen++;
+    if (--in->ulisteners_open == 0) update_ref(in);
+  }
+  return NULL;
+}
+
+static int grow_flows(instance *in) {
+  int n = in->nuflows == 0 ? 1024 : in->nuflows * 2;
+  udp_flow **flows = realloc(in->uflows, sizeof(udp_flow *) * (size_t)n);
+  if (flows == NULL) return -1;
+  in->uflows = flows;
+  uint32_t *gens = realloc(in->ugens, sizeof(uint32_t) * (size_t)n);
+  if (gens == NULL) return -1;
+  in->ugens = gens;
+  int *free_ids = realloc(in->ufree, sizeof(int) * (size_t)n);
+  if (free_ids == NULL) return -1;
+  in->ufree = free_ids;
+  for (int i = in->nuflows; i < n; i++) {
+    flows[i] = NULL;
+    gens[i] = 0;
+  }
+  for (int i = n - 1; i >= in->nuflows; i--) in->ufree[in->nufree++] = i;
+  in->nuflows = n;
+  return 0;
+}
+
+/*
+ * udpFlow(listener, backendIp, backendPort, header?: Buffer) => flow id, or -errno. Only while
+ * JavaScript decides on a datagram from onDatagram: the flow is filed under that datagram's source.
+ */
+static napi_value js_udp_flow(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  instance *in = get_instance(env);
+  int32_t l, port;
+  char ip[64];
+  size_t iplen;
+  CHECK(napi_get_value_int32(env, argv[0], &l));
+  CHECK(napi_get_value_string_utf8(env, argv[1], ip, sizeof ip, &iplen));
+  CHECK(napi_get_value_int32(env, argv[2], &port));
+  if (in->src == NULL || in->src_listener != l) return int_value(env, -EINVAL);
+  struct sockaddr_storage ss;
+  memset(&ss, 0, sizeof ss);
+  socklen_t sslen;
+  size_t max_payload;
+  struct sockaddr_in *a4 = (struct sockaddr_in *)&ss;
+  struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
+  if (inet_pton(AF_INET, ip, &a4->sin_addr) == 1) {
+    a4->sin_family = AF_INET;
+    a4->sin_port = htons((uint16_t)port);
+    sslen = sizeof *a4;
+    max_payload = 65507;
+  } else if (inet_pton(AF_INET6, ip, &a6->sin6_addr) == 1) {
+    a6->sin6_family = AF_INET6;
+    a6->sin6_port = htons((uint16_t)port);
+    sslen = sizeof *a6;
+    max_payload = 65527;
+  } else {
+    return int_value(env, -EINVAL);
+  }
+  if (in->nufree == 0 && grow_flows(in) < 0) return int_value(env, -ENOMEM);
+  udp_flow *f = calloc(1, sizeof *f);
+  if (f == NULL) return int_value(env, -ENOMEM);
+  if (argc > 3) {
+    bool is_buffer = false;
+    napi_is_buffer(env, argv[3], &is_buffer);
+    if (is_buffer) {
+      void *bytes;
+      size_t len;
+      CHECK(napi_get_buffer_info(env, argv[3], &bytes, &len));
+      if (len > 0) {
+        f->header = malloc(len);
+        if (f->header == NULL) {
+          free(f);
+          return int_value(env, -ENOMEM);
+        }
+        memcpy(f->header, bytes, len);
+        f->header_len = len;
+      }
+    }
+  }
+  f->fd = socket(ss.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (f->fd < 0 || connect(f->fd, (struct sockaddr *)&ss, sslen) < 0) {
+    int err = errno;
+    if (f->fd >= 0) close(f->fd);
+    free(f->header);
+    free(f);
+    return int_value(env, -err);
+  }
+  f->listener = l;
+  f->max_payload = max_payload;
+  memcpy(&f->client, in->src, in->src_len);
+  f->client_len = in->src_len;
+  make_ukey(&f->key, l, in->src);
+  f->id = in->ufree[--in->nufree];
+  in->uflows[f->id] = f;
+  struct epoll_event ev = {.events = EPOLLIN, .data.u64 = KEY(in->ugens[f->id], KIND_UDP_FLOW, f->id, 0)};
+  if (epoll_ctl(in->epfd, EPOLL_CTL_ADD, f->fd, &ev) < 0 || flow_table_put(in, f) < 0) {
+    int err = errno != 0 ? errno : ENOMEM;
+    close(f->fd);
+    free(f->header);
+    in->uflows[f->id] = NULL;
+    in->ugens[f->id]++;
+    in->ufree[in->nufree++] = f->id;
+    free(f);
+    return int_value(env, -err);
+  }
+  if (in->flows_open++ == 0) update_ref(in);
+  return int_value(env, f->id);
+}
+
+static udp_flow *flow_arg(napi_env env, napi_callback_info info, size_t want, napi_value *argv) {
+  size_t argc = want;
+  int32_t id;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1 ||
+      napi_get_value_int32(env, argv[0], &id) != napi_ok)
+    return NULL;
+  instance *in = get_instance(env);
+  if (id < 0 || id >= in->nuflows) return NULL;
+  return in->uflows[id];
+}
+
+/* udpSend(flow, payload) => 0, or -errno (EMSGSIZE when the header makes it too big) */
+static napi_value js_udp_send(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  udp_flow *f = flow_arg(env, info, 2, argv);
+  if (f == NULL) return int_value(env, -EBADF);
+  void *bytes;
+  size_t len;
+  CHECK(napi_get_buffer_info(env, argv[1], &bytes, &len));
+  if (len + f->header_len > f->max_payload) {
+    f->drop_size++;
+    return int_value(env, -EMSGSIZE);
+  }
+  struct iovec iov[2] = {{f->header, f->header_len}, {bytes, len}};
+  struct msghdr m = {0};
+  m.msg_iov = f->header_len > 0 ? iov : iov + 1;
+  m.msg_iovlen = f->header_len > 0 ? 2 : 1;
+  if (sendmsg(f->fd, &m, MSG_DONTWAIT) < 0) return int_value(env, -errno);
+  f->dg_in++;
+  f->bytes_in += len;
+  return int_value(env, 0);
+}
+
+/* udpInfo(flow) => true while open; fills stats with its counters */
+static napi_value js_udp_info(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  udp_flow *f = flow_arg(env, info, 1, argv);
+  if (f != NULL) {
+    double *s = get_instance(env)->stats;
+    s[0] = (double)f->dg_in;
+    s[1] = (double)f->bytes_in;
+    s[2] = (double)f->dg_out;
+    s[3] = (double)f->bytes_out;
+    s[4] = (double)f->drop_size;
+    s[5] = (double)f->drop_full;
+  }
+  napi_value result;
+  CHECK(napi_get_boolean(env, f != NULL, &result));
+  return result;
+}
+
+/* udpClose(flow): closes its upstream socket; its client's next datagram goes to JavaScript */
+static napi_value js_udp_close(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  udp_flow *f = flow_arg(env, info, 1, argv);
+  if (f != NULL) flow_free(get_instance(env), f);
+  return NULL;
+}
+
 /* counts() => [relays open, pipes open, pipes pooled] */
 static napi_value js_counts(napi_env env, napi_callback_info info) {
   (void)info;
@@ -939,6 +1550,8 @@ NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
   in->env = env;
   in->epfd = -1;
   in->reserve_fd = -1;
+  for (int i = 0; i < MAX_ACCEPTORS; i++) in->acceptors[i].fd = -1;
+  for (int i = 0; i < MAX_UDP_LISTENERS; i++) in->ulisteners[i].fd = -1;
   CHECK(napi_get_uv_event_loop(env, &in->loop));
   napi_value name;
   CHECK(napi_create_string_utf8(env, "sluice.relay", NAPI_AUTO_LENGTH, &name));
@@ -955,6 +1568,12 @@ NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
       {"listen", NULL, js_listen, NULL, NULL, NULL, napi_default, NULL},
       {"unlisten", NULL, js_unlisten, NULL, NULL, NULL, napi_default, NULL},
       {"sockname", NULL, js_sockname, NULL, NULL, NULL, napi_default, NULL},
+      {"udpListen", NULL, js_udp_listen, NULL, NULL, NULL, napi_default, NULL},
+      {"udpUnlisten", NULL, js_udp_unlisten, NULL, NULL, NULL, napi_default, NULL},
+      {"udpFlow", NULL, js_udp_flow, NULL, NULL, NULL, napi_default, NULL},
+      {"udpSend", NULL, js_udp_send, NULL, NULL, NULL, napi_default, NULL},
+      {"udpInfo", NULL, js_udp_info, NULL, NULL, NULL, napi_default, NULL},
+      {"udpClose", NULL, js_udp_close, NULL, NULL, NULL, napi_default, NULL},
   };
   CHECK(napi_define_properties(env, exports, sizeof props / sizeof props[0], props));
   return exports;

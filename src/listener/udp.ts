@@ -13,6 +13,8 @@ import type { Pool } from '../upstream/pool.js';
 import { CidrSet, normalizeIp } from '../util/cidr.js';
 import { listenError } from './bind-error.js';
 import type { Listener, ListenerDeps } from './listener.js';
+import type { DatagramOwner, SpliceRelay } from '../proxy/splice-relay.js';
+import { getSystemErrorName } from 'node:util';
 
 /** SO_RCVBUF/SO_SNDBUF asked for on the listener socket; the kernel caps it (net.core.rmem_max). */
 const SOCKET_BUFFER_BYTES = 4 * 1024 * 1024;
@@ -37,7 +39,7 @@ const FIRST_UNPRIVILEGED_PORT = 1024;
  * created a flow and were refused count in sluice_listener_rejected_total instead: `acl`,
  * `flow_limit`, `no_backend`.
  */
-export class UdpListener implements Listener, FlowHost {
+export class UdpListener implements Listener, FlowHost, DatagramOwner {
   /**
    * Bind with SO_REUSEPORT (Node >= 22.12): set once by a worker process before anything binds.
    * The kernel hashes each client's 4-tuple to one worker, so a flow stays on one process.
@@ -64,6 +66,8 @@ export class UdpListener implements Listener, FlowHost {
   readonly #warnedV1 = new Set<string>();
   readonly #counters;
   readonly #drops = new Map<string, Counter.Internal>();
+  /** The splice relay reading this socket (recvmmsg) and forwarding known flows; see listen(). */
+  native: { readonly relay: SpliceRelay; readonly id: number } | undefined;
 
   constructor(cfg: ListenerConfig, deps: ListenerDeps) {
     this.name = cfg.name;
@@ -94,7 +98,9 @@ export class UdpListener implements Listener, FlowHost {
       ...(UdpListener.reusePort ? { reusePort: true } : {}),
     });
     this.downstream.on('error', (err: NodeJS.ErrnoException) => this.#onSocketError(err));
-    this.downstream.on('message', (msg: Buffer, rinfo: dgram.RemoteInfo) => this.#onMessage(msg, rinfo));
+    this.downstream.on('message', (msg: Buffer, rinfo: dgram.RemoteInfo) =>
+      this.#onMessage(msg, rinfo.address, rinfo.port),
+    );
     this.#warnV1(cfg.pool);
   }
 
@@ -132,6 +138,7 @@ export class UdpListener implements Listener, FlowHost {
         this.#ownIps = ownAddresses(this.#boundIp);
         this.boundAddress = formatHostPort(a.address, a.port);
         this.#deps.sweeper.add(this.#table);
+        this.#readThroughRelay();
         resolve();
       });
     });
@@ -165,15 +172,49 @@ export class UdpListener implements Listener, FlowHost {
     return this.#allow.has(ip) && !this.#deny.has(ip);
   }
 
+  /**
+   * With the splice relay loaded, it reads this socket instead of Node: datagrams in batches
+   * (recvmmsg), those of known flows straight to their backend's connected socket (sendmmsg)
+   * and replies back the same way; a datagram from a new client comes to datagram() below,
+   * which runs the same checks and creates the flow in the relay.
+   */
+  #readThroughRelay(): void {
+    const relay = this.#deps.splice;
+    if (relay === undefined) return;
+    const state = Object.getOwnPropertySymbols(this.downstream).find((s) => s.description === 'state symbol');
+    const handle = (
+      state === undefined
+        ? undefined
+        : (
+            this.downstream as unknown as Record<
+              symbol,
+              { handle?: { fd?: number; recvStop?: () => number } }
+            >
+          )[state]?.handle
+    ) as { fd?: number; recvStop?: () => number } | undefined;
+    if (typeof handle?.fd !== 'number' || handle.fd < 0 || typeof handle.recvStop !== 'function') return;
+    this.native = { relay, id: relay.udpListen(this, handle.fd) };
+    handle.recvStop();
+  }
+
+  /** @internal A datagram of a client without a flow, read by the splice relay (port < 0: -errno). */
+  datagram(ip: string, port: number, payload: Buffer): void {
+    if (port < 0) {
+      this.#onSocketError(Object.assign(new Error('recvmmsg'), { code: errnoName(-port) }));
+      return;
+    }
+    this.#onMessage(payload, ip, port);
+  }
+
   // ---- FlowHost ----
 
-  drop(reason: string): void {
+  drop(reason: string, count = 1): void {
     let c = this.#drops.get(reason);
     if (c === undefined) {
       c = this.#deps.metrics.udpDrops.labels(this.name, reason);
       this.#drops.set(reason, c);
     }
-    c.inc();
+    c.inc(count);
   }
 
   relayed(direction: 'upstream' | 'downstream', datagrams: number, bytes: number): void {
@@ -200,10 +241,9 @@ export class UdpListener implements Listener, FlowHost {
 
   // ---- datagram path ----
 
-  #onMessage(msg: Buffer, rinfo: dgram.RemoteInfo): void {
-    const port = rinfo.port;
+  #onMessage(msg: Buffer, address: string, port: number): void {
     // Only a source on our own port can be ourselves: the address test runs for those alone.
-    if (port === this.#boundPort && this.#ownIps.has(normalizeIp(rinfo.address))) {
+    if (port === this.#boundPort && this.#ownIps.has(normalizeIp(address))) {
       this.#counters.loop.inc();
       return;
     }
@@ -211,8 +251,8 @@ export class UdpListener implements Listener, FlowHost {
       this.#counters.privileged.inc();
       return;
     }
-    const key = `${rinfo.address}:${port}`;
-    const flow = this.#table.get(key) ?? this.#newFlow(key, rinfo.address, port);
+    const key = `${address}:${port}`;
+    const flow = this.#table.get(key) ?? this.#newFlow(key, address, port);
     flow?.fromClient(msg);
   }
 
@@ -319,6 +359,10 @@ export class UdpListener implements Listener, FlowHost {
     if (this.#socketClosed) return;
     this.#socketClosed = true;
     this.#deps.sweeper.delete(this.#table);
+    if (this.native !== undefined) {
+      this.native.relay.udpUnlisten(this.native.id);
+      this.native = undefined;
+    }
     try {
       this.downstream.close();
     } catch {
@@ -346,4 +390,12 @@ function ownAddresses(boundIp: string): Set<string> {
   for (const list of Object.values(networkInterfaces()))
     for (const i of list ?? []) ips.add(normalizeIp(i.address));
   return ips;
+}
+
+function errnoName(errno: number): string {
+  try {
+    return getSystemErrorName(-errno);
+  } catch {
+    return 'EIO';
+  }
 }

@@ -62,6 +62,7 @@ export class FlowTable implements Sweepable {
     const limit = this.#idleMs + this.#tickMs;
     // Deleting the current entry while iterating a Map is safe; close() removes it.
     for (const flow of this.#flows.values()) {
+      flow.poll(now);
       if (now - flow.lastActive >= limit) flow.close('idle_timeout');
       else flow.flushCounters();
     }

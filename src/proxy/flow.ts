@@ -1,6 +1,19 @@
 import dgram from 'node:dgram';
 import { isIP } from 'node:net';
+import { getSystemErrorName } from 'node:util';
 import type { Backend } from '../upstream/backend.js';
+import type { SpliceRelay, UdpFlowOwner } from './splice-relay.js';
+import {
+  relayStats,
+  UDP_ANSWERED,
+  UDP_BYTES_IN,
+  UDP_BYTES_OUT,
+  UDP_DATAGRAMS_IN,
+  UDP_DATAGRAMS_OUT,
+  UDP_DROPS_FULL,
+  UDP_DROPS_SIZE,
+  UDP_REFUSED,
+} from './splice-relay.js';
 import type { Holder, Pool } from '../upstream/pool.js';
 
 /**
@@ -33,8 +46,10 @@ export interface FlowHost {
   readonly downstream: dgram.Socket;
   /** Time of the last sweeper tick; cheap to read per datagram. */
   readonly now: number;
-  /** A datagram was lost; `reason` is a fixed word or a lower-case errno code. */
-  drop(reason: string): void;
+  /** The splice relay reading the listener's socket, and its listener id; undefined: Node dgram. */
+  readonly native: { readonly relay: SpliceRelay; readonly id: number } | undefined;
+  /** Datagrams were lost (default one); `reason` is a fixed word or a lower-case errno code. */
+  drop(reason: string, count?: number): void;
   /**
    * Datagrams handed to the kernel since the last report: `upstream` is client→backend,
    * `downstream` backend→client. Reported in batches (sweep and close), not per datagram.
@@ -58,7 +73,7 @@ const enum State {
  * ICMP port unreachable surfaces as ECONNREFUSED. Nothing here throws: every socket error is
  * classified by `err.code`, counted and, where it matters, ends the flow.
  */
-export class Flow implements Holder {
+export class Flow implements Holder, UdpFlowOwner {
   readonly key: string;
   /** The address as the listener socket reports it (IPv4-mapped on a dual-stack socket); replies go there. */
   readonly replyAddress: string;
@@ -77,7 +92,12 @@ export class Flow implements Holder {
   /** The errno code behind an `upstream_error` close. */
   errorCode: string | undefined;
   readonly #host: FlowHost;
-  readonly #socket: dgram.Socket;
+  /** The Node socket to the backend, or undefined when the splice relay carries the flow. */
+  #socket: dgram.Socket | undefined;
+  /** The splice relay's flow id; -1 when Node carries it. */
+  #nativeId = -1;
+  #dropsSize = 0;
+  #dropsFull = 0;
   readonly #header: Buffer | undefined;
   /** Reused [header, payload] list: dgram copies the list on send, so one array serves every datagram. */
   readonly #pair: Buffer[];
@@ -111,25 +131,78 @@ export class Flow implements Holder {
     this.#headerBytes = header?.length ?? 0;
     this.#maxPayload = isIP(backend.host) === 6 ? MAX_UDP6_PAYLOAD : MAX_UDP4_PAYLOAD;
     this.lastActive = host.now;
-    this.#socket = dgram.createSocket({ type: isIP(backend.host) === 6 ? 'udp6' : 'udp4' });
-    this.#socket.on('error', (err: NodeJS.ErrnoException) => this.#onError(err));
-    this.#socket.on('message', (msg: Buffer) => this.#onReply(msg));
   }
 
-  /** Opens the upstream socket; the first datagrams wait (bounded) until it is connected. */
+  /**
+   * Opens the upstream socket: through the splice relay when it reads the listener (a connected
+   * UDP socket is ready at once; called while the relay holds this client's first datagram),
+   * else a Node socket whose first datagrams wait (bounded) until it is connected.
+   */
   start(): void {
-    this.#socket.once('connect', () => this.#onConnect());
+    const native = this.#host.native;
+    if (native !== undefined && isIP(this.backend.host) !== 0) {
+      const id = native.relay.udpFlow(this, native.id, this.backend.host, this.backend.port, this.#header);
+      if (id < 0) {
+        this.#connectFailed(errnoName(-id));
+      } else {
+        this.#nativeId = id;
+        this.#state = State.Open;
+      }
+      return;
+    }
+    const socket = dgram.createSocket({ type: isIP(this.backend.host) === 6 ? 'udp6' : 'udp4' });
+    this.#socket = socket;
+    socket.on('error', (err: NodeJS.ErrnoException) => this.#onError(err));
+    socket.on('message', (msg: Buffer) => this.#onReply(msg));
+    socket.once('connect', () => this.#onConnect());
     try {
-      this.#socket.connect(this.backend.port, this.backend.host);
+      socket.connect(this.backend.port, this.backend.host);
     } catch (err) {
       this.#connectFailed(errorCode(err));
     }
   }
 
+  /** @internal The splice relay reports on this flow. */
+  udpEvent(kind: number): void {
+    if (this.#state !== State.Open) return;
+    if (kind === UDP_REFUSED) {
+      this.#host.drop('econnrefused');
+      this.#refused();
+    } else if (kind === UDP_ANSWERED) {
+      this.#refusals = 0;
+      this.#answered = true;
+      this.#host.passive(this, true);
+    }
+  }
+
+  /** Stamps activity the splice relay saw since the last call (sweeper scans). */
+  poll(now: number): void {
+    if (this.#nativeId < 0) return;
+    const before = this.datagramsIn + this.datagramsOut;
+    this.#readNative();
+    if (this.datagramsIn + this.datagramsOut !== before) this.lastActive = now;
+  }
+
+  #readNative(): void {
+    const relay = this.#host.native?.relay;
+    if (relay === undefined || !relay.udpRead(this.#nativeId)) return;
+    this.datagramsIn = relayStats[UDP_DATAGRAMS_IN]!;
+    this.bytesIn = relayStats[UDP_BYTES_IN]!;
+    this.datagramsOut = relayStats[UDP_DATAGRAMS_OUT]!;
+    this.bytesOut = relayStats[UDP_BYTES_OUT]!;
+    const size = relayStats[UDP_DROPS_SIZE]!;
+    const full = relayStats[UDP_DROPS_FULL]!;
+    if (size > this.#dropsSize) this.#host.drop('emsgsize', size - this.#dropsSize);
+    if (full > this.#dropsFull) this.#host.drop('enobufs', full - this.#dropsFull);
+    this.#dropsSize = size;
+    this.#dropsFull = full;
+  }
+
   /** A datagram from the client. */
   fromClient(msg: Buffer): void {
     this.lastActive = this.#host.now;
-    if (this.#state === State.Open) this.#send(msg);
+    if (this.#state === State.Open && this.#nativeId >= 0) this.#sendNative(msg);
+    else if (this.#state === State.Open) this.#send(msg);
     else if (this.#state === State.Closed) this.#host.drop('upstream_error');
     else if (this.#pending.length < MAX_PENDING) this.#pending.push(msg);
     else this.#host.drop('connecting_overflow');
@@ -141,8 +214,12 @@ export class Flow implements Holder {
     this.#state = State.Closed;
     this.#pending = [];
     this.flushCounters();
+    if (this.#nativeId >= 0) {
+      this.#host.native?.relay.udpClose(this.#nativeId);
+      this.#nativeId = -1;
+    }
     try {
-      this.#socket.close();
+      this.#socket?.close();
     } catch {
       // Already closed by the runtime (ERR_SOCKET_DGRAM_NOT_RUNNING): nothing left to release.
     }
@@ -164,7 +241,17 @@ export class Flow implements Holder {
    * sending, and what else a kernel refuses (ENOBUFS under memory pressure) is not counted.
    * The counters here count datagrams handed to the kernel.
    */
+  /** The first datagram of a flow (later ones the relay forwards by itself), or a fallback. */
+  #sendNative(msg: Buffer): void {
+    const r = this.#host.native?.relay.udpSend(this.#nativeId, msg) ?? -9;
+    if (r === 0) return;
+    const code = errnoName(-r).toLowerCase();
+    if (code !== 'emsgsize') this.#host.drop(code); // emsgsize is counted by the relay
+  }
+
   #send(msg: Buffer): void {
+    const socket = this.#socket;
+    if (socket === undefined) return;
     // Without a callback Node reports no synchronous send error, so the one error a proxy can
     // cause itself, a datagram that the header makes too big, is caught here.
     if (msg.length + this.#headerBytes > this.#maxPayload) {
@@ -172,10 +259,10 @@ export class Flow implements Holder {
       return;
     }
     try {
-      if (this.#header === undefined) this.#socket.send(msg);
+      if (this.#header === undefined) socket.send(msg);
       else {
         this.#pair[1] = msg;
-        this.#socket.send(this.#pair);
+        socket.send(this.#pair);
       }
       this.datagramsIn++;
       this.bytesIn += msg.length;
@@ -191,6 +278,7 @@ export class Flow implements Holder {
 
   /** Reports the datagrams and bytes relayed since the last call to the listener's counters. */
   flushCounters(): void {
+    if (this.#nativeId >= 0) this.#readNative();
     if (this.datagramsIn !== this.#flushedIn) {
       this.#host.relayed('upstream', this.datagramsIn - this.#flushedIn, this.bytesIn - this.#flushedInBytes);
       this.#flushedIn = this.datagramsIn;
@@ -260,4 +348,12 @@ export class Flow implements Holder {
 function errorCode(err: unknown): string {
   const code = (err as NodeJS.ErrnoException | undefined)?.code;
   return typeof code === 'string' && code !== '' ? code : 'EIO';
+}
+
+function errnoName(errno: number): string {
+  try {
+    return getSystemErrorName(-errno);
+  } catch {
+    return 'EIO';
+  }
 }

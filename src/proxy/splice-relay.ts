@@ -13,7 +13,15 @@ interface Addon {
     onEvent: (slot: number, kind: number) => void,
     stats: Float64Array,
     onAccept: (id: number, fd: number, ip: string, port: number) => void,
+    onDatagram: (id: number, ip: string, port: number, payload: Buffer) => void,
+    onUdp: (flow: number, kind: number) => void,
   ): void;
+  udpListen(fd: number): number;
+  udpUnlisten(id: number): void;
+  udpFlow(listener: number, ip: string, port: number, header: Buffer | undefined): number;
+  udpSend(flow: number, payload: Buffer): number;
+  udpInfo(flow: number): boolean;
+  udpClose(flow: number): void;
   /** Accepts the connections of a listening descriptor (dup'ed); returns its id. */
   listen(fd: number): number;
   unlisten(id: number): void;
@@ -31,7 +39,7 @@ interface Addon {
 }
 
 /** Written by the addon on info/abort and before each callback. */
-export const relayStats = new Float64Array(5);
+export const relayStats = new Float64Array(8);
 export const STAT_BYTES_UP = 0;
 export const STAT_BYTES_DOWN = 1;
 /** -1 none yet, 0 the client, 1 the backend. */
@@ -39,6 +47,19 @@ export const STAT_FIRST_FIN = 2;
 /** -1 no error, 0 the client's socket, 1 the backend's. */
 export const STAT_ERROR_SIDE = 3;
 export const STAT_ERRNO = 4;
+
+/** relayStats after udpInfo(): */
+export const UDP_DATAGRAMS_IN = 0;
+export const UDP_BYTES_IN = 1;
+export const UDP_DATAGRAMS_OUT = 2;
+export const UDP_BYTES_OUT = 3;
+/** Datagrams the PROXY header made too big (emsgsize), and those the kernel refused (enobufs). */
+export const UDP_DROPS_SIZE = 4;
+export const UDP_DROPS_FULL = 5;
+
+/** A flow's backend refused (ICMP port unreachable), or answered again after refusals. */
+export const UDP_REFUSED = 1;
+export const UDP_ANSWERED = 2;
 
 export const RELAY_ENDED = 0;
 export const RELAY_CONNECTED = 1;
@@ -65,6 +86,31 @@ function onAccept(id: number, fd: number, ip: string, port: number): void {
   else if (fd >= 0) closeSync(fd);
 }
 
+/** A UDP listener whose socket the relay reads. */
+export interface DatagramOwner {
+  /**
+   * A datagram from a client with no flow (call udpFlow() from here to give it one), or a receive
+   * error (port = -errno).
+   */
+  datagram(ip: string, port: number, payload: Buffer): void;
+}
+
+/** A UDP flow the relay forwards. */
+export interface UdpFlowOwner {
+  udpEvent(kind: number): void;
+}
+
+const datagramOwners: (DatagramOwner | undefined)[] = [];
+const flowOwners: (UdpFlowOwner | undefined)[] = [];
+
+function onDatagram(id: number, ip: string, port: number, payload: Buffer): void {
+  datagramOwners[id]?.datagram(ip, port, payload);
+}
+
+function onUdp(flow: number, kind: number): void {
+  flowOwners[flow]?.udpEvent(kind);
+}
+
 function onEvent(slot: number, kind: number): void {
   const owner = owners[slot];
   // Connected: the slot goes on (attached or detached by the owner). Otherwise it is gone.
@@ -79,7 +125,7 @@ export class SpliceRelay {
 
   constructor(addon: Addon) {
     this.#addon = addon;
-    addon.init(onEvent, relayStats, onAccept);
+    addon.init(onEvent, relayStats, onAccept, onDatagram, onUdp);
   }
 
   /**
@@ -115,6 +161,52 @@ export class SpliceRelay {
   unlisten(id: number): void {
     acceptOwners[id] = undefined;
     this.#addon.unlisten(id);
+  }
+
+  /**
+   * Reads a bound UDP socket's datagrams in batches (recvmmsg): those of known flows go straight
+   * to their backend (sendmmsg), others to owner.datagram(). Stop Node's own reading first.
+   */
+  udpListen(owner: DatagramOwner, fd: number): number {
+    const id = this.#addon.udpListen(fd);
+    datagramOwners[id] = owner;
+    return id;
+  }
+
+  udpUnlisten(id: number): void {
+    datagramOwners[id] = undefined;
+    this.#addon.udpUnlisten(id);
+  }
+
+  /**
+   * A flow for the client whose datagram owner.datagram() is deciding on, through a socket
+   * connected to ip:port; `header` goes before every payload. The flow id, or -errno.
+   */
+  udpFlow(
+    owner: UdpFlowOwner,
+    listener: number,
+    ip: string,
+    port: number,
+    header: Buffer | undefined,
+  ): number {
+    const id = this.#addon.udpFlow(listener, ip, port, header);
+    if (id >= 0) flowOwners[id] = owner;
+    return id;
+  }
+
+  /** Sends one payload on a flow: 0, or -errno. */
+  udpSend(flow: number, payload: Buffer): number {
+    return this.#addon.udpSend(flow, payload);
+  }
+
+  /** Refreshes relayStats with a flow's counters. */
+  udpRead(flow: number): boolean {
+    return this.#addon.udpInfo(flow);
+  }
+
+  udpClose(flow: number): void {
+    flowOwners[flow] = undefined;
+    this.#addon.udpClose(flow);
   }
 
   /** The local address of a connected socket. */
