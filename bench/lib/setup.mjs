@@ -48,6 +48,9 @@ export function buildSluice() {
     for (const l of errors.slice(0, 5)) console.log(`  ${l}`);
   }
   if (!existsSync(`${ROOT}dist/cli/index.js`)) throw new Error('build produced no dist/cli/index.js');
+  // The splice relay (up to date: nothing to do). Without it the `sluice` rows cannot start.
+  const n = spawnSync(process.execPath, [`${ROOT}scripts/build-native.mjs`], { cwd: ROOT, encoding: 'utf8' });
+  if (n.stdout.trim() !== '' || n.stderr.trim() !== '') console.log(`bench: ${(n.stdout + n.stderr).trim()}`);
 }
 
 function firstLine(cmd, args) {
