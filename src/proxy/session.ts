@@ -113,6 +113,11 @@ const idPrefix = `${process.pid.toString(36)}${Date.now().toString(36).slice(-4)
  * backpressure (a write that returns false pauses the other side until 'drain'), FIN is relayed
  * each way on its own (half-close), and the session ends when both sockets have closed.
  *
+ * With the splice relay (config `relay`), the relay connects the upstream and, once the client is
+ * attached, carries the bytes in the kernel; the session keeps the decisions (retries, verdicts),
+ * the deadlines (read from the relay's counters on the sweeper tick) and the access line. A client
+ * the relay accepted stays a bare descriptor unless something needs a net.Socket (see `down`).
+ *
  * Socket events reach the session through shared handler functions (the session hangs off the
  * socket), so a session costs no closures.
  */
