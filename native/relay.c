@@ -78,6 +78,17 @@ enum { ST_CONNECTING, ST_CONNECTED, ST_RELAYING };
 
 typedef struct instance instance;
 
+/*
+ * Items by a small integer id (what JavaScript holds), with a generation per id so that an
+ * epoll event of an item that ended is told from one of the item that took its id next.
+ */
+typedef struct {
+  void **items; /* NULL when free */
+  uint32_t *gens;
+  int *free; /* free ids, lowest on top */
+  int n, nfree;
+} id_table;
+
 typedef struct {
   int r, w; /* -1 when no pipe is held */
   size_t fill;
@@ -103,23 +114,24 @@ typedef struct {
   int err_no;
 } relay;
 
-/* A listening socket whose connections the relay accepts (JavaScript bound it). */
+/* A socket JavaScript bound that the relay reads: a TCP listener (accept) or a UDP listener. */
 typedef struct {
-  int fd; /* -1 when the entry is free */
+  int fd; /* the relay's copy; -1 when the entry is free */
   uint32_t gen;
-} acceptor;
+} watched;
+
+#define MAX_WATCHED 1024
+typedef struct {
+  watched e[MAX_WATCHED];
+  int n;        /* entries ever used */
+  int64_t open; /* entries in use */
+} watch_table;
 
 /* ---- UDP types ---- */
 #define UDP_BATCH 32
 #define UDP_MAX (64 * 1024)
-#define MAX_UDP_LISTENERS 1024
 /* What the UDP callback is told about a flow. */
 enum { UDP_REFUSED = 1, UDP_ANSWERED = 2 };
-
-typedef struct {
-  int fd; /* -1 when free */
-  uint32_t gen;
-} udp_listener;
 
 /* A flow's key: the listener and the client's address and port (padding zeroed). */
 typedef struct {
@@ -144,7 +156,6 @@ typedef struct {
   int refused;
 } udp_flow;
 
-#define MAX_ACCEPTORS 1024
 /* Connections accepted per wake-up of one listening socket before yielding. */
 #define ACCEPTS 16
 /* Event keys: generation << 32 | kind << 30 | index << 1 | side. */
@@ -155,21 +166,14 @@ enum { KIND_RELAY = 0, KIND_ACCEPTOR = 1, KIND_UDP_LISTENER = 2, KIND_UDP_FLOW =
 
 struct instance {
   napi_env env;
-  acceptor acceptors[MAX_ACCEPTORS];
-  int nacceptors;
-  int64_t acceptors_open;
+  watch_table acceptors;
   int reserve_fd; /* spare descriptor, given up to shed a connection when out of descriptors */
   napi_ref on_accept;
   napi_ref on_datagram;
   napi_ref on_udp;
   /* UDP listeners and flows */
-  udp_listener ulisteners[MAX_UDP_LISTENERS];
-  int nulisteners;
-  int64_t ulisteners_open;
-  udp_flow **uflows;
-  uint32_t *ugens;
-  int *ufree;
-  int nuflows, nufree;
+  watch_table ulisteners;
+  id_table flows; /* udp_flow * */
   int64_t flows_open;
   int *utable; /* flow id + 1 by client key; 0 = empty */
   int ucap, uused;
@@ -189,11 +193,7 @@ struct instance {
   napi_ref stats_ref;
   double *stats;
   napi_async_context async;
-  relay **slots;
-  uint32_t *gens;
-  int nslots;
-  int *free_slots;
-  int nfree;
+  id_table relays; /* relay * */
   int pool[POOL_MAX][2];
   int pool_n;
   int64_t pipes_open;
@@ -202,6 +202,38 @@ struct instance {
 
 /* stats layout shared with JavaScript (a Float64Array given to init). */
 enum { S_BYTES_UP, S_BYTES_DOWN, S_FIRST_FIN, S_ERR_SIDE, S_ERR_NO, S_LEN };
+
+/* Takes a free id for `item` (growing the table as needed); -1 when out of memory. */
+static int id_take(id_table *t, void *item) {
+  if (t->nfree == 0) {
+    int n = t->n == 0 ? 1024 : t->n * 2;
+    void **items = realloc(t->items, sizeof(void *) * (size_t)n);
+    if (items == NULL) return -1;
+    t->items = items;
+    uint32_t *gens = realloc(t->gens, sizeof(uint32_t) * (size_t)n);
+    if (gens == NULL) return -1;
+    t->gens = gens;
+    int *free_ids = realloc(t->free, sizeof(int) * (size_t)n);
+    if (free_ids == NULL) return -1;
+    t->free = free_ids;
+    for (int i = t->n; i < n; i++) {
+      items[i] = NULL;
+      gens[i] = 0;
+    }
+    /* Lowest ids on top, so ids stay small. */
+    for (int i = n - 1; i >= t->n; i--) t->free[t->nfree++] = i;
+    t->n = n;
+  }
+  int id = t->free[--t->nfree];
+  t->items[id] = item;
+  return id;
+}
+
+static void id_release(id_table *t, int id) {
+  t->items[id] = NULL;
+  t->gens[id]++;
+  t->free[t->nfree++] = id;
+}
 
 static int pipe_take(instance *in, direction *d) {
   if (in->pool_n > 0) {
@@ -245,7 +277,7 @@ static void write_stats(relay *r) {
 }
 
 static uint64_t event_key(relay *r, int side) {
-  return KEY(r->inst->gens[r->slot], KIND_RELAY, r->slot, side);
+  return KEY(r->inst->relays.gens[r->slot], KIND_RELAY, r->slot, side);
 }
 
 /* Registers, changes or (mask 0 on a registered socket) quiets the epoll interest of one side. */
@@ -273,7 +305,7 @@ static relay *relay_new(instance *in);
 
 /* Keeps the process alive while relays or acceptors are open, as their sockets would. */
 static void update_ref(instance *in) {
-  if (in->relays_open + in->acceptors_open + in->ulisteners_open + in->flows_open > 0)
+  if (in->relays_open + in->acceptors.open + in->ulisteners.open + in->flows_open > 0)
     uv_ref((uv_handle_t *)&in->epoll_watch);
   else
     uv_unref((uv_handle_t *)&in->epoll_watch);
@@ -288,22 +320,31 @@ static void teardown(relay *r) {
   }
   free(r->d[DOWN].prefix);
   free(r->d[UP].prefix);
-  in->slots[r->slot] = NULL;
-  in->gens[r->slot]++;
-  in->free_slots[in->nfree++] = r->slot;
+  id_release(&in->relays, r->slot);
   if (--in->relays_open == 0) update_ref(in);
   free(r);
 }
 
-static void call_js(instance *in, int slot, int kind) {
+/*
+ * Calls a JavaScript callback from the loop with up to four arguments: int32 numbers, then
+ * optionally a latin1 string and a Buffer copy (ip, data: NULL for none). napi_make_callback
+ * wants an object as `this`, and drains the microtask and tick queues; a throw is the process's
+ * uncaught exception, as from any other callback.
+ */
+static void invoke(instance *in, napi_ref ref, int nints, const int *ints, const char *ip, const char *data,
+                   size_t len) {
   napi_env env = in->env;
   napi_handle_scope scope;
   if (napi_open_handle_scope(env, &scope) != napi_ok) return;
-  napi_value fn, recv, argv[2], result;
-  /* napi_make_callback wants an object as `this`, and drains the microtask and tick queues. */
-  if (napi_get_reference_value(env, in->on_event, &fn) == napi_ok && napi_get_global(env, &recv) == napi_ok &&
-      napi_create_int32(env, slot, &argv[0]) == napi_ok && napi_create_int32(env, kind, &argv[1]) == napi_ok) {
-    napi_make_callback(env, in->async, recv, fn, 2, argv, &result);
+  napi_value fn, recv, argv[4], result;
+  size_t argc = 0;
+  bool ok = napi_get_reference_value(env, ref, &fn) == napi_ok && napi_get_global(env, &recv) == napi_ok;
+  for (int i = 0; ok && i < nints; i++) ok = napi_create_int32(env, ints[i], &argv[argc++]) == napi_ok;
+  if (ok && ip != NULL) ok = napi_create_string_latin1(env, ip, NAPI_AUTO_LENGTH, &argv[argc++]) == napi_ok;
+  void *copy;
+  if (ok && data != NULL) ok = napi_create_buffer_copy(env, len, data, &copy, &argv[argc++]) == napi_ok;
+  if (ok) {
+    napi_make_callback(env, in->async, recv, fn, argc, argv, &result);
     bool pending = false;
     if (napi_is_exception_pending(env, &pending) == napi_ok && pending) {
       napi_value err;
@@ -312,6 +353,49 @@ static void call_js(instance *in, int slot, int kind) {
     }
   }
   napi_close_handle_scope(env, scope);
+}
+
+static void call_js(instance *in, int slot, int kind) {
+  int ints[2] = {slot, kind};
+  invoke(in, in->on_event, 2, ints, NULL, NULL, 0);
+}
+
+/* Writes a socket address as text and its port; "" and 0 for other families. */
+static int format_addr(const struct sockaddr_storage *ss, char *ip, size_t size) {
+  ip[0] = 0;
+  if (ss->ss_family == AF_INET) {
+    const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
+    inet_ntop(AF_INET, &a->sin_addr, ip, (socklen_t)size);
+    return ntohs(a->sin_port);
+  }
+  if (ss->ss_family == AF_INET6) {
+    const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
+    inet_ntop(AF_INET6, &a->sin6_addr, ip, (socklen_t)size);
+    return ntohs(a->sin6_port);
+  }
+  return 0;
+}
+
+/* Parses an IP literal and port; the largest payload of a datagram to it; -1 when not an IP. */
+static int parse_addr(const char *ip, int port, struct sockaddr_storage *ss, socklen_t *len, size_t *max_payload) {
+  memset(ss, 0, sizeof *ss);
+  struct sockaddr_in *a4 = (struct sockaddr_in *)ss;
+  struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)ss;
+  if (inet_pton(AF_INET, ip, &a4->sin_addr) == 1) {
+    a4->sin_family = AF_INET;
+    a4->sin_port = htons((uint16_t)port);
+    *len = sizeof *a4;
+    *max_payload = 65507; /* 65,535 - 8 UDP - 20 IP */
+    return 0;
+  }
+  if (inet_pton(AF_INET6, ip, &a6->sin6_addr) == 1) {
+    a6->sin6_family = AF_INET6;
+    a6->sin6_port = htons((uint16_t)port);
+    *len = sizeof *a6;
+    *max_payload = 65527; /* 65,535 - 8 UDP */
+    return 0;
+  }
+  return -1;
 }
 
 /* The relay ended on its own: tear it down and tell JavaScript. */
@@ -497,10 +581,10 @@ static void on_connecting(relay *r, uint32_t events) {
     return;
   }
   r->state = ST_CONNECTED;
-  uint32_t gen = in->gens[slot];
+  uint32_t gen = in->relays.gens[slot];
   call_js(in, slot, EV_CONNECTED);
   /* Not attached or given back by the callback: stop the writable reports until it is. */
-  if (in->slots[slot] == r && in->gens[slot] == gen && r->state == ST_CONNECTED) set_interest(r, UP, 0);
+  if (in->relays.items[slot] == r && in->relays.gens[slot] == gen && r->state == ST_CONNECTED) set_interest(r, UP, 0);
 }
 
 static void on_relay_event(relay *r, int s, uint32_t events) {
@@ -539,28 +623,13 @@ static void on_relay_event(relay *r, int s, uint32_t events) {
 
 /* Tells JavaScript of an accepted connection (fd >= 0) or an accept failure (fd = -errno). */
 static void call_accept(instance *in, int a, int fd, const char *ip, int port) {
-  napi_env env = in->env;
-  napi_handle_scope scope;
-  if (napi_open_handle_scope(env, &scope) != napi_ok) return;
-  napi_value fn, recv, argv[4], result;
-  if (napi_get_reference_value(env, in->on_accept, &fn) == napi_ok && napi_get_global(env, &recv) == napi_ok &&
-      napi_create_int32(env, a, &argv[0]) == napi_ok && napi_create_int32(env, fd, &argv[1]) == napi_ok &&
-      napi_create_string_latin1(env, ip, NAPI_AUTO_LENGTH, &argv[2]) == napi_ok &&
-      napi_create_int32(env, port, &argv[3]) == napi_ok) {
-    napi_make_callback(env, in->async, recv, fn, 4, argv, &result);
-    bool pending = false;
-    if (napi_is_exception_pending(env, &pending) == napi_ok && pending) {
-      napi_value err;
-      napi_get_and_clear_last_exception(env, &err);
-      napi_fatal_exception(env, err);
-    }
-  }
-  napi_close_handle_scope(env, scope);
+  int ints[3] = {a, fd, port};
+  invoke(in, in->on_accept, 3, ints, ip, NULL, 0);
 }
 
 static void on_accept(instance *in, int a) {
   for (int k = 0; k < ACCEPTS; k++) {
-    acceptor *ac = &in->acceptors[a];
+    watched *ac = &in->acceptors.e[a];
     if (ac->fd < 0) return; /* closed by the callback */
     struct sockaddr_storage ss;
     socklen_t len = sizeof ss;
@@ -582,17 +651,8 @@ static void on_accept(instance *in, int a) {
     }
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    char ip[INET6_ADDRSTRLEN] = "";
-    int port = 0;
-    if (ss.ss_family == AF_INET) {
-      struct sockaddr_in *a4 = (struct sockaddr_in *)&ss;
-      inet_ntop(AF_INET, &a4->sin_addr, ip, sizeof ip);
-      port = ntohs(a4->sin_port);
-    } else if (ss.ss_family == AF_INET6) {
-      struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
-      inet_ntop(AF_INET6, &a6->sin6_addr, ip, sizeof ip);
-      port = ntohs(a6->sin6_port);
-    }
+    char ip[INET6_ADDRSTRLEN];
+    int port = format_addr(&ss, ip, sizeof ip);
     call_accept(in, a, fd, ip, port);
   }
 }
@@ -601,43 +661,13 @@ static void on_accept(instance *in, int a) {
 
 /* Tells JavaScript of a datagram from a client with no flow (port < 0: a receive error, -errno). */
 static void call_datagram(instance *in, int l, const char *ip, int port, const char *data, size_t len) {
-  napi_env env = in->env;
-  napi_handle_scope scope;
-  if (napi_open_handle_scope(env, &scope) != napi_ok) return;
-  napi_value fn, recv, argv[4], result;
-  void *copy;
-  if (napi_get_reference_value(env, in->on_datagram, &fn) == napi_ok && napi_get_global(env, &recv) == napi_ok &&
-      napi_create_int32(env, l, &argv[0]) == napi_ok &&
-      napi_create_string_latin1(env, ip, NAPI_AUTO_LENGTH, &argv[1]) == napi_ok &&
-      napi_create_int32(env, port, &argv[2]) == napi_ok &&
-      napi_create_buffer_copy(env, len, len > 0 ? data : "", &copy, &argv[3]) == napi_ok) {
-    napi_make_callback(env, in->async, recv, fn, 4, argv, &result);
-    bool pending = false;
-    if (napi_is_exception_pending(env, &pending) == napi_ok && pending) {
-      napi_value err;
-      napi_get_and_clear_last_exception(env, &err);
-      napi_fatal_exception(env, err);
-    }
-  }
-  napi_close_handle_scope(env, scope);
+  int ints[2] = {l, port};
+  invoke(in, in->on_datagram, 2, ints, ip, len > 0 ? data : "", len);
 }
 
 static void call_udp_event(instance *in, int id, int kind) {
-  napi_env env = in->env;
-  napi_handle_scope scope;
-  if (napi_open_handle_scope(env, &scope) != napi_ok) return;
-  napi_value fn, recv, argv[2], result;
-  if (napi_get_reference_value(env, in->on_udp, &fn) == napi_ok && napi_get_global(env, &recv) == napi_ok &&
-      napi_create_int32(env, id, &argv[0]) == napi_ok && napi_create_int32(env, kind, &argv[1]) == napi_ok) {
-    napi_make_callback(env, in->async, recv, fn, 2, argv, &result);
-    bool pending = false;
-    if (napi_is_exception_pending(env, &pending) == napi_ok && pending) {
-      napi_value err;
-      napi_get_and_clear_last_exception(env, &err);
-      napi_fatal_exception(env, err);
-    }
-  }
-  napi_close_handle_scope(env, scope);
+  int ints[2] = {id, kind};
+  invoke(in, in->on_udp, 2, ints, NULL, NULL, 0);
 }
 
 static void make_ukey(ukey *k, int l, const struct sockaddr_storage *ss) {
@@ -671,7 +701,7 @@ static udp_flow *flow_find(instance *in, const ukey *k) {
   for (uint32_t i = ukey_hash(k) & mask;; i = (i + 1) & mask) {
     int v = in->utable[i];
     if (v == 0) return NULL;
-    udp_flow *f = in->uflows[v - 1];
+    udp_flow *f = in->flows.items[v - 1];
     if (f != NULL && memcmp(&f->key, k, sizeof *k) == 0) return f;
   }
 }
@@ -690,7 +720,7 @@ static int flow_table_grow(instance *in) {
   in->ucap = cap;
   in->uused = 0;
   for (int i = 0; i < oldcap; i++)
-    if (old[i] != 0) flow_table_put(in, in->uflows[old[i] - 1]);
+    if (old[i] != 0) flow_table_put(in, in->flows.items[old[i] - 1]);
   free(old);
   return 0;
 }
@@ -717,7 +747,7 @@ static void flow_table_remove(instance *in, udp_flow *f) {
   in->uused--;
   for (uint32_t j = (i + 1) & mask; in->utable[j] != 0; j = (j + 1) & mask) {
     int v = in->utable[j];
-    uint32_t home = ukey_hash(&in->uflows[v - 1]->key) & mask;
+    uint32_t home = ukey_hash(&((udp_flow *)in->flows.items[v - 1])->key) & mask;
     /* Move v back into the hole if its home slot is not in (i, j]. */
     if (((j - home) & mask) >= ((j - i) & mask)) {
       in->utable[i] = v;
@@ -731,9 +761,7 @@ static void flow_free(instance *in, udp_flow *f) {
   flow_table_remove(in, f);
   close(f->fd); /* leaves the epoll set with it */
   free(f->header);
-  in->uflows[f->id] = NULL;
-  in->ugens[f->id]++;
-  in->ufree[in->nufree++] = f->id;
+  id_release(&in->flows, f->id);
   if (--in->flows_open == 0) update_ref(in);
   free(f);
 }
@@ -782,20 +810,28 @@ static void flow_flush(instance *in, udp_flow *f, int k) {
   }
 }
 
+/* Points the receive batch at the shared buffers; with `named`, sources are recorded too. */
+static void prepare_receive(instance *in, int named) {
+  for (int i = 0; i < UDP_BATCH; i++) {
+    in->riov[i].iov_base = in->rbuf + (size_t)i * UDP_MAX;
+    in->riov[i].iov_len = UDP_MAX;
+    struct msghdr *m = &in->rmsgs[i].msg_hdr;
+    memset(m, 0, sizeof *m);
+    if (named) {
+      m->msg_name = &in->raddr[i];
+      m->msg_namelen = sizeof in->raddr[i];
+    }
+    m->msg_iov = &in->riov[i];
+    m->msg_iovlen = 1;
+  }
+}
+
 static void on_udp_listener(instance *in, int l) {
   for (int round = 0; round < 4; round++) {
-    udp_listener *ul = &in->ulisteners[l];
+    watched *ul = &in->ulisteners.e[l];
     if (ul->fd < 0) return;
     uint32_t lgen = ul->gen;
-    for (int i = 0; i < UDP_BATCH; i++) {
-      in->riov[i].iov_base = in->rbuf + (size_t)i * UDP_MAX;
-      in->riov[i].iov_len = UDP_MAX;
-      memset(&in->rmsgs[i].msg_hdr, 0, sizeof in->rmsgs[i].msg_hdr);
-      in->rmsgs[i].msg_hdr.msg_name = &in->raddr[i];
-      in->rmsgs[i].msg_hdr.msg_namelen = sizeof in->raddr[i];
-      in->rmsgs[i].msg_hdr.msg_iov = &in->riov[i];
-      in->rmsgs[i].msg_hdr.msg_iovlen = 1;
-    }
+    prepare_receive(in, 1);
     int n = recvmmsg(ul->fd, in->rmsgs, UDP_BATCH, MSG_DONTWAIT, NULL);
     if (n < 0) {
       if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return;
@@ -822,17 +858,8 @@ static void on_udp_listener(instance *in, int l) {
       if (cur != NULL) flow_flush(in, cur, k);
       cur = NULL;
       k = 0;
-      char ip[INET6_ADDRSTRLEN] = "";
-      int port = 0;
-      if (in->raddr[i].ss_family == AF_INET) {
-        struct sockaddr_in *a = (struct sockaddr_in *)&in->raddr[i];
-        inet_ntop(AF_INET, &a->sin_addr, ip, sizeof ip);
-        port = ntohs(a->sin_port);
-      } else {
-        struct sockaddr_in6 *a = (struct sockaddr_in6 *)&in->raddr[i];
-        inet_ntop(AF_INET6, &a->sin6_addr, ip, sizeof ip);
-        port = ntohs(a->sin6_port);
-      }
+      char ip[INET6_ADDRSTRLEN];
+      int port = format_addr(&in->raddr[i], ip, sizeof ip);
       /* JavaScript decides; udpFlow() called from there files the flow under this source. */
       in->src = &in->raddr[i];
       in->src_len = in->rmsgs[i].msg_hdr.msg_namelen;
@@ -849,15 +876,9 @@ static void on_udp_listener(instance *in, int l) {
 /* Replies from a flow's backend go back to its client through the listener's socket. */
 static void on_udp_flow(instance *in, udp_flow *f) {
   int id = f->id;
-  uint32_t gen = in->ugens[id];
+  uint32_t gen = in->flows.gens[id];
   for (int round = 0; round < 4; round++) {
-    for (int i = 0; i < UDP_BATCH; i++) {
-      in->riov[i].iov_base = in->rbuf + (size_t)i * UDP_MAX;
-      in->riov[i].iov_len = UDP_MAX;
-      memset(&in->rmsgs[i].msg_hdr, 0, sizeof in->rmsgs[i].msg_hdr);
-      in->rmsgs[i].msg_hdr.msg_iov = &in->riov[i];
-      in->rmsgs[i].msg_hdr.msg_iovlen = 1;
-    }
+    prepare_receive(in, 0);
     int n = recvmmsg(f->fd, in->rmsgs, UDP_BATCH, MSG_DONTWAIT, NULL);
     if (n < 0) {
       int err = errno;
@@ -869,7 +890,7 @@ static void on_udp_flow(instance *in, udp_flow *f) {
       }
       return;
     }
-    udp_listener *ul = &in->ulisteners[f->listener];
+    watched *ul = &in->ulisteners.e[f->listener];
     if (ul->fd < 0) return;
     for (int i = 0; i < n; i++) {
       struct msghdr *m = &in->smsgs[i].msg_hdr;
@@ -900,7 +921,7 @@ static void on_udp_flow(instance *in, udp_flow *f) {
     if (!f->answered) {
       f->answered = 1;
       call_udp_event(in, id, UDP_ANSWERED);
-      if (in->uflows[id] != f || in->ugens[id] != gen) return;
+      if (in->flows.items[id] != f || in->flows.gens[id] != gen) return;
     }
     if (n < UDP_BATCH) return;
   }
@@ -921,23 +942,23 @@ static void on_epoll(uv_poll_t *h, int status, int events) {
       int kind = (int)((key >> KIND_SHIFT) & 3);
       int index = (int)((key & ((1u << KIND_SHIFT) - 1)) >> 1);
       if (kind == KIND_ACCEPTOR) {
-        if (index < in->nacceptors && in->acceptors[index].fd >= 0 && in->acceptors[index].gen == gen)
+        if (index < in->acceptors.n && in->acceptors.e[index].fd >= 0 && in->acceptors.e[index].gen == gen)
           on_accept(in, index);
         continue;
       }
       if (kind == KIND_UDP_LISTENER) {
-        if (index < in->nulisteners && in->ulisteners[index].fd >= 0 && in->ulisteners[index].gen == gen)
+        if (index < in->ulisteners.n && in->ulisteners.e[index].fd >= 0 && in->ulisteners.e[index].gen == gen)
           on_udp_listener(in, index);
         continue;
       }
       if (kind == KIND_UDP_FLOW) {
-        if (index < in->nuflows && in->uflows[index] != NULL && in->ugens[index] == gen)
-          on_udp_flow(in, in->uflows[index]);
+        if (index < in->flows.n && in->flows.items[index] != NULL && in->flows.gens[index] == gen)
+          on_udp_flow(in, in->flows.items[index]);
         continue;
       }
       int slot = index, s = (int)(key & 1);
-      if (slot >= in->nslots || in->gens[slot] != gen) continue; /* ended earlier in this batch */
-      relay *r = in->slots[slot];
+      if (slot >= in->relays.n || in->relays.gens[slot] != gen) continue; /* ended earlier in this batch */
+      relay *r = in->relays.items[slot];
       if (r == NULL) continue;
       if (r->state == ST_CONNECTING) {
         if (s == UP) on_connecting(r, evs[k].events);
@@ -989,8 +1010,9 @@ static napi_value int_value(napi_env env, int64_t v) {
   return result;
 }
 
-/* init(onEvent: (slot, kind) => void, stats: Float64Array(8), onAccept: (id, fd, ip, port) => void,
- *      onDatagram: (listener, ip, port, payload) => void, onUdp: (flow, kind) => void) */
+/* init(onEvent: (slot, kind) => void, stats: Float64Array(8), onAccept: (id, fd, port, ip) => void,
+ *      onDatagram: (listener, port, ip, payload) => void, onUdp: (flow, kind) => void)
+ * (the numbers first: see invoke) */
 static napi_value js_init(napi_env env, napi_callback_info info) {
   size_t argc = 5;
   napi_value argv[5];
@@ -1030,29 +1052,7 @@ static napi_value js_init(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-static int grow_slots(instance *in) {
-  int n = in->nslots == 0 ? 1024 : in->nslots * 2;
-  relay **slots = realloc(in->slots, sizeof(relay *) * (size_t)n);
-  if (slots == NULL) return -1;
-  in->slots = slots;
-  uint32_t *gens = realloc(in->gens, sizeof(uint32_t) * (size_t)n);
-  if (gens == NULL) return -1;
-  in->gens = gens;
-  int *free_slots = realloc(in->free_slots, sizeof(int) * (size_t)n);
-  if (free_slots == NULL) return -1;
-  in->free_slots = free_slots;
-  for (int i = in->nslots; i < n; i++) {
-    slots[i] = NULL;
-    gens[i] = 0;
-  }
-  /* Lowest slots first, so slot numbers stay small. */
-  for (int i = n - 1; i >= in->nslots; i--) free_slots[in->nfree++] = i;
-  in->nslots = n;
-  return 0;
-}
-
 static relay *relay_new(instance *in) {
-  if (in->nfree == 0 && grow_slots(in) < 0) return NULL;
   relay *r = calloc(1, sizeof *r);
   if (r == NULL) return NULL;
   r->inst = in;
@@ -1060,21 +1060,28 @@ static relay *relay_new(instance *in) {
   r->first_fin = -1;
   r->err_side = -1;
   for (int s = 0; s < 2; s++) r->d[s].r = r->d[s].w = -1;
-  r->slot = in->free_slots[--in->nfree];
-  in->slots[r->slot] = r;
+  r->slot = id_take(&in->relays, r);
+  if (r->slot < 0) {
+    free(r);
+    return NULL;
+  }
   if (in->relays_open++ == 0) update_ref(in);
   return r;
 }
 
-static relay *slot_arg(napi_env env, napi_callback_info info, size_t want, napi_value *argv) {
+/* The item whose id is the first argument (the others go to argv), or NULL. */
+static void *id_arg(napi_env env, napi_callback_info info, id_table *t, size_t want, napi_value *argv) {
   size_t argc = want;
-  int32_t slot;
+  int32_t id;
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1 ||
-      napi_get_value_int32(env, argv[0], &slot) != napi_ok)
+      napi_get_value_int32(env, argv[0], &id) != napi_ok)
     return NULL;
-  instance *in = get_instance(env);
-  if (slot < 0 || slot >= in->nslots) return NULL;
-  return in->slots[slot];
+  if (id < 0 || id >= t->n) return NULL;
+  return t->items[id];
+}
+
+static relay *slot_arg(napi_env env, napi_callback_info info, size_t want, napi_value *argv) {
+  return id_arg(env, info, &get_instance(env)->relays, want, argv);
 }
 
 /* connect(ip: string, port: number) => slot, or -errno when the connect failed at once */
@@ -1093,21 +1100,9 @@ static napi_value js_connect(napi_env env, napi_callback_info info) {
   CHECK(napi_get_value_string_utf8(env, argv[0], ip, sizeof ip, &iplen));
   CHECK(napi_get_value_int32(env, argv[1], &port));
   struct sockaddr_storage ss;
-  memset(&ss, 0, sizeof ss);
   socklen_t sslen;
-  struct sockaddr_in *a4 = (struct sockaddr_in *)&ss;
-  struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
-  if (inet_pton(AF_INET, ip, &a4->sin_addr) == 1) {
-    a4->sin_family = AF_INET;
-    a4->sin_port = htons((uint16_t)port);
-    sslen = sizeof *a4;
-  } else if (inet_pton(AF_INET6, ip, &a6->sin6_addr) == 1) {
-    a6->sin6_family = AF_INET6;
-    a6->sin6_port = htons((uint16_t)port);
-    sslen = sizeof *a6;
-  } else {
-    return int_value(env, -EINVAL);
-  }
+  size_t max_payload;
+  if (parse_addr(ip, port, &ss, &sslen, &max_payload) < 0) return int_value(env, -EINVAL);
   int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) return int_value(env, -errno);
   int one = 1;
@@ -1218,8 +1213,8 @@ static napi_value js_abort(napi_env env, napi_callback_info info) {
   return result;
 }
 
-/* listen(fd) => acceptor id: accepts the connections of a bound, listening socket (dup'ed) */
-static napi_value js_listen(napi_env env, napi_callback_info info) {
+/* Reads (epoll, level-triggered) a dup of a socket JavaScript bound; its index, or a throw. */
+static napi_value watch_socket(napi_env env, watch_table *t, int kind, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1];
   int32_t fd;
@@ -1230,43 +1225,52 @@ static napi_value js_listen(napi_env env, napi_callback_info info) {
     napi_throw_error(env, NULL, "sluice relay: init() first");
     return NULL;
   }
-  int a = 0;
-  while (a < in->nacceptors && in->acceptors[a].fd >= 0) a++;
-  if (a == MAX_ACCEPTORS) return throw_errno(env, "listen", EMFILE, -1);
+  int i = 0;
+  while (i < t->n && t->e[i].fd >= 0) i++;
+  if (i == MAX_WATCHED) return throw_errno(env, "listen", EMFILE, -1);
   int dup = fcntl(fd, F_DUPFD_CLOEXEC, 0);
   if (dup < 0) return throw_errno(env, "dup", errno, -1);
-  acceptor *ac = &in->acceptors[a];
-  ac->gen++;
-  struct epoll_event ev = {.events = EPOLLIN,
-                           .data.u64 = KEY(ac->gen, KIND_ACCEPTOR, a, 0)};
+  watched *w = &t->e[i];
+  w->gen++;
+  struct epoll_event ev = {.events = EPOLLIN, .data.u64 = KEY(w->gen, kind, i, 0)};
   if (epoll_ctl(in->epfd, EPOLL_CTL_ADD, dup, &ev) < 0) {
     int err = errno;
     close(dup);
     return throw_errno(env, "epoll_ctl", err, -1);
   }
-  ac->fd = dup;
-  if (a == in->nacceptors) in->nacceptors++;
-  if (in->acceptors_open++ == 0) update_ref(in);
-  return int_value(env, a);
+  w->fd = dup;
+  if (i == t->n) t->n++;
+  if (t->open++ == 0) update_ref(in);
+  return int_value(env, i);
 }
 
-/* unlisten(id): stops accepting (closes the relay's copy of the listening socket) */
-static napi_value js_unlisten(napi_env env, napi_callback_info info) {
+/* Stops reading a watched socket and closes the relay's copy (JavaScript's stays open). */
+static napi_value unwatch_socket(napi_env env, watch_table *t, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1];
-  int32_t a;
+  int32_t i;
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  CHECK(napi_get_value_int32(env, argv[0], &a));
+  CHECK(napi_get_value_int32(env, argv[0], &i));
   instance *in = get_instance(env);
-  if (a >= 0 && a < in->nacceptors && in->acceptors[a].fd >= 0) {
-    /* Explicitly: the listening socket may stay open elsewhere (another copy). */
-    epoll_ctl(in->epfd, EPOLL_CTL_DEL, in->acceptors[a].fd, NULL);
-    close(in->acceptors[a].fd);
-    in->acceptors[a].fd = -1;
-    in->acceptors[a].gen++;
-    if (--in->acceptors_open == 0) update_ref(in);
+  if (i >= 0 && i < t->n && t->e[i].fd >= 0) {
+    /* Explicitly: the socket stays open elsewhere, so closing ours would not take it out. */
+    epoll_ctl(in->epfd, EPOLL_CTL_DEL, t->e[i].fd, NULL);
+    close(t->e[i].fd);
+    t->e[i].fd = -1;
+    t->e[i].gen++;
+    if (--t->open == 0) update_ref(in);
   }
   return NULL;
+}
+
+/* listen(fd) => id: accepts the connections of a bound, listening TCP socket */
+static napi_value js_listen(napi_env env, napi_callback_info info) {
+  return watch_socket(env, &get_instance(env)->acceptors, KIND_ACCEPTOR, info);
+}
+
+/* unlisten(id): stops accepting */
+static napi_value js_unlisten(napi_env env, napi_callback_info info) {
+  return unwatch_socket(env, &get_instance(env)->acceptors, info);
 }
 
 /* sockname(fd) => "ip port": the local address of a connected socket */
@@ -1280,15 +1284,8 @@ static napi_value js_sockname(napi_env env, napi_callback_info info) {
   socklen_t len = sizeof ss;
   char out[INET6_ADDRSTRLEN + 8] = "";
   if (getsockname(fd, (struct sockaddr *)&ss, &len) == 0) {
-    char ip[INET6_ADDRSTRLEN] = "";
-    int port = 0;
-    if (ss.ss_family == AF_INET) {
-      inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, ip, sizeof ip);
-      port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
-    } else if (ss.ss_family == AF_INET6) {
-      inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, ip, sizeof ip);
-      port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
-    }
+    char ip[INET6_ADDRSTRLEN];
+    int port = format_addr(&ss, ip, sizeof ip);
     snprintf(out, sizeof out, "%s %d", ip, port);
   }
   napi_value result;
@@ -1296,77 +1293,19 @@ static napi_value js_sockname(napi_env env, napi_callback_info info) {
   return result;
 }
 
-/* udpListen(fd) => id: reads a bound UDP socket's datagrams in batches (dup'ed descriptor) */
+/* udpListen(fd) => id: reads a bound UDP socket's datagrams in batches */
 static napi_value js_udp_listen(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  int32_t fd;
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  CHECK(napi_get_value_int32(env, argv[0], &fd));
   instance *in = get_instance(env);
-  if (in->epfd < 0) {
-    napi_throw_error(env, NULL, "sluice relay: init() first");
-    return NULL;
-  }
   if (in->rbuf == NULL) {
     in->rbuf = malloc((size_t)UDP_BATCH * UDP_MAX);
     if (in->rbuf == NULL) return throw_errno(env, "malloc", ENOMEM, -1);
   }
-  int l = 0;
-  while (l < in->nulisteners && in->ulisteners[l].fd >= 0) l++;
-  if (l == MAX_UDP_LISTENERS) return throw_errno(env, "udpListen", EMFILE, -1);
-  int dup = fcntl(fd, F_DUPFD_CLOEXEC, 0);
-  if (dup < 0) return throw_errno(env, "dup", errno, -1);
-  udp_listener *ul = &in->ulisteners[l];
-  ul->gen++;
-  struct epoll_event ev = {.events = EPOLLIN, .data.u64 = KEY(ul->gen, KIND_UDP_LISTENER, l, 0)};
-  if (epoll_ctl(in->epfd, EPOLL_CTL_ADD, dup, &ev) < 0) {
-    int err = errno;
-    close(dup);
-    return throw_errno(env, "epoll_ctl", err, -1);
-  }
-  ul->fd = dup;
-  if (l == in->nulisteners) in->nulisteners++;
-  if (in->ulisteners_open++ == 0) update_ref(in);
-  return int_value(env, l);
+  return watch_socket(env, &in->ulisteners, KIND_UDP_LISTENER, info);
 }
 
 /* udpUnlisten(id): stops reading (its flows must be closed first: replies leave from it) */
 static napi_value js_udp_unlisten(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  int32_t l;
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  CHECK(napi_get_value_int32(env, argv[0], &l));
-  instance *in = get_instance(env);
-  if (l >= 0 && l < in->nulisteners && in->ulisteners[l].fd >= 0) {
-    epoll_ctl(in->epfd, EPOLL_CTL_DEL, in->ulisteners[l].fd, NULL);
-    close(in->ulisteners[l].fd);
-    in->ulisteners[l].fd = -1;
-    in->ulisteners[l].gen++;
-    if (--in->ulisteners_open == 0) update_ref(in);
-  }
-  return NULL;
-}
-
-static int grow_flows(instance *in) {
-  int n = in->nuflows == 0 ? 1024 : in->nuflows * 2;
-  udp_flow **flows = realloc(in->uflows, sizeof(udp_flow *) * (size_t)n);
-  if (flows == NULL) return -1;
-  in->uflows = flows;
-  uint32_t *gens = realloc(in->ugens, sizeof(uint32_t) * (size_t)n);
-  if (gens == NULL) return -1;
-  in->ugens = gens;
-  int *free_ids = realloc(in->ufree, sizeof(int) * (size_t)n);
-  if (free_ids == NULL) return -1;
-  in->ufree = free_ids;
-  for (int i = in->nuflows; i < n; i++) {
-    flows[i] = NULL;
-    gens[i] = 0;
-  }
-  for (int i = n - 1; i >= in->nuflows; i--) in->ufree[in->nufree++] = i;
-  in->nuflows = n;
-  return 0;
+  return unwatch_socket(env, &get_instance(env)->ulisteners, info);
 }
 
 /*
@@ -1386,25 +1325,9 @@ static napi_value js_udp_flow(napi_env env, napi_callback_info info) {
   CHECK(napi_get_value_int32(env, argv[2], &port));
   if (in->src == NULL || in->src_listener != l) return int_value(env, -EINVAL);
   struct sockaddr_storage ss;
-  memset(&ss, 0, sizeof ss);
   socklen_t sslen;
   size_t max_payload;
-  struct sockaddr_in *a4 = (struct sockaddr_in *)&ss;
-  struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
-  if (inet_pton(AF_INET, ip, &a4->sin_addr) == 1) {
-    a4->sin_family = AF_INET;
-    a4->sin_port = htons((uint16_t)port);
-    sslen = sizeof *a4;
-    max_payload = 65507;
-  } else if (inet_pton(AF_INET6, ip, &a6->sin6_addr) == 1) {
-    a6->sin6_family = AF_INET6;
-    a6->sin6_port = htons((uint16_t)port);
-    sslen = sizeof *a6;
-    max_payload = 65527;
-  } else {
-    return int_value(env, -EINVAL);
-  }
-  if (in->nufree == 0 && grow_flows(in) < 0) return int_value(env, -ENOMEM);
+  if (parse_addr(ip, port, &ss, &sslen, &max_payload) < 0) return int_value(env, -EINVAL);
   udp_flow *f = calloc(1, sizeof *f);
   if (f == NULL) return int_value(env, -ENOMEM);
   if (argc > 3) {
@@ -1438,16 +1361,19 @@ static napi_value js_udp_flow(napi_env env, napi_callback_info info) {
   memcpy(&f->client, in->src, in->src_len);
   f->client_len = in->src_len;
   make_ukey(&f->key, l, in->src);
-  f->id = in->ufree[--in->nufree];
-  in->uflows[f->id] = f;
-  struct epoll_event ev = {.events = EPOLLIN, .data.u64 = KEY(in->ugens[f->id], KIND_UDP_FLOW, f->id, 0)};
+  f->id = id_take(&in->flows, f);
+  if (f->id < 0) {
+    close(f->fd);
+    free(f->header);
+    free(f);
+    return int_value(env, -ENOMEM);
+  }
+  struct epoll_event ev = {.events = EPOLLIN, .data.u64 = KEY(in->flows.gens[f->id], KIND_UDP_FLOW, f->id, 0)};
   if (epoll_ctl(in->epfd, EPOLL_CTL_ADD, f->fd, &ev) < 0 || flow_table_put(in, f) < 0) {
     int err = errno != 0 ? errno : ENOMEM;
     close(f->fd);
     free(f->header);
-    in->uflows[f->id] = NULL;
-    in->ugens[f->id]++;
-    in->ufree[in->nufree++] = f->id;
+    id_release(&in->flows, f->id);
     free(f);
     return int_value(env, -err);
   }
@@ -1456,14 +1382,7 @@ static napi_value js_udp_flow(napi_env env, napi_callback_info info) {
 }
 
 static udp_flow *flow_arg(napi_env env, napi_callback_info info, size_t want, napi_value *argv) {
-  size_t argc = want;
-  int32_t id;
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1 ||
-      napi_get_value_int32(env, argv[0], &id) != napi_ok)
-    return NULL;
-  instance *in = get_instance(env);
-  if (id < 0 || id >= in->nuflows) return NULL;
-  return in->uflows[id];
+  return id_arg(env, info, &get_instance(env)->flows, want, argv);
 }
 
 /* udpSend(flow, payload) => 0, or -errno (EMSGSIZE when the header makes it too big) */
@@ -1536,9 +1455,12 @@ static void instance_free(napi_env env, void *data, void *hint) {
     close(in->pool[i][0]);
     close(in->pool[i][1]);
   }
-  free(in->slots);
-  free(in->gens);
-  free(in->free_slots);
+  free(in->relays.items);
+  free(in->relays.gens);
+  free(in->relays.free);
+  free(in->flows.items);
+  free(in->flows.gens);
+  free(in->flows.free);
 }
 
 NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
@@ -1550,8 +1472,7 @@ NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
   in->env = env;
   in->epfd = -1;
   in->reserve_fd = -1;
-  for (int i = 0; i < MAX_ACCEPTORS; i++) in->acceptors[i].fd = -1;
-  for (int i = 0; i < MAX_UDP_LISTENERS; i++) in->ulisteners[i].fd = -1;
+  for (int i = 0; i < MAX_WATCHED; i++) in->acceptors.e[i].fd = in->ulisteners.e[i].fd = -1;
   CHECK(napi_get_uv_event_loop(env, &in->loop));
   napi_value name;
   CHECK(napi_create_string_utf8(env, "sluice.relay", NAPI_AUTO_LENGTH, &name));

@@ -12,8 +12,8 @@ interface Addon {
   init(
     onEvent: (slot: number, kind: number) => void,
     stats: Float64Array,
-    onAccept: (id: number, fd: number, ip: string, port: number) => void,
-    onDatagram: (id: number, ip: string, port: number, payload: Buffer) => void,
+    onAccept: (id: number, fd: number, port: number, ip: string) => void,
+    onDatagram: (id: number, port: number, ip: string, payload: Buffer) => void,
     onUdp: (flow: number, kind: number) => void,
   ): void;
   udpListen(fd: number): number;
@@ -80,7 +80,7 @@ export interface AcceptOwner {
 
 const acceptOwners: (AcceptOwner | undefined)[] = [];
 
-function onAccept(id: number, fd: number, ip: string, port: number): void {
+function onAccept(id: number, fd: number, port: number, ip: string): void {
   const owner = acceptOwners[id];
   if (owner !== undefined) owner.accepted(fd, ip, port);
   else if (fd >= 0) closeSync(fd);
@@ -103,7 +103,7 @@ export interface UdpFlowOwner {
 const datagramOwners: (DatagramOwner | undefined)[] = [];
 const flowOwners: (UdpFlowOwner | undefined)[] = [];
 
-function onDatagram(id: number, ip: string, port: number, payload: Buffer): void {
+function onDatagram(id: number, port: number, ip: string, payload: Buffer): void {
   datagramOwners[id]?.datagram(ip, port, payload);
 }
 
