@@ -19,7 +19,7 @@ import { proxyPreamble } from '../proxy/proxy-out.js';
 import { escapeForLog } from '../util/escape.js';
 import type { Listener, ListenerDeps } from './listener.js';
 import type { AcceptOwner, SpliceRelay } from '../proxy/splice-relay.js';
-import { getSystemErrorName } from 'node:util';
+import { errnoName } from '../util/errno.js';
 
 const SERVER_OPTIONS: net.ServerOpts = {
   allowHalfOpen: true,
@@ -384,13 +384,5 @@ function rejectCloseReason(reason: RejectReason): CloseReason {
       return 'preface_timeout';
     default:
       return 'rejected';
-  }
-}
-
-function errnoName(errno: number): string {
-  try {
-    return getSystemErrorName(-errno);
-  } catch {
-    return 'EIO';
   }
 }

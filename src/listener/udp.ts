@@ -14,7 +14,7 @@ import { CidrSet, normalizeIp } from '../util/cidr.js';
 import { listenError } from './bind-error.js';
 import type { Listener, ListenerDeps } from './listener.js';
 import type { DatagramOwner, SpliceRelay } from '../proxy/splice-relay.js';
-import { getSystemErrorName } from 'node:util';
+import { errnoName } from '../util/errno.js';
 
 /** SO_RCVBUF/SO_SNDBUF asked for on the listener socket; the kernel caps it (net.core.rmem_max). */
 const SOCKET_BUFFER_BYTES = 4 * 1024 * 1024;
@@ -390,12 +390,4 @@ function ownAddresses(boundIp: string): Set<string> {
   for (const list of Object.values(networkInterfaces()))
     for (const i of list ?? []) ips.add(normalizeIp(i.address));
   return ips;
-}
-
-function errnoName(errno: number): string {
-  try {
-    return getSystemErrorName(-errno);
-  } catch {
-    return 'EIO';
-  }
 }

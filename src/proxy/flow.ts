@@ -1,6 +1,6 @@
 import dgram from 'node:dgram';
 import { isIP } from 'node:net';
-import { getSystemErrorName } from 'node:util';
+import { errnoName } from '../util/errno.js';
 import type { Backend } from '../upstream/backend.js';
 import type { SpliceRelay, UdpFlowOwner } from './splice-relay.js';
 import {
@@ -348,12 +348,4 @@ export class Flow implements Holder, UdpFlowOwner {
 function errorCode(err: unknown): string {
   const code = (err as NodeJS.ErrnoException | undefined)?.code;
   return typeof code === 'string' && code !== '' ? code : 'EIO';
-}
-
-function errnoName(errno: number): string {
-  try {
-    return getSystemErrorName(-errno);
-  } catch {
-    return 'EIO';
-  }
 }

@@ -8,7 +8,7 @@ import type { CloseReason } from './close-reason.js';
 import { sniffProxySignature } from '../protocol/proxy-parse.js';
 import { normalizeIp } from '../util/cidr.js';
 import { closeSync } from 'node:fs';
-import { getSystemErrorName } from 'node:util';
+import { errnoName } from '../util/errno.js';
 import type { RelayOwner, SpliceRelay } from './splice-relay.js';
 import { loadedSpliceRelay } from './splice-relay.js';
 import {
@@ -632,15 +632,6 @@ export class Session implements Holder, Sweepable, QueueWaiter, PickContext, Rel
 
   get bytesOut(): number {
     return this.#countedDown;
-  }
-}
-
-function errnoName(errno: number | undefined): string {
-  if (errno === undefined || errno <= 0) return 'EIO';
-  try {
-    return getSystemErrorName(-errno);
-  } catch {
-    return 'EIO';
   }
 }
 
