@@ -153,7 +153,6 @@ typedef struct {
   size_t max_payload;
   uint64_t dg_in, bytes_in, dg_out, bytes_out, drop_size, drop_full;
   int answered;
-  int refused;
 } udp_flow;
 
 /* Connections accepted per wake-up of one listening socket before yielding. */
@@ -201,7 +200,9 @@ struct instance {
 };
 
 /* stats layout shared with JavaScript (a Float64Array given to init). */
-enum { S_BYTES_UP, S_BYTES_DOWN, S_FIRST_FIN, S_ERR_SIDE, S_ERR_NO, S_LEN };
+enum { S_BYTES_UP, S_BYTES_DOWN, S_FIRST_FIN, S_ERR_SIDE, S_ERR_NO };
+/* Its length: UDP flows report six counters (js_udp_info); two spare. */
+#define STATS_LEN 8
 
 /* Takes a free id for `item` (growing the table as needed); -1 when out of memory. */
 static int id_take(id_table *t, void *item) {
@@ -301,7 +302,6 @@ static void unregister(relay *r, int s) {
   r->mask[s] = 0;
 }
 
-static relay *relay_new(instance *in);
 
 /* Keeps the process alive while relays or acceptors are open, as their sockets would. */
 static void update_ref(instance *in) {
@@ -885,7 +885,6 @@ static void on_udp_flow(instance *in, udp_flow *f) {
       if (err == EAGAIN || err == EWOULDBLOCK || err == EINTR) return;
       if (err == ECONNREFUSED) {
         f->answered = 0;
-        f->refused++;
         call_udp_event(in, id, UDP_REFUSED); /* may close the flow */
       }
       return;
@@ -1022,7 +1021,7 @@ static napi_value js_init(napi_env env, napi_callback_info info) {
   size_t length;
   void *data;
   CHECK(napi_get_typedarray_info(env, argv[1], &type, &length, &data, NULL, NULL));
-  if (type != napi_float64_array || length < 8) {
+  if (type != napi_float64_array || length < STATS_LEN) {
     napi_throw_type_error(env, NULL, "stats must be a Float64Array of 8");
     return NULL;
   }

@@ -47,9 +47,12 @@ function sweepTick(cfg: Config): number {
  * The relay that `mode` asks for: the splice relay for `splice` (an Error when it cannot be
  * loaded) and for `auto` when it loads; undefined (Node streams) otherwise.
  */
-function chooseRelay(mode: Config['relay']): { relay: SpliceRelay | undefined; error: string | undefined } {
+export function chooseRelay(
+  mode: Config['relay'],
+  load: typeof loadSpliceRelay = loadSpliceRelay,
+): { relay: SpliceRelay | undefined; error: string | undefined } {
   if (mode === 'stream') return { relay: undefined, error: undefined };
-  const { relay, error } = loadSpliceRelay();
+  const { relay, error } = load();
   if (relay === undefined && mode === 'splice') throw new Error(`relay: splice is not available: ${error}`);
   return { relay, error };
 }

@@ -243,7 +243,9 @@ export class Flow implements Holder, UdpFlowOwner {
    */
   /** The first datagram of a flow (later ones the relay forwards by itself), or a fallback. */
   #sendNative(msg: Buffer): void {
-    const r = this.#host.native?.relay.udpSend(this.#nativeId, msg) ?? -9;
+    const relay = this.#host.native?.relay;
+    if (relay === undefined) return;
+    const r = relay.udpSend(this.#nativeId, msg);
     if (r === 0) return;
     const code = errnoName(-r).toLowerCase();
     if (code !== 'emsgsize') this.#host.drop(code); // emsgsize is counted by the relay

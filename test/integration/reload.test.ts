@@ -148,4 +148,38 @@ describe('hot reload', () => {
     expect(await reloads(p, 'failure')).toBe(4);
     for (const st of sessions) st.socket.destroy();
   }, 120_000);
+
+  it('switches relay between splice and stream for new sessions; open ones go on', async () => {
+    const a = await backend();
+    const port = await freePort();
+    const withRelay = (relay: string): string => `relay: ${relay}\n${config(port, [a.address])}`;
+    const p = await spawnSluice(withRelay('splice'));
+    procs.push(p);
+    const spliced = (): Promise<number> =>
+      readMetric(p.adminUrl, 'sluice_spliced_sessions_total', { listener: 'main' });
+    // A session opened on the splice relay, kept open across both reloads.
+    const open = await connect(port);
+    let echoed = '';
+    open.on('data', (d: Buffer) => (echoed += d.toString()));
+    open.write('one;');
+    await waitFor(() => echoed === 'one;');
+    expect(await spliced()).toBe(1);
+
+    writeFileSync(p.configPath, withRelay('stream'));
+    p.kill('SIGHUP');
+    await waitFor(async () => (await reloads(p, 'success')) === 1);
+    // Accepted by the relay (listeners keep accepting the way they started), relayed by streams.
+    expect(await exchange(port, 'through streams')).toBe('through streams');
+    expect(await spliced()).toBe(1);
+
+    writeFileSync(p.configPath, withRelay('splice'));
+    p.kill('SIGHUP');
+    await waitFor(async () => (await reloads(p, 'success')) === 2);
+    expect(await exchange(port, 'through the relay')).toBe('through the relay');
+    expect(await spliced()).toBe(2);
+
+    open.write('two;');
+    await waitFor(() => echoed === 'one;two;');
+    open.destroy();
+  });
 });
