@@ -5,7 +5,24 @@ import type { PickContext } from '../upstream/balancer/picker.js';
 import type { Holder, Pool, QueueWaiter } from '../upstream/pool.js';
 import type { Sweepable, Sweeper } from '../util/sweeper.js';
 import type { CloseReason } from './close-reason.js';
-import { sniffProxySignature } from '../protocol/proxy-parse.js';
+import type { Tagged } from './session-sockets.js';
+import {
+  CLIENT_SOCKET_OPTIONS,
+  CLOSED_SOCKET,
+  handleOf,
+  kSession,
+  onDownError,
+  onSocketClose,
+  onUpConnect,
+  onUpError,
+  onDownData,
+  onDownEnd,
+  onUpData,
+  onUpEnd,
+  onUpDrain,
+  onDownDrain,
+  UPSTREAM_SOCKET_OPTIONS,
+} from './session-sockets.js';
 import { normalizeIp } from '../util/cidr.js';
 import { closeSync } from 'node:fs';
 import { errnoName } from '../util/errno.js';
@@ -53,21 +70,6 @@ export interface SessionHost {
   spliced(): void;
 }
 
-/** What net.Socket keeps in `_handle` that the hand-off to the splice relay uses. */
-interface StreamHandle {
-  readonly fd: number;
-}
-
-function handleOf(socket: net.Socket): StreamHandle | undefined {
-  const handle = (socket as unknown as { _handle?: StreamHandle | null })._handle;
-  return handle === null || handle === undefined || typeof handle.fd !== 'number' || handle.fd < 0
-    ? undefined
-    : handle;
-}
-
-const kSession = Symbol('sluice.session');
-type Tagged = net.Socket & { [kSession]?: Session | undefined };
-
 const enum State {
   Preface,
   /** Every ready backend is at max_connections_per_backend: waiting in the pool's queue. */
@@ -76,32 +78,6 @@ const enum State {
   Open,
   Closed,
 }
-
-/**
- * Both legs buffer up to 256 KiB before a write says "wait" (the listener sets the same on
- * accepted sockets): with the 64 KiB default, every 64 KiB read would pause and resume the other
- * side. net.Socket passes `highWaterMark` to its Duplex, though its type does not list it.
- */
-const UPSTREAM_SOCKET_OPTIONS: net.SocketConstructorOpts & { highWaterMark: number } = {
-  highWaterMark: 256 * 1024,
-  allowHalfOpen: true,
-  noDelay: true,
-  // No SO_KEEPALIVE: timeouts.idle reaps dead peers, and the setsockopt calls cost about a sixth
-  // of the CPU per connection (bench connrate: 150 → 125 CPU-ms per 1k connections).
-  keepAlive: false,
-};
-/** A client accepted by the splice relay and then given to Node streams (preface, fallback). */
-const CLIENT_SOCKET_OPTIONS = {
-  ...UPSTREAM_SOCKET_OPTIONS,
-  readable: true,
-  writable: true,
-  // Not read until the session resumes it, as with the listener's pauseOnConnect.
-  pauseOnCreate: true,
-} as net.SocketConstructorOpts;
-
-/** What `down` answers once the client's descriptor went to the splice relay. */
-const CLOSED_SOCKET = new net.Socket() as Tagged;
-CLOSED_SOCKET.destroy();
 
 let sequence = 0;
 const idPrefix = `${process.pid.toString(36)}${Date.now().toString(36).slice(-4)}`;
@@ -633,64 +609,4 @@ export class Session implements Holder, Sweepable, QueueWaiter, PickContext, Rel
   get bytesOut(): number {
     return this.#countedDown;
   }
-}
-
-function sessionOf(socket: Tagged): Session | undefined {
-  return socket[kSession];
-}
-
-function onDownData(this: Tagged, chunk: Buffer): void {
-  const s = sessionOf(this);
-  if (s === undefined) return;
-  if (s.guardProxySignature) {
-    s.guardProxySignature = false;
-    const sniff = sniffProxySignature(chunk);
-    if (sniff === 'v1' || sniff === 'v2') {
-      s.host.untrustedHeader(s, chunk);
-      return;
-    }
-  }
-  const up = s.up;
-  if (up !== undefined && !up.write(chunk)) this.pause();
-}
-
-function onUpData(this: Tagged, chunk: Buffer): void {
-  const s = sessionOf(this);
-  if (s === undefined) return;
-  s.sawUpstreamData();
-  if (!s.down.write(chunk)) this.pause();
-}
-
-function onUpDrain(this: Tagged): void {
-  const s = sessionOf(this);
-  if (s !== undefined && !s.down.readableEnded) s.down.resume();
-}
-
-function onDownDrain(this: Tagged): void {
-  const up = sessionOf(this)?.up;
-  if (up !== undefined && !up.readableEnded) up.resume();
-}
-
-function onDownEnd(this: Tagged): void {
-  sessionOf(this)?.onEnd('down');
-}
-
-function onUpEnd(this: Tagged): void {
-  sessionOf(this)?.onEnd('up');
-}
-
-function onUpConnect(this: Tagged): void {
-  sessionOf(this)?.onConnected();
-}
-
-function onDownError(this: Tagged, err: NodeJS.ErrnoException): void {
-  sessionOf(this)?.onError('down', err);
-}
-
-function onUpError(this: Tagged, err: NodeJS.ErrnoException): void {
-  sessionOf(this)?.onError('up', err);
-}
-
-function onSocketClose(this: Tagged): void {
-  sessionOf(this)?.onSocketClosed(this);
 }
