@@ -220,7 +220,14 @@ const poolSchema = z.strictObject({
   connect_retries: count(0, 16).default(2),
   backends: z.array(backendSchema).default([]),
   discovery: discoverySchema.optional(),
-  health: z.strictObject({ active: activeHealthSchema, passive: passiveHealthSchema }).prefault({}),
+  health: z
+    .strictObject({
+      active: activeHealthSchema,
+      passive: passiveHealthSchema,
+      /** Below this percent of eligible backends ready, balance over all of them (0 = never). */
+      panic_threshold: count(0, 100).default(50),
+    })
+    .prefault({}),
   slow_start: duration.default(0),
   drain_timeout: duration.optional(),
   /** Open TCP sessions per backend on this process; 0 = no cap. Full backends are skipped. */

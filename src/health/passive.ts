@@ -21,6 +21,13 @@ export interface PassiveHealthOptions<T extends Ejectable> {
   readonly onEject?: (backend: T, until: number, count: number) => void;
   /** An ejection ended (from a timer at its end): the pool rebuilds its picker. */
   readonly onReturn?: (backend: T) => void;
+  /**
+   * Whether ejecting `backend` leaves the pool something to send sessions to (another ready
+   * backend); when false the backend stays in. Default: always.
+   */
+  readonly mayEject?: (backend: T) => boolean;
+  /** An ejection was held back by `mayEject`: told once per run of failures. */
+  readonly onHeld?: (backend: T) => void;
 }
 
 /** An ejection never lasts longer than this many base ejection times. */
@@ -34,6 +41,8 @@ interface Track {
   /** When the latest ejection ended. */
   returnedAt: number;
   timer: Timer | undefined;
+  /** An ejection was held back (last ready backend) since the last success. */
+  held: boolean;
 }
 
 /** A callback that throws from a timer must not take the process down. */
@@ -53,8 +62,9 @@ function guarded(fn: () => void): void {
  * - k returns to 0 on a success reported at least one base `ejection` after the latest ejection
  *   ended: the backend has stayed in and served for a full period.
  * - At most `maxEjectionPercent` of the pool's current members are ejected at once, rounded down
- *   but never below one: one backend may always be ejected (a lone failing backend too) unless
- *   the percent is 0. A failure refused by the cap keeps its count, so the next one tries again.
+ *   but never below one, unless the percent is 0. Never the last ready backend (`mayEject`): a
+ *   pool of one keeps its backend, and the pool's panic mode covers the rest. A failure refused
+ *   by either keeps its count, so the next one tries again.
  * - Failures and successes reported while a backend is ejected (sessions begun before) are
  *   ignored: they neither extend the ejection nor reset k.
  * Readiness reads `ejectedUntil` lazily; a timer at the ejection end also clears it and calls
@@ -81,6 +91,11 @@ export class PassiveHealth<T extends Ejectable> {
     const track = this.#track(backend);
     track.failures++;
     if (track.failures < this.#o.consecutiveFailures || !this.#mayEject(now)) return;
+    if (this.#o.mayEject?.(backend) === false) {
+      if (!track.held) this.#o.onHeld?.(backend);
+      track.held = true;
+      return;
+    }
     this.#eject(backend, track, now);
   }
 
@@ -91,6 +106,7 @@ export class PassiveHealth<T extends Ejectable> {
     const now = this.#o.clock.now();
     if (backend.ejectedUntil > now) return;
     track.failures = 0;
+    track.held = false;
     if (track.ejections > 0 && now >= track.returnedAt + this.#o.ejection) track.ejections = 0;
     // A clean backend needs no state; this keeps the map as small as the trouble.
     if (track.ejections === 0 && track.timer === undefined) this.#tracks.delete(backend);
@@ -116,7 +132,7 @@ export class PassiveHealth<T extends Ejectable> {
   #track(backend: T): Track {
     let track = this.#tracks.get(backend);
     if (!track) {
-      track = { failures: 0, ejections: 0, returnedAt: 0, timer: undefined };
+      track = { failures: 0, ejections: 0, returnedAt: 0, timer: undefined, held: false };
       this.#tracks.set(backend, track);
     }
     return track;

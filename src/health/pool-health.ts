@@ -69,6 +69,7 @@ export class PoolHealth {
     pool.observer = {
       added: (b) => this.#watch(b),
       removed: (b) => this.#unwatch(b),
+      panicChanged: (panic, ready, eligible) => this.#panicChanged(panic, ready, eligible),
     };
     for (const b of pool.backends()) this.#watch(b);
     pool.rebuild();
@@ -171,7 +172,28 @@ export class PoolHealth {
         this.#logger.info({ backend: b.address }, 'backend ejection ended');
         this.#pool.rebuild();
       },
+      mayEject: (b) => this.#pool.leavesReady(b),
+      onHeld: (b) =>
+        this.#logger.warn(
+          { backend: b.address, failures: p.consecutive_failures },
+          'backend kept in despite consecutive failures: it is the last ready backend of the pool',
+        ),
     });
+  }
+
+  /** Counted and logged once per change: a pool in panic sends sessions to unhealthy backends too. */
+  #panicChanged(panic: boolean, ready: number, eligible: number): void {
+    const name = this.#pool.name;
+    this.#deps.metrics.poolPanic.labels(name).set(panic ? 1 : 0);
+    if (panic) {
+      this.#deps.metrics.poolPanics.labels(name).inc();
+      this.#logger.warn(
+        { ready, eligible, panic_threshold: this.#cfg.health.panic_threshold },
+        'pool in panic: too few backends ready, balancing over all of them',
+      );
+    } else {
+      this.#logger.info({ ready, eligible }, 'pool out of panic');
+    }
   }
 
   #watch(b: Backend): void {

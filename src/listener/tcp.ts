@@ -249,7 +249,7 @@ export class TcpListener implements SessionHost, Listener, PrefaceHost, AcceptOw
   /** Routes a session that needs no preface, or whose preface is done, to `pool`. */
   route(session: Session, poolName: string): void {
     const pool = this.#deps.pool(poolName);
-    if (pool === undefined || pool.readyCount === 0) {
+    if (pool === undefined || pool.available === 0) {
       this.reject(session, 'no_backend');
       return;
     }

@@ -190,6 +190,8 @@ export class SharedHealth implements HealthEvents {
     const cap = pool.config.health.passive.ejection * MAX_EJECTION_FACTOR;
     const until = now + Math.min(epoch - this.#d.wallClock(), cap);
     if (until <= now || until <= b.ejectedUntil + 1000) return;
+    // As for local ejections: never the pool's last ready backend (panic mode covers the rest).
+    if (!pool.leavesReady(b)) return;
     b.ejectedUntil = until;
     this.#remoteEjected.set(b, pool);
     pool.rebuild();

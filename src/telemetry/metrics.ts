@@ -53,6 +53,8 @@ export class Metrics {
   readonly proxyProtocolErrors: Counter<'listener' | 'reason'>;
   readonly stateSyncFailures: Counter;
   readonly splicedSessions: Counter<'listener'>;
+  readonly poolPanic: Gauge<'pool'>;
+  readonly poolPanics: Counter<'pool'>;
 
   constructor(source: MetricsSource, opts: { defaultMetrics?: boolean } = {}) {
     const r = this.registry;
@@ -125,6 +127,13 @@ export class Metrics {
       ['listener'],
     );
     this.udpDrops = counter('sluice_udp_dropped_total', 'UDP datagrams dropped', ['listener', 'reason']);
+    this.poolPanic = new Gauge({
+      name: 'sluice_pool_panic',
+      help: '1 while too few backends of the pool are ready and it balances over all of them (health.panic_threshold)',
+      labelNames: ['pool'],
+      registers: [r],
+    });
+    this.poolPanics = counter('sluice_pool_panics_total', 'Times a pool entered panic mode', ['pool']);
 
     new Gauge({
       name: 'sluice_backend_up',

@@ -37,6 +37,8 @@ export class Backend implements Target {
   removed = false;
   /** Clock time at which this backend last became ready (slow start ramps from it). */
   readySince = 0;
+  /** Has been ready at least once: only such a backend takes sessions in a pool's panic mode. */
+  wasReady = false;
 
   /** Sessions and flows open on this process. */
   local = 0;

@@ -37,6 +37,8 @@ export interface PoolObserver {
   added?(backend: Backend): void;
   removed?(backend: Backend): void;
   readyChanged?(pool: Pool): void;
+  /** The pool entered (`panic` true) or left panic mode; `ready` of `eligible` backends are ready. */
+  panicChanged?(panic: boolean, ready: number, eligible: number): void;
 }
 
 const SLOW_START_STEP_MS = 1000;
@@ -60,6 +62,9 @@ export class Pool {
   /** FIFO of sessions waiting for a slot: a Set keeps insertion order and deletes in O(1). */
   readonly #queue = new Set<QueueWaiter>();
   #ready = new Set<Backend>();
+  /** What the picker chooses from: the ready backends, or in panic mode every eligible one. */
+  #members = new Set<Backend>();
+  #panic = false;
   /** False until the first build: backends present at start-up skip slow start and begin up. */
   #started = false;
   #picker: Picker<Backend>;
@@ -90,6 +95,25 @@ export class Pool {
 
   get readyCount(): number {
     return this.#ready.size;
+  }
+
+  /** Backends a new session may be sent to: the ready ones, or every eligible one in panic mode. */
+  get available(): number {
+    return this.#members.size;
+  }
+
+  /** True while too few backends are ready and the pool balances over all eligible ones. */
+  get panic(): boolean {
+    return this.#panic;
+  }
+
+  /**
+   * True when a backend other than `b` is ready: passive health ejects `b` only then, so a
+   * failing connect or two never take a pool's last ready backend out on their own.
+   */
+  leavesReady(b: Backend): boolean {
+    for (const other of this.#ready) if (other !== b) return true;
+    return false;
   }
 
   /** Applies a new config for this pool (reload): algorithm, weights, static members. */
@@ -160,7 +184,7 @@ export class Pool {
     if (max <= 0 || first === undefined || first.local < max) return first;
     const skip = new Set(tried);
     skip.add(first);
-    for (let i = 1; i < this.#ready.size; i++) {
+    for (let i = 1; i < this.#members.size; i++) {
       const next = this.#picker.pick(ctx, skip);
       if (next === undefined) break;
       if (next.local < max) return next;
@@ -203,7 +227,7 @@ export class Pool {
         this.#holders.delete(b);
         if (b.removed) this.#forget(b);
       }
-      if (this.#queue.size > 0 && this.#ready.has(b)) this.#serveQueue(false);
+      if (this.#queue.size > 0 && this.#members.has(b)) this.#serveQueue(false);
     }
   }
 
@@ -218,24 +242,46 @@ export class Pool {
     this.rebuild();
   }
 
-  /** Recomputes the ready set, slow-start weights and the picker. */
+  /**
+   * Recomputes the ready set, slow-start weights and the picker. Panic mode (Envoy's
+   * healthy_panic_threshold): when fewer than `health.panic_threshold` percent of the eligible
+   * backends are ready, the picker balances over all eligible ones, health ignored, instead of
+   * piling every session on the few left or refusing them all. Eligible: not removed, drained or
+   * disabled by an operator, weight above 0, and ready at least once (a backend discovered but
+   * never passing a check is not sent sessions even in panic).
+   */
   rebuild(): void {
     const now = this.#clock.now();
     const ready: Backend[] = [];
+    const eligible: Backend[] = [];
     const readySet = new Set<Backend>();
     let ramping = false;
     for (const b of this.#backends.values()) {
-      if (b.readiness(now) !== 'ready') continue;
-      if (this.#started && !this.#ready.has(b)) b.readySince = now;
+      const readiness = b.readiness(now);
+      if (readiness === 'ready') {
+        if (this.#started && !this.#ready.has(b)) b.readySince = now;
+        b.wasReady = true;
+        readySet.add(b);
+      } else if (!(b.wasReady && (readiness === 'unhealthy' || readiness === 'ejected'))) {
+        continue;
+      }
       b.weight = this.#effectiveWeight(b, now);
       if (b.weight < b.configWeight) ramping = true;
-      ready.push(b);
-      readySet.add(b);
+      eligible.push(b);
+      if (readiness === 'ready') ready.push(b);
     }
+    const threshold = this.#cfg.health.panic_threshold;
+    const panic = threshold > 0 && eligible.length > 0 && ready.length * 100 < threshold * eligible.length;
+    const members = panic ? eligible : ready;
     this.#started = true;
     this.#ready = readySet;
-    this.#picker = this.#build(ready);
+    this.#members = panic ? new Set(eligible) : readySet;
+    this.#picker = this.#build(members);
     this.#scheduleRamp(ramping);
+    if (panic !== this.#panic) {
+      this.#panic = panic;
+      this.observer.panicChanged?.(panic, ready.length, eligible.length);
+    }
     this.observer.readyChanged?.(this);
     // A backend became ready, or the cap was raised by a reload: there may be room for many.
     if (this.#queue.size > 0) this.#serveQueue(true);

@@ -266,3 +266,31 @@ describe('PassiveHealth max ejection percent', () => {
     expect(h.ejects).toHaveLength(3);
   });
 });
+
+describe('PassiveHealth and the last ready backend', () => {
+  it('never ejects a backend when mayEject says it is the last one ready; tells once per run of failures', () => {
+    const held: string[] = [];
+    const h = harness(1, { mayEject: () => false, onHeld: (b) => held.push(b.key) });
+    const b = at(h, 0);
+    fail(h, b, 3);
+    fail(h, b, 3);
+    expect(b.ejectedUntil).toBe(0);
+    expect(h.ejects).toEqual([]);
+    expect(held).toEqual([b.key]);
+    // A success ends the run: the next run of failures is told again.
+    h.passive.success(b);
+    fail(h, b, 3);
+    expect(held).toEqual([b.key, b.key]);
+  });
+
+  it('ejects as before once another backend is ready again', () => {
+    let others = false;
+    const h = harness(2, { mayEject: () => others });
+    const b = at(h, 0);
+    fail(h, b, 3);
+    expect(b.ejectedUntil).toBe(0);
+    others = true;
+    h.passive.failure(b); // the count was kept: this failure ejects
+    expect(b.ejectedUntil).toBe(10_000 + EJECTION);
+  });
+});

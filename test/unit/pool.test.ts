@@ -8,7 +8,7 @@ function poolConfig(extra: string, backends = ['10.0.0.1:80', '10.0.0.2:80']): P
   const cfg = parseConfigText(`listeners: [{ name: l, bind: "127.0.0.1:1", pool: p }]
 pools:
   - name: p
-    health: { active: { type: none } }
+    ${extra.includes('health:') ? '' : 'health: { active: { type: none } }'}
     backends: [${backends.map((b) => `{ address: "${b}", weight: 10 }`).join(', ')}]
     ${extra}`);
   const p = cfg.pools[0];
@@ -106,5 +106,94 @@ describe('pool', () => {
     expect(closed).toEqual([]);
     pool.setAdmin(b, 'enabled');
     expect(share(pool, b.address)).toBeGreaterThan(0.3);
+  });
+});
+
+describe('pool panic mode (health.panic_threshold)', () => {
+  const four = ['10.0.0.1:80', '10.0.0.2:80', '10.0.0.3:80', '10.0.0.4:80'];
+
+  function setup(extra = ''): { pool: Pool; down: (i: number) => void; panics: boolean[] } {
+    const pool = new Pool(poolConfig(extra, four), new ManualClock(1_000), seededRandom(3));
+    const panics: boolean[] = [];
+    pool.observer = { panicChanged: (panic) => panics.push(panic) };
+    const down = (i: number): void => {
+      const b = pool.get(four[i] ?? '');
+      if (b === undefined) throw new Error('missing');
+      b.checked = true;
+      pool.setHealth(b, 'down');
+    };
+    return { pool, down, panics };
+  }
+
+  it('balances over the ready backends while at least the threshold of them is ready', () => {
+    const { pool, down, panics } = setup();
+    down(0);
+    down(1); // 2 of 4 ready: 50 % is not below 50 %
+    expect(pool.panic).toBe(false);
+    expect(pool.available).toBe(2);
+    expect(share(pool, four[0] ?? '')).toBe(0);
+    expect(panics).toEqual([]);
+  });
+
+  it('below the threshold, balances over every eligible backend and says so once', () => {
+    const { pool, down, panics } = setup();
+    down(0);
+    down(1);
+    down(2); // 1 of 4 ready
+    expect(pool.panic).toBe(true);
+    expect(pool.readyCount).toBe(1);
+    expect(pool.available).toBe(4);
+    expect(share(pool, four[0] ?? '', 4000)).toBeCloseTo(0.25, 1);
+    down(3); // none ready: still all four, not a refusal
+    expect(pool.available).toBe(4);
+    expect(panics).toEqual([true]);
+    const b = pool.get(four[1] ?? '');
+    if (b === undefined) throw new Error('missing');
+    pool.setHealth(b, 'up');
+    pool.setHealth(pool.get(four[2] ?? '') ?? b, 'up'); // 2 of 4 ready again
+    expect(pool.panic).toBe(false);
+    expect(pool.available).toBe(2);
+    expect(panics).toEqual([true, false]);
+  });
+
+  it('never sends sessions to backends an operator took out, nor to ones never ready', () => {
+    const { pool, down } = setup();
+    const disabled = pool.get(four[3] ?? '');
+    if (disabled === undefined) throw new Error('missing');
+    pool.setAdmin(disabled, 'disabled');
+    down(0);
+    down(1); // 1 of the 3 eligible ready
+    expect(pool.panic).toBe(true);
+    expect(pool.available).toBe(3);
+    for (let i = 0; i < 200; i++) expect(pool.pick(ctx, undefined)?.address).not.toBe(disabled.address);
+    // A backend discovered later that has not passed a check yet takes nothing, even in panic
+    // (as health checks do, the observer marks it checked and down before the pool rebuilds).
+    pool.observer.added = (b) => {
+      b.checked = true;
+      b.health = 'down';
+    };
+    pool.setMembers('dns', [{ address: '10.0.0.9:80', host: '10.0.0.9', port: 80, weight: 10 }]);
+    expect(pool.get('10.0.0.9:80')).toBeDefined();
+    expect(pool.available).toBe(3);
+  });
+
+  it('is off with panic_threshold: 0: no ready backend means nothing to pick', () => {
+    const { pool, down, panics } = setup('health: { active: { type: none }, panic_threshold: 0 }');
+    for (let i = 0; i < 4; i++) down(i);
+    expect(pool.panic).toBe(false);
+    expect(pool.available).toBe(0);
+    expect(pool.pick(ctx, undefined)).toBeUndefined();
+    expect(panics).toEqual([]);
+  });
+
+  it('tells passive health whether another backend is ready', () => {
+    const { pool, down } = setup();
+    const last = pool.get(four[3] ?? '');
+    if (last === undefined) throw new Error('missing');
+    expect(pool.leavesReady(last)).toBe(true);
+    down(0);
+    down(1);
+    down(2);
+    expect(pool.leavesReady(last)).toBe(false);
   });
 });
