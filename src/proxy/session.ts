@@ -2,7 +2,7 @@ import net from 'node:net';
 import type { Logger } from '../telemetry/logger.js';
 import type { Backend } from '../upstream/backend.js';
 import type { PickContext } from '../upstream/balancer/picker.js';
-import type { Holder, Pool, QueueWaiter } from '../upstream/pool.js';
+import type { FreePick, Holder, Pool, QueueWaiter } from '../upstream/pool.js';
 import type { Sweepable, Sweeper } from '../util/sweeper.js';
 import type { CloseReason } from './close-reason.js';
 import type { Tagged } from './session-sockets.js';
@@ -26,16 +26,15 @@ import {
 import { normalizeIp } from '../util/cidr.js';
 import { closeSync } from 'node:fs';
 import { errnoName } from '../util/errno.js';
-import type { RelayOwner, SpliceRelay } from './splice-relay.js';
-import { loadedSpliceRelay } from './splice-relay.js';
+import type { RelayEnd, RelayOwner, SpliceRelay } from './splice-relay.js';
 import {
-  RELAY_CONNECT_FAILED,
-  RELAY_CONNECTED,
+  ABORT_CLIENT_CLOSED,
+  loadedSpliceRelay,
+  RELAY_CONNECTING,
+  RELAY_RELAYING,
   relayStats,
   STAT_BYTES_DOWN,
   STAT_BYTES_UP,
-  STAT_ERRNO,
-  STAT_ERROR_SIDE,
   STAT_FIRST_FIN,
 } from './splice-relay.js';
 
@@ -75,8 +74,18 @@ const enum State {
   /** Every ready backend is at max_connections_per_backend: waiting in the pool's queue. */
   Queued,
   Connecting,
+  /** A connect failed and every ready backend has been tried: waiting to try one again. */
+  Backoff,
   Open,
   Closed,
+}
+
+/** The wait before a backend already tried by this session is tried again (HAProxy's turn-around). */
+const MAX_TURNAROUND_MS = 1000;
+
+/** Runs deferred connect deadlines after the loop's I/O of this turn (see `sweep`). */
+function expireConnect(session: Session): void {
+  session.connectDeadline();
 }
 
 let sequence = 0;
@@ -138,9 +147,13 @@ export class Session implements Holder, Sweepable, QueueWaiter, PickContext, Rel
   #finFirst: 'downstream_closed' | 'upstream_closed' | undefined;
   #errorCode: string | undefined;
   #openSockets = 0;
-  /** The splice relay's slot while it connects or carries this session; -1 otherwise. */
-  #slot = -1;
+  /** The splice relay's handle while it connects or carries this session; -1 otherwise. */
+  #relay = -1;
   #splice: SpliceRelay | undefined;
+  /** The bare client descriptor went to connect(): the relay attaches it itself once connected. */
+  #handsOver = false;
+  /** A connect deadline passed; it is judged after this turn's I/O (a completion may be waiting). */
+  #expiring = false;
   /** The client's socket went to the splice relay: the byte counts are the relay's. */
   #attached = false;
   /** Client bytes read before the hand-off (PROXY header and preface). */
@@ -226,7 +239,9 @@ export class Session implements Holder, Sweepable, QueueWaiter, PickContext, Rel
 
   /** Sets a deadline for the preface stage (PROXY header, ClientHello); checked by the sweeper. */
   armPreface(ms: number): void {
-    this.#deadline = this.host.sweeper.now + ms;
+    // performance.now(), not the sweeper's time of its last tick: a deadline may be late by a
+    // tick, never early.
+    this.#deadline = performance.now() + ms;
     this.host.sweeper.add(this);
   }
 
@@ -245,9 +260,10 @@ export class Session implements Holder, Sweepable, QueueWaiter, PickContext, Rel
     if (this.#state === State.Queued) this.pool?.dequeue(this);
     this.#reason ??= reason;
     this.#state = State.Closed;
-    if (this.#slot >= 0 && this.#splice !== undefined) {
-      this.#splice.abort(this.#slot);
-      this.#slot = -1;
+    if (this.#relay >= 0 && this.#splice !== undefined) {
+      const found = this.#splice.abort(this.#relay);
+      this.#relay = -1;
+      if (found === ABORT_CLIENT_CLOSED && !this.#attached) this.#relayHasClient();
       if (this.#attached) this.#takeRelayCounters();
     }
     if (this.#down !== undefined) {
@@ -265,12 +281,12 @@ export class Session implements Holder, Sweepable, QueueWaiter, PickContext, Rel
     if (this.#state === State.Open) {
       let seen: number;
       let halfClosed = this.#halfClosed;
-      if (this.#attached && this.#slot >= 0 && this.#splice !== undefined) {
-        this.#splice.read(this.#slot);
+      if (this.#attached && this.#relay >= 0 && this.#splice !== undefined) {
+        this.#splice.read(this.#relay);
+        halfClosed = relayStats[STAT_FIRST_FIN]! >= 0;
         this.#takeRelayCounters();
         if (this.#countedDownTotal > 0) this.sawUpstreamData();
         seen = this.#countedUpTotal + this.#countedDownTotal;
-        halfClosed = relayStats[STAT_FIRST_FIN]! >= 0;
       } else {
         seen = (this.#down?.bytesRead ?? 0) + (this.up?.bytesRead ?? 0);
       }
@@ -288,7 +304,16 @@ export class Session implements Holder, Sweepable, QueueWaiter, PickContext, Rel
         this.close('half_closed_timeout');
       }
     } else if (this.#state === State.Connecting) {
-      if (now >= this.#deadline) this.#connectFailed('ETIMEDOUT');
+      // A relay given the client's descriptor starts relaying without telling: ask each tick.
+      if (this.#handsOver && this.#splice?.read(this.#relay) === RELAY_RELAYING) this.#opened();
+      else if (now >= this.#deadline && !this.#expiring) {
+        // The sweeper runs before this turn's I/O: a connect that completed meanwhile (the loop
+        // was busy) is still waiting to be reported. Judge it once that I/O has been handled.
+        this.#expiring = true;
+        setImmediate(expireConnect, this);
+      }
+    } else if (this.#state === State.Backoff) {
+      if (now >= this.#deadline) this.#retry();
     } else if (this.#state === State.Queued) {
       if (now >= this.#deadline) this.close('queue_timeout');
     } else if (this.#state === State.Preface) {
@@ -296,10 +321,47 @@ export class Session implements Holder, Sweepable, QueueWaiter, PickContext, Rel
     }
   }
 
+  /** @internal The connect deadline passed (deferred from the sweep): fail it unless it completed. */
+  connectDeadline(): void {
+    this.#expiring = false;
+    if (this.#state !== State.Connecting || performance.now() < this.#deadline) return;
+    if (this.#relay >= 0 && this.#splice !== undefined) {
+      const state = this.#splice.read(this.#relay);
+      if (state === RELAY_RELAYING && this.#handsOver) this.#opened();
+      // Connected, or ended with its record on the way: that record decides, not the clock.
+      if (state !== RELAY_CONNECTING) return;
+    }
+    this.#connectFailed('ETIMEDOUT');
+  }
+
+  /**
+   * Picks the backend for the next connect attempt: one this session has not tried yet, at once;
+   * when every ready backend has failed for it already (a pool of one, most often), one of them
+   * again after a turn-around of min(timeouts.connect, 1 s), as HAProxy's `retries` does, so a
+   * backend that is restarting or briefly overloaded gets another chance before the client is
+   * turned away.
+   */
   #attempt(): void {
     const pool = this.pool;
     if (pool === undefined) return;
     const backend = pool.pickFree(this.pickContext, this.#tried);
+    if (backend === undefined && this.#tried !== undefined && pool.available > 0) {
+      this.#state = State.Backoff;
+      this.#deadline = performance.now() + Math.min(this.host.connectTimeoutMs, MAX_TURNAROUND_MS);
+      return;
+    }
+    this.#connectOrQueue(pool, backend);
+  }
+
+  /** The turn-around is over: try any ready backend again (the same one in a pool of one). */
+  #retry(): void {
+    const pool = this.pool;
+    if (pool === undefined) return;
+    this.#state = State.Connecting;
+    this.#connectOrQueue(pool, pool.pickFree(this.pickContext, undefined));
+  }
+
+  #connectOrQueue(pool: Pool, backend: FreePick): void {
     if (backend === 'full') {
       this.#enqueue(pool);
       return;
@@ -318,7 +380,7 @@ export class Session implements Holder, Sweepable, QueueWaiter, PickContext, Rel
       return;
     }
     this.#state = State.Queued;
-    this.#deadline = this.host.sweeper.now + pool.config.queue_timeout;
+    this.#deadline = performance.now() + pool.config.queue_timeout;
   }
 
   /** @internal Called by the pool when a slot may have freed; true once connecting. */
@@ -336,19 +398,33 @@ export class Session implements Holder, Sweepable, QueueWaiter, PickContext, Rel
     this.attempts++;
     this.backend = backend;
     pool.acquire(backend, this);
-    this.#deadline = this.host.sweeper.now + this.host.connectTimeoutMs;
+    this.#deadline = performance.now() + this.host.connectTimeoutMs;
     // The splice relay connects by itself, except for an untrusted client on a PROXY-in listener
     // (its first bytes are inspected here) and a backend named by host name (Node resolves it).
     const splice = this.guardProxySignature ? undefined : this.host.splice;
-    const slot = splice?.connect(this, backend.host, backend.port);
-    if (slot !== undefined) {
-      if (slot < 0) {
-        this.#connectFailed(errnoName(-slot));
-      } else {
-        this.#splice = splice;
-        this.#slot = slot;
+    if (splice !== undefined) {
+      // A bare descriptor nothing was read from goes with the connect: the relay attaches it the
+      // moment the upstream connects, the PROXY header first, with no round trip through here.
+      const bare = this.#down === undefined && this.#clientFd >= 0;
+      const handle = bare
+        ? splice.connect(
+            this,
+            backend.host,
+            backend.port,
+            this.#clientFd,
+            this.host.upstreamPreamble(this, pool),
+          )
+        : splice.connect(this, backend.host, backend.port);
+      if (handle !== undefined) {
+        if (handle < 0) {
+          this.#connectFailed(errnoName(-handle));
+        } else {
+          this.#splice = splice;
+          this.#relay = handle;
+          this.#handsOver = bare;
+        }
+        return;
       }
-      return;
     }
     const up = new net.Socket(UPSTREAM_SOCKET_OPTIONS) as Tagged;
     up[kSession] = this;
@@ -360,7 +436,7 @@ export class Session implements Holder, Sweepable, QueueWaiter, PickContext, Rel
     up.connect(backend.port, backend.host);
   }
 
-  /** A connect attempt failed before any byte went upstream: try another backend. */
+  /** A connect attempt failed before any byte went upstream: try again (see #attempt). */
   #connectFailed(code: string): void {
     const { pool, backend, up } = this;
     if (pool === undefined || backend === undefined) return;
@@ -369,9 +445,9 @@ export class Session implements Holder, Sweepable, QueueWaiter, PickContext, Rel
     (this.#tried ??= new Set()).add(backend);
     pool.release(backend, this);
     this.backend = undefined;
-    if (this.#slot >= 0) {
-      this.#splice?.abort(this.#slot); // a connect timeout
-      this.#slot = -1;
+    if (this.#relay >= 0) {
+      this.#splice?.abort(this.#relay); // a connect timeout: the client's descriptor is still ours
+      this.#relay = -1;
     }
     if (up !== undefined) {
       this.up = undefined;
@@ -393,7 +469,7 @@ export class Session implements Holder, Sweepable, QueueWaiter, PickContext, Rel
     if (pool === undefined || backend === undefined || up === undefined) return;
     this.#state = State.Open;
     this.#errorCode = undefined;
-    this.#lastActive = this.host.sweeper.now;
+    this.#lastActive = performance.now();
     const preamble = this.host.upstreamPreamble(this, pool);
     if (preamble !== undefined) up.write(preamble);
     if (this.pending !== undefined) {
@@ -412,16 +488,53 @@ export class Session implements Holder, Sweepable, QueueWaiter, PickContext, Rel
     else down.resume();
   }
 
-  /** @internal The splice relay reports on this session's slot. */
-  relayEvent(kind: number): void {
-    if (kind === RELAY_CONNECTED) {
-      this.#relayConnected();
-    } else if (kind === RELAY_CONNECT_FAILED) {
-      this.#slot = -1;
-      this.#connectFailed(errnoName(relayStats[STAT_ERRNO]));
+  /** @internal The splice relay connected the upstream and waits for the client (see #relayConnected). */
+  relayConnected(): void {
+    this.#relayConnected();
+  }
+
+  /** @internal The splice relay's connect failed; the client's descriptor (if given) is still ours. */
+  relayConnectFailed(errno: number): void {
+    this.#relay = -1;
+    this.#connectFailed(errnoName(errno));
+  }
+
+  /** @internal The splice relay ended on its own: both directions finished, or a socket failed. */
+  relayEnded(end: RelayEnd): void {
+    this.#relay = -1;
+    if (!this.#attached) this.#opened();
+    this.#countedUpTotal = this.#baseUp + end.bytesUp;
+    this.#countedDownTotal = end.bytesDown;
+    if (end.errorSide >= 0) {
+      this.#errorCode ??= errnoName(end.errno);
+      if (end.errorSide === 1) this.#verdict(this.#countedDownTotal > 0);
+      this.#reason ??= end.errorSide === 0 ? 'downstream_error' : 'upstream_error';
     } else {
-      this.#relayEnded();
+      // Both directions ended with FIN: the backend closed cleanly.
+      this.#verdict(true);
+      this.#finFirst ??= end.firstFin === 1 ? 'upstream_closed' : 'downstream_closed';
     }
+    this.#state = State.Closed;
+    this.#finish();
+  }
+
+  /**
+   * The relay carries the client now (it attached the bare descriptor given to connect()): the
+   * descriptor is the relay's, the byte counts too.
+   */
+  #opened(): void {
+    this.#state = State.Open;
+    this.#errorCode = undefined;
+    this.#lastActive = performance.now();
+    this.#relayHasClient();
+  }
+
+  #relayHasClient(): void {
+    this.#attached = true;
+    this.#handsOver = false;
+    this.#clientFd = -1;
+    this.#openSockets--;
+    this.host.spliced();
   }
 
   /**
@@ -437,7 +550,7 @@ export class Session implements Holder, Sweepable, QueueWaiter, PickContext, Rel
     if (pool === undefined || backend === undefined || splice === undefined) return;
     this.#state = State.Open;
     this.#errorCode = undefined;
-    this.#lastActive = this.host.sweeper.now;
+    this.#lastActive = performance.now();
     // A bare descriptor is handed over as it is; a net.Socket's is dup'ed by the relay.
     const own = down === undefined;
     const fd = own ? this.#clientFd : handleOf(down)?.fd;
@@ -451,12 +564,12 @@ export class Session implements Holder, Sweepable, QueueWaiter, PickContext, Rel
             ? pending
             : Buffer.concat([preamble, pending]);
       try {
-        splice.attach(this.#slot, fd, prefix, own);
+        splice.attach(this.#relay, fd, prefix, own);
         this.#attached = true;
       } catch (err) {
         const side = (err as { side?: number }).side;
         if (side !== undefined) {
-          this.#slot = -1;
+          this.#relay = -1;
           this.#errorCode = errnoName((err as { errno?: number }).errno);
           if (side === 1) this.#verdict(false);
           this.close(side === 0 ? 'downstream_error' : 'upstream_error');
@@ -479,8 +592,8 @@ export class Session implements Holder, Sweepable, QueueWaiter, PickContext, Rel
       return;
     }
     // Node streams from here: the upstream descriptor becomes a net.Socket.
-    const upFd = splice.detach(this.#slot);
-    this.#slot = -1;
+    const upFd = splice.detach(this.#relay);
+    this.#relay = -1;
     this.#splice = undefined;
     const up = new net.Socket({ ...UPSTREAM_SOCKET_OPTIONS, fd: upFd }) as Tagged;
     up[kSession] = this;
@@ -495,24 +608,6 @@ export class Session implements Holder, Sweepable, QueueWaiter, PickContext, Rel
   #takeRelayCounters(): void {
     this.#countedUpTotal = this.#baseUp + relayStats[STAT_BYTES_UP]!;
     this.#countedDownTotal = relayStats[STAT_BYTES_DOWN]!;
-  }
-
-  /** The splice relay ended on its own: both directions finished, or a socket failed. */
-  #relayEnded(): void {
-    this.#slot = -1;
-    this.#takeRelayCounters();
-    const side = relayStats[STAT_ERROR_SIDE]!;
-    if (side >= 0) {
-      this.#errorCode ??= errnoName(relayStats[STAT_ERRNO]);
-      if (side === 1) this.#verdict(this.#countedDownTotal > 0);
-      this.#reason ??= side === 0 ? 'downstream_error' : 'upstream_error';
-    } else {
-      // Both directions ended with FIN: the backend closed cleanly.
-      this.#verdict(true);
-      this.#finFirst ??= relayStats[STAT_FIRST_FIN] === 1 ? 'upstream_closed' : 'downstream_closed';
-    }
-    this.#state = State.Closed;
-    this.#finish();
   }
 
   /** @internal */
@@ -595,8 +690,7 @@ export class Session implements Holder, Sweepable, QueueWaiter, PickContext, Rel
     this.#finished = true;
     this.host.sweeper.delete(this);
     // Counted for sessions that got as far as connecting (as the stream path counts them).
-    if (this.up !== undefined || this.#attached || (this.#splice !== undefined && this.backend !== undefined))
-      this.#flushBytes();
+    if (this.up !== undefined || this.#attached) this.#flushBytes();
     if (this.pool !== undefined && this.backend !== undefined) this.pool.release(this.backend, this);
     this.host.sessionClosed(this, this.#reason ?? this.#finFirst ?? 'downstream_closed');
   }

@@ -7,12 +7,16 @@ import { createRequire } from 'node:module';
  * bytes between the two inside the kernel (splice(2) through a pipe) under the same event loop:
  * no net.Socket for the upstream, no Buffer and no JavaScript per read. Sessions fall back to
  * Node streams when it is not built.
+ *
+ * A relay is named by a handle: its slot and a generation in one number, so a handle kept after
+ * its relay ended can never act on the relay that took the slot next. What happens to relays and
+ * listeners reaches JavaScript as records, all those of one loop turn in one call (`onBatch`).
  */
 interface Addon {
   init(
-    onEvent: (slot: number, kind: number) => void,
+    onBatch: (count: number, ...ips: string[]) => void,
+    mail: Float64Array,
     stats: Float64Array,
-    onAccept: (id: number, fd: number, port: number, ip: string) => void,
     onDatagram: (id: number, port: number, ip: string, payload: Buffer) => void,
     onUdp: (flow: number, kind: number) => void,
   ): void;
@@ -27,18 +31,24 @@ interface Addon {
   unlisten(id: number): void;
   /** "ip port" of a socket's local address ('' when unknown). */
   sockname(fd: number): string;
-  /** A slot connecting to ip:port, or -errno when the connect failed at once. */
-  connect(ip: string, port: number): number;
-  /** Dups `clientFd` and starts relaying; `prefix` goes upstream first. */
-  attach(slot: number, clientFd: number, prefix: Buffer | undefined, own: boolean): void;
-  /** The connected upstream descriptor, handed over (the slot is freed). */
-  detach(slot: number): number;
-  info(slot: number): boolean;
-  abort(slot: number): boolean;
+  /**
+   * A relay connecting to ip:port (its handle), or -errno when the connect failed at once. With
+   * clientFd >= 0 the relay attaches that descriptor as soon as the upstream connects, `prefix`
+   * first; the descriptor stays the caller's until then (and after a failed connect).
+   */
+  connect(ip: string, port: number, clientFd: number, prefix: Buffer | undefined): number;
+  /** Dups `clientFd` (or takes it, with `own`) and starts relaying; `prefix` goes upstream first. */
+  attach(handle: number, clientFd: number, prefix: Buffer | undefined, own: boolean): void;
+  /** The connected upstream descriptor, handed over (the relay is freed). */
+  detach(handle: number): number;
+  /** The relay's state (RELAY_GONE once it has ended); fills relayStats. */
+  info(handle: number): number;
+  /** Ends the relay now (no record): see ABORT_*; fills relayStats. */
+  abort(handle: number): number;
   counts(): [relays: number, pipes: number, pooledPipes: number];
 }
 
-/** Written by the addon on info/abort and before each callback. */
+/** Written by the addon on info(), abort() and udpInfo(). */
 export const relayStats = new Float64Array(8);
 export const STAT_BYTES_UP = 0;
 export const STAT_BYTES_DOWN = 1;
@@ -61,29 +71,45 @@ export const UDP_DROPS_FULL = 5;
 export const UDP_REFUSED = 1;
 export const UDP_ANSWERED = 2;
 
-export const RELAY_ENDED = 0;
-export const RELAY_CONNECTED = 1;
-export const RELAY_CONNECT_FAILED = 2;
+/** A relay's state (info()): ended, connecting, connected and waiting for attach(), relaying. */
+export const RELAY_GONE = 0;
+export const RELAY_CONNECTING = 1;
+export const RELAY_CONNECTED = 2;
+export const RELAY_RELAYING = 3;
 
-/** A session using the relay; told when its upstream connects or fails, and when it ends. */
-export interface RelayOwner {
-  relayEvent(kind: number): void;
+/**
+ * What abort() found: the relay had ended already; it ended now and the client's descriptor was
+ * not taken (still the caller's); it ended now and closed the client it carried.
+ */
+export const ABORT_GONE = 0;
+export const ABORT_CLIENT_KEPT = 1;
+export const ABORT_CLIENT_CLOSED = 2;
+
+/** How a relay ended: bytes delivered each way, who sent FIN first and the first error. */
+export interface RelayEnd {
+  readonly bytesUp: number;
+  readonly bytesDown: number;
+  /** -1 none, 0 the client, 1 the backend. */
+  readonly firstFin: number;
+  /** -1 no error, 0 the client's socket, 1 the backend's. */
+  readonly errorSide: number;
+  readonly errno: number;
 }
 
-const owners: (RelayOwner | undefined)[] = [];
+/** A session using the relay; told what happens to its relay (at most one end, failed or ended). */
+export interface RelayOwner {
+  /** The upstream connected; the relay waits for attach() or detach() (no client was given). */
+  relayConnected(): void;
+  /** The connect failed; a client descriptor given to connect() is still the owner's. */
+  relayConnectFailed(errno: number): void;
+  /** The relay ended on its own (both directions finished, or a socket failed). */
+  relayEnded(end: RelayEnd): void;
+}
 
 /** A listener whose connections the relay accepts. */
 export interface AcceptOwner {
   /** A connection (fd >= 0, the owner's to close), or an accept failure (fd = -errno). */
   accepted(fd: number, ip: string, port: number): void;
-}
-
-const acceptOwners: (AcceptOwner | undefined)[] = [];
-
-function onAccept(id: number, fd: number, port: number, ip: string): void {
-  const owner = acceptOwners[id];
-  if (owner !== undefined) owner.accepted(fd, ip, port);
-  else if (fd >= 0) closeSync(fd);
 }
 
 /** A UDP listener whose socket the relay reads. */
@@ -100,8 +126,59 @@ export interface UdpFlowOwner {
   udpEvent(kind: number): void;
 }
 
+/** Handles are generation × HANDLE_SLOTS + slot (see native/relay.c). */
+const HANDLE_SLOTS = 2 ** 24;
+/** The records of one batch: MAIL_RECS records of REC_LEN numbers, written by the addon. */
+const REC_LEN = 8;
+const MAIL_RECS = 256;
+const REC_ACCEPTED = 1;
+const REC_CONNECTED = 2;
+const REC_CONNECT_FAILED = 3;
+const REC_ENDED = 4;
+const mail = new Float64Array(MAIL_RECS * REC_LEN);
+
+/** Relay owners by slot, beside the handle each was given: a record of an older relay is dropped. */
+const owners: (RelayOwner | undefined)[] = [];
+const ownerHandles: number[] = [];
+const acceptOwners: (AcceptOwner | undefined)[] = [];
 const datagramOwners: (DatagramOwner | undefined)[] = [];
 const flowOwners: (UdpFlowOwner | undefined)[] = [];
+
+/** The owner of `handle`'s relay; unless `keep`, the relay is over and the owner forgotten. */
+function ownerOf(handle: number, keep: boolean): RelayOwner | undefined {
+  const slot = handle % HANDLE_SLOTS;
+  if (ownerHandles[slot] !== handle) return undefined;
+  const owner = owners[slot];
+  if (!keep) owners[slot] = undefined;
+  return owner;
+}
+
+/** One loop turn's records: accepted connections, connects that succeeded or failed, relays that ended. */
+function onBatch(count: number, ...ips: string[]): void {
+  for (let k = 0; k < count; k++) {
+    const o = k * REC_LEN;
+    const kind = mail[o];
+    const id = mail[o + 1]!;
+    if (kind === REC_ACCEPTED) {
+      const fd = mail[o + 2]!;
+      const owner = acceptOwners[id];
+      if (owner !== undefined) owner.accepted(fd, fd >= 0 ? (ips[mail[o + 4]! - 1] ?? '') : '', mail[o + 3]!);
+      else if (fd >= 0) closeSync(fd);
+    } else if (kind === REC_CONNECTED) {
+      ownerOf(id, true)?.relayConnected();
+    } else if (kind === REC_CONNECT_FAILED) {
+      ownerOf(id, false)?.relayConnectFailed(mail[o + 2]!);
+    } else if (kind === REC_ENDED) {
+      ownerOf(id, false)?.relayEnded({
+        bytesUp: mail[o + 2]!,
+        bytesDown: mail[o + 3]!,
+        firstFin: mail[o + 4]!,
+        errorSide: mail[o + 5]!,
+        errno: mail[o + 6]!,
+      });
+    }
+  }
+}
 
 function onDatagram(id: number, port: number, ip: string, payload: Buffer): void {
   datagramOwners[id]?.datagram(ip, port, payload);
@@ -111,13 +188,6 @@ function onUdp(flow: number, kind: number): void {
   flowOwners[flow]?.udpEvent(kind);
 }
 
-function onEvent(slot: number, kind: number): void {
-  const owner = owners[slot];
-  // Connected: the slot goes on (attached or detached by the owner). Otherwise it is gone.
-  if (kind !== RELAY_CONNECTED) owners[slot] = undefined;
-  owner?.relayEvent(kind);
-}
-
 const EINVAL = 22;
 
 export class SpliceRelay {
@@ -125,27 +195,35 @@ export class SpliceRelay {
 
   constructor(addon: Addon) {
     this.#addon = addon;
-    addon.init(onEvent, relayStats, onAccept, onDatagram, onUdp);
+    addon.init(onBatch, mail, relayStats, onDatagram, onUdp);
   }
 
   /**
-   * Starts connecting to `ip`:`port`. Returns the slot; a negative errno when the connect failed
-   * at once; undefined when `ip` is not an IP literal (Node's connect resolves names).
+   * Starts connecting to `ip`:`port`. With `clientFd` (a descriptor with nothing read from it),
+   * the relay attaches it once connected and relays at once, `prefix` first: the owner hears only
+   * relayConnectFailed (the descriptor is still its own) or relayEnded. Without one the owner
+   * hears relayConnected and then calls attach() or detach(). Returns the handle; a negative
+   * errno when the connect failed at once; undefined when `ip` is not an IP literal (Node's
+   * connect resolves names).
    */
-  connect(owner: RelayOwner, ip: string, port: number): number | undefined {
-    const slot = this.#addon.connect(ip, port);
-    if (slot === -EINVAL) return undefined;
-    if (slot >= 0) owners[slot] = owner;
-    return slot;
+  connect(owner: RelayOwner, ip: string, port: number, clientFd = -1, prefix?: Buffer): number | undefined {
+    const handle = this.#addon.connect(ip, port, clientFd, prefix);
+    if (handle === -EINVAL) return undefined;
+    if (handle >= 0) {
+      const slot = handle % HANDLE_SLOTS;
+      owners[slot] = owner;
+      ownerHandles[slot] = handle;
+    }
+    return handle;
   }
 
   /**
-   * Starts relaying a connected slot. Throws an Error with `errno`, and `side` (0 client, 1
-   * backend) when a socket failed (the slot is then gone) rather than the host running short of
-   * descriptors (the slot stays connected).
+   * Starts relaying a connected relay. Throws an Error with `errno`, and `side` (0 client, 1
+   * backend) when a socket failed (the relay is then gone) rather than the host running short of
+   * descriptors (the relay stays connected).
    */
-  attach(slot: number, clientFd: number, prefix: Buffer | undefined, own = false): void {
-    this.#addon.attach(slot, clientFd, prefix, own);
+  attach(handle: number, clientFd: number, prefix: Buffer | undefined, own = false): void {
+    this.#addon.attach(handle, clientFd, prefix, own);
   }
 
   /**
@@ -215,21 +293,21 @@ export class SpliceRelay {
     return { ip, port: Number(port) };
   }
 
-  /** Takes a connected slot's upstream descriptor back; the slot is freed. */
-  detach(slot: number): number {
-    owners[slot] = undefined;
-    return this.#addon.detach(slot);
+  /** Takes a connected relay's upstream descriptor back; the relay is freed. */
+  detach(handle: number): number {
+    ownerOf(handle, false);
+    return this.#addon.detach(handle);
   }
 
-  /** Refreshes relayStats for `slot`. */
-  read(slot: number): boolean {
-    return this.#addon.info(slot);
+  /** The relay's state (RELAY_*); refreshes relayStats while it runs. */
+  read(handle: number): number {
+    return this.#addon.info(handle);
   }
 
-  /** Ends `slot` now (its owner is not called back); relayStats hold its final counters. */
-  abort(slot: number): void {
-    owners[slot] = undefined;
-    this.#addon.abort(slot);
+  /** Ends the relay now (its owner is not told); relayStats hold its final counters. See ABORT_*. */
+  abort(handle: number): number {
+    ownerOf(handle, false);
+    return this.#addon.abort(handle);
   }
 
   counts(): { relays: number; pipes: number; pooledPipes: number } {

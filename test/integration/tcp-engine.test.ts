@@ -150,9 +150,10 @@ describe.each(['splice', 'stream'] as const)('TCP engine (relay: %s)', (relay) =
       1,
     );
     await waitFor(() => rt.logs.find('session').length === 1);
+    // 1 + connect_retries (2) attempts: both backends, then one of them again after the turn-around.
     expect(rt.logs.find('session')[0]).toMatchObject({
       reason: 'connect_failed',
-      attempts: 2,
+      attempts: 3,
       error: 'ECONNREFUSED',
     });
   });
