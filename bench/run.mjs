@@ -97,6 +97,14 @@ over the process tree) taken around each run. Load generator, proxy and backend 
 cores, so absolute numbers are low and noisy (about ±20 %): read the ratios. HAProxy runs
 \`mode tcp\`, \`nbthread 1\`, splicing off; nginx \`stream {}\` with \`worker_processes 1\`; sluice one
 process with \`log: {level: warn, access_log: false}\` unless a row says otherwise; no health checks anywhere.
+
+Failures: every measured run records the errors its load client reported (wrk socket errors and
+non-2xx responses; an iperf3 run that ends in an error, or a UDP one that loses datagrams; the
+rss client's connections that failed or never reached the sink; the UDP blaster's failed sends).
+A run with any error is FAILED and its figures are not used: a cell whose repetitions include one
+prints \`FAILED (n errors in k of N runs)\` instead of a median, a ratio with such a cell prints –,
+and the errors column is the total over all runs. In the UDP table, datagrams the sink did not
+receive are the "lost %" column, not errors: the blaster overdrives on purpose.
 `;
 
 const doc = [header, ...sections].join('\n');
