@@ -1,7 +1,9 @@
 // Load generators (iperf3, wrk) with their output parsed, and the proxy CPU taken around a run.
 // Every result carries `errors`, the failures the client reported (0 for a clean run), and `why`,
 // a one-line account of them: a run with errors is a FAILED sample, never a rate.
-import { HOST, cpuSeconds, run, sleep } from './sys.mjs';
+import { join } from 'node:path';
+import { ROOT, sluiceNode } from './setup.mjs';
+import { HOST, cpuSeconds, freePort, run, sleep, timeWaitCount } from './sys.mjs';
 
 /** Runs `fn` and returns its result plus the proxy's CPU seconds (utime+stime) spent meanwhile. */
 export async function withCpu(pid, fn) {
@@ -97,4 +99,28 @@ export async function wrk(port, { seconds = 4, connections = 50, close = false }
   if (w.requests === 0)
     return { ...w, errors: Math.max(1, w.errors), why: `wrk made no request: ${w.why || said}` };
   return w;
+}
+
+// A fill of 30,000 takes about 3 s here; the bound only matters on a much slower machine.
+const FILL_SECONDS = 30;
+
+/**
+ * Tops the machine up to about `target` sockets in TIME_WAIT, counting those already there, with
+ * bench/helpers/timewait.mjs (loopback only, stops by itself). Returns the counts before and after.
+ */
+export async function fillTimeWait(target) {
+  const before = timeWaitCount();
+  if (before >= target) return { before, after: before, made: 0, seconds: 0 };
+  const port = await freePort();
+  const script = join(ROOT, 'bench/helpers/timewait.mjs');
+  const r = await run(sluiceNode(), [script, port, target - before, FILL_SECONDS], {
+    limitS: FILL_SECONDS + 10,
+  });
+  let out;
+  try {
+    out = JSON.parse(r.stdout);
+  } catch {
+    throw new Error(`timewait.mjs failed (exit ${r.code}): ${r.stderr.trim().slice(0, 200)}`);
+  }
+  return { before, after: timeWaitCount(), made: out.made, seconds: out.seconds };
 }
