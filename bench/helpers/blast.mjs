@@ -1,5 +1,6 @@
 // UDP load: a connected socket sends 64-byte datagrams to 127.0.0.1:PORT in batches of 64 per
-// setImmediate for SECONDS, then prints {"sent", "seconds", "errors"}.
+// setImmediate for SECONDS, then prints {"sent", "seconds", "errors", "code"}: sends that failed
+// (ECONNREFUSED once nothing listens on the port, ENOBUFS, …) and the first failure's code.
 import dgram from 'node:dgram';
 
 const [portArg, secondsArg] = process.argv.slice(2);
@@ -8,7 +9,12 @@ const payload = Buffer.alloc(64, 0x61);
 const sock = dgram.createSocket({ type: 'udp4', sendBufferSize: 4 << 20 });
 let sent = 0;
 let errors = 0;
-const done = (err) => (err ? errors++ : sent++);
+let code;
+const done = (err) => {
+  if (!err) return sent++;
+  errors++;
+  code ??= err.code;
+};
 
 sock.connect(Number(portArg), '127.0.0.1', () => {
   const start = performance.now();
@@ -19,7 +25,7 @@ sock.connect(Number(portArg), '127.0.0.1', () => {
     else
       setTimeout(() => {
         process.stdout.write(
-          `${JSON.stringify({ sent, errors, seconds: (performance.now() - start) / 1000 })}\n`,
+          `${JSON.stringify({ sent, errors, code, seconds: (performance.now() - start) / 1000 })}\n`,
         );
         sock.close();
       }, 100);

@@ -139,6 +139,25 @@ export function rssKiB(pid) {
   return kib;
 }
 
+/** TIME_WAIT sockets on the whole machine, as `ss -s` counts them. */
+export function timeWaitCount() {
+  const out = execFileSync('ss', ['-s'], { encoding: 'utf8', timeout: 10000 });
+  const m = /timewait (\d+)/.exec(out);
+  if (!m) throw new Error(`no timewait count in ss -s: ${out.slice(0, 200)}`);
+  return Number(m[1]);
+}
+
+/** The machine's CPU time so far (the `cpu` line of /proc/stat, in ticks): steal and the total. */
+export function cpuTimes() {
+  const line = readFileSync('/proc/stat', 'utf8').split('\n')[0];
+  // user nice system idle iowait irq softirq steal; guest time is already counted in user.
+  const ticks = line.trim().split(/\s+/).slice(1, 9).map(Number);
+  return { steal: ticks[7], total: ticks.reduce((a, b) => a + b, 0) };
+}
+
+/** The share of CPU time the hypervisor stole between two cpuTimes() samples, 0–1. */
+export const stealShare = (from, to) => (to.steal - from.steal) / (to.total - from.total || 1);
+
 // ---- ports ------------------------------------------------------------------------------------
 
 // Below the ephemeral range (32768-60999) so no outgoing connection can take one of them.

@@ -6,7 +6,7 @@
 // backend in a pool is real and answers, without binding anything outside 127.0.0.0/8 and
 // without connect failures or retries mixing into the numbers. Health checks are off.
 import { startHttpBackend, startSluice } from '../lib/peers.mjs';
-import { table } from '../lib/report.mjs';
+import { ERRORS, table } from '../lib/report.mjs';
 import { freePort, sleep } from '../lib/sys.mjs';
 import { measureConnRate } from './connrate.mjs';
 import { newSamples, rotate, startPeers, stopAll, warmUp } from './common.mjs';
@@ -16,7 +16,7 @@ const ALGORITHMS = ['round-robin', 'least-connections'];
 
 export const id = 'backends';
 export const title = 'Cost as the pool grows (10 / 1,000 / 10,000 backends)';
-export const what = `Connection rate (wrk -t1 -c50 -d4s, Connection: close) through one sluice process whose pool has N backends: 127.1.X.Y:PORT addresses that are all real listening sockets of one nginx HTTP backend. Round-robin and least-connections; no health checks. The ratio rows compare each size with 10 backends: 1.00× is flat.`;
+export const what = `Connection rate (wrk -t1 -c50 -d4s, Connection: close) through one sluice process whose pool has N backends: 127.1.X.Y:PORT addresses that are all real listening sockets of one nginx HTTP backend. Round-robin and least-connections; no health checks. The ratio rows compare each size with 10 backends: 1.00× is flat. "errors" = wrk socket errors + non-2xx, summed over all runs.`;
 
 const address = (i, port) => `127.1.${Math.floor(i / 250)}.${(i % 250) + 1}:${port}`;
 const label = (algo, n) => `${algo}, ${n.toLocaleString('en-US')}`;
@@ -58,7 +58,7 @@ export async function run({ dir, reps }) {
   const metrics = [
     { key: 'cps', label: 'conn/s', digits: 0 },
     { key: 'cpu', label: 'CPU-ms/1k conn', digits: 1 },
-    { key: 'err', label: 'errors', digits: 0 },
+    ERRORS,
   ];
   const ratios = [];
   for (const a of ALGORITHMS)

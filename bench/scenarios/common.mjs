@@ -34,13 +34,32 @@ export function newSamples() {
   return new Samples();
 }
 
-/** Prints one measurement as it happens, so a long run shows progress. */
-export function progress(rep, label, what, fields) {
+/** Prints one measurement as it happens, so a long run shows progress (and its failures). */
+export function progress(rep, label, what, fields, errors = 0) {
   const parts = Object.entries(fields)
-    .filter(([, v]) => v !== undefined)
+    .filter(([, v]) => v !== undefined && (typeof v !== 'number' || Number.isFinite(v)))
     .map(([k, v]) => `${k}=${typeof v === 'number' ? +v.toFixed(3) : v}`);
-  console.log(`  rep ${rep + 1} ${label.padEnd(20)} ${what.padEnd(10)} ${parts.join(' ')}`);
+  const verdict = errors > 0 ? 'FAILED ' : '';
+  console.log(`  rep ${rep + 1} ${label.padEnd(20)} ${what.padEnd(10)} ${verdict}${parts.join(' ')}`);
 }
+
+/**
+ * Records one measured run of `label` and prints it. `result` is a load generator's answer
+ * ({errors, why}); with errors the run is FAILED and the first failure's `why` becomes the row's
+ * note. `values` go to the table, `shown` only to the progress line.
+ */
+export function measured(s, rep, label, what, result, values, shown) {
+  s.record(label, values, result.errors);
+  if (result.errors > 0) s.note(label, `${result.why} (rep ${rep + 1})`);
+  const why = result.errors > 0 ? JSON.stringify(result.why) : undefined;
+  progress(rep, label, what, { ...shown, errors: result.errors, why }, result.errors);
+}
+
+/**
+ * The proxy CPU of a run divided by its work, as a `values` entry: none for `direct`, which has
+ * no proxy, so its CPU cells stay '–' whatever the run did.
+ */
+export const cpuPer = (key, cpu, work) => (cpu === undefined ? {} : { [key]: cpu / work });
 
 /**
  * One short unrecorded run per port before the repetitions, so the first measured run is not

@@ -3,11 +3,12 @@
 // Primary metric: proxy CPU milliseconds per 1,000 connections.
 import { startHttpBackend, startSluice } from '../lib/peers.mjs';
 import { withCpu, wrk } from '../lib/load.mjs';
-import { table } from '../lib/report.mjs';
+import { ERRORS, table } from '../lib/report.mjs';
 import { sleep } from '../lib/sys.mjs';
 import {
+  cpuPer,
+  measured,
   newSamples,
-  progress,
   rotate,
   startPeers,
   stopAll,
@@ -19,25 +20,16 @@ import {
 
 export const id = 'connrate';
 export const title = 'New connections per second (wrk, Connection: close)';
-export const what = `wrk -t1 -c50 -d4s -H 'Connection: close' through each proxy to nginx (\`keepalive_timeout 0; return 200 "ok";\`); 1 s pause between runs for TIME_WAIT. CPU-ms/1k = proxy CPU per 1,000 connections. "errors" = wrk socket errors + non-2xx. "sluice (access log)" runs \`log: {level: info, access_log: true}\` with stdout to a file.`;
+export const what = `wrk -t1 -c50 -d4s -H 'Connection: close' through each proxy to nginx (\`keepalive_timeout 0; return 200 "ok";\`); 1 s pause between runs for TIME_WAIT. CPU-ms/1k = proxy CPU per 1,000 connections. "errors" = wrk socket errors + non-2xx, summed over all runs. "sluice (access log)" runs \`log: {level: info, access_log: true}\` with stdout to a file.`;
 
 const LABELS = [...TCP_ROWS, 'sluice (access log)'];
 
 /** One connection-rate run through `port`, recorded under `label`. Shared with other scenarios. */
-export async function measureConnRate(s, rep, label, pid, port, prefix = '') {
+export async function measureConnRate(s, rep, label, pid, port) {
   const r = await withCpu(pid, () => wrk(port, { close: true }));
-  if (r.error) {
-    s.note(label, r.error);
-    progress(rep, label, 'conn/s', { error: r.error });
-    return;
-  }
-  const cpuPer1k = r.cpu === undefined ? undefined : (r.cpu * 1000) / (r.requests / 1000);
-  s.add(label, `${prefix}cps`, r.rps);
-  s.add(label, `${prefix}cpu`, cpuPer1k);
-  s.add(label, `${prefix}err`, r.errors + r.non2xx);
-  if (r.errors + r.non2xx > 0)
-    s.note(`${label}`, `wrk reported ${r.errorText || ''} non-2xx ${r.non2xx} (rep ${rep + 1})`);
-  progress(rep, label, 'conn/s', { cps: r.rps, cpu_ms_per_1k: cpuPer1k, errors: r.errors, non2xx: r.non2xx });
+  // CPU-ms per 1,000 connections = CPU-s per 1,000,000.
+  const values = { cps: r.rps, ...cpuPer('cpu', r.cpu, r.requests / 1e6) };
+  measured(s, rep, label, 'conn/s', r, values, { cps: r.rps, cpu_ms_per_1k: values.cpu });
 }
 
 export async function run({ dir, reps }) {
@@ -66,7 +58,7 @@ export async function run({ dir, reps }) {
   const metrics = [
     { key: 'cps', label: 'conn/s', digits: 0 },
     { key: 'cpu', label: 'CPU-ms/1k conn', digits: 1 },
-    { key: 'err', label: 'errors', digits: 0 },
+    ERRORS,
   ];
   const ratios = [...TCP_RATIOS, { num: 'sluice (access log)', den: 'sluice' }];
   return [table(s, LABELS, metrics, ratios)];

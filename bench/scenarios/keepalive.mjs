@@ -2,11 +2,12 @@
 // only relays small request/response pairs. Primary metrics: req/s, p50/p99, CPU per request.
 import { startHttpBackend } from '../lib/peers.mjs';
 import { withCpu, wrk } from '../lib/load.mjs';
-import { table } from '../lib/report.mjs';
+import { ERRORS, table } from '../lib/report.mjs';
 import { sleep } from '../lib/sys.mjs';
 import {
+  cpuPer,
+  measured,
   newSamples,
-  progress,
   rotate,
   startPeers,
   stopAll,
@@ -19,7 +20,7 @@ import {
 export const id = 'keepalive';
 export const title = 'Keep-alive requests per second and latency (wrk --latency)';
 export const what =
-  'wrk -t1 -c50 -d4s --latency through each proxy to nginx (`keepalive_timeout 120s; return 200 "ok";`). p50/p99 are wrk\'s per-request latency at 50 connections (they include queueing); p99 varies 2–3× between runs here. CPU-ms/1k req = proxy CPU per 1,000 requests.';
+  'wrk -t1 -c50 -d4s --latency through each proxy to nginx (`keepalive_timeout 120s; return 200 "ok";`). p50/p99 are wrk\'s per-request latency at 50 connections (they include queueing); p99 varies 2–3× between runs here. CPU-ms/1k req = proxy CPU per 1,000 requests. "errors" = wrk socket errors + non-2xx, summed over all runs.';
 
 export async function run({ dir, reps }) {
   const s = newSamples();
@@ -34,23 +35,13 @@ export async function run({ dir, reps }) {
     for (let rep = 0; rep < reps; rep++) {
       for (const p of rotate(peers, rep)) {
         const r = await withCpu(p.pid, () => wrk(p.port.http));
-        if (r.error) {
-          s.note(p.label, r.error);
-          progress(rep, p.label, 'req/s', { error: r.error });
-          continue;
-        }
-        const cpuPer1k = r.cpu === undefined ? undefined : (r.cpu * 1000) / (r.requests / 1000);
-        s.add(p.label, 'rps', r.rps);
-        s.add(p.label, 'p50', r.p50);
-        s.add(p.label, 'p99', r.p99);
-        s.add(p.label, 'cpu', cpuPer1k);
-        s.add(p.label, 'err', r.errors + r.non2xx);
-        progress(rep, p.label, 'req/s', {
+        // CPU-ms per 1,000 requests = CPU-s per 1,000,000.
+        const values = { rps: r.rps, p50: r.p50, p99: r.p99, ...cpuPer('cpu', r.cpu, r.requests / 1e6) };
+        measured(s, rep, p.label, 'req/s', r, values, {
           rps: r.rps,
           p50_ms: r.p50,
           p99_ms: r.p99,
-          cpu_ms_per_1k: cpuPer1k,
-          errors: r.errors,
+          cpu_ms_per_1k: values.cpu,
         });
         await sleep(500);
       }
@@ -63,7 +54,7 @@ export async function run({ dir, reps }) {
     { key: 'p50', label: 'p50 ms', digits: 2 },
     { key: 'p99', label: 'p99 ms', digits: 2 },
     { key: 'cpu', label: 'CPU-ms/1k req', digits: 2 },
-    { key: 'err', label: 'errors', digits: 0 },
+    ERRORS,
   ];
   return [table(s, TCP_ROWS, metrics, TCP_RATIOS)];
 }

@@ -2,17 +2,27 @@
 // (50 at a time, 5 bytes each); (ΔVmRSS)/N sampled 2 s after all are open. Each proxy is started
 // fresh for each repetition, so a heap grown by an earlier round does not hide the cost.
 import { helper, startHaproxy, startNginxStream, startSluice } from '../lib/peers.mjs';
-import { table } from '../lib/report.mjs';
+import { ERRORS, table } from '../lib/report.mjs';
 import { freePort, rssKiB, sleep } from '../lib/sys.mjs';
-import { newSamples, progress, rotate, startPeers } from './common.mjs';
+import { measured, newSamples, rotate, startPeers } from './common.mjs';
 
 const N = 5000; // one proxied connection is 2 fds in the proxy; the fd limit is 20,000
 
 export const id = 'rss';
 export const title = `Memory per idle proxied connection (${N.toLocaleString('en-US')} connections)`;
-export const what = `A Node client opens ${N} connections through the proxy to a Node sink (50 at a time, 5 bytes each) and holds them; KB/conn = (VmRSS 2 s after all are open − VmRSS before)/${N}, summed over the proxy's processes. Kernel socket buffers are not in VmRSS. Fresh proxy processes for every repetition.`;
+export const what = `A Node client opens ${N} connections through the proxy to a Node sink (50 at a time, 5 bytes each) and holds them; KB/conn = (VmRSS 2 s after all are open − VmRSS before)/${N}, summed over the proxy's processes. Kernel socket buffers are not in VmRSS. Fresh proxy processes for every repetition. "errors" = connections the client could not open or hold plus held ones that never reached the sink, summed over all runs.`;
 
 const LABELS = ['haproxy', 'nginx', 'sluice', 'sluice-stream'];
+
+/**
+ * The errors of one hold: connections the client does not hold (they failed or were closed) and
+ * held ones that never reached the sink.
+ */
+function holdResult(opened, atSink) {
+  const errors = N - opened.open + Math.max(0, opened.open - atSink);
+  const why = `${opened.open} of ${N} connections held by the client (${opened.failed} failed), ${atSink} at the sink`;
+  return { errors, why };
+}
 
 export async function run({ dir, reps }) {
   const s = newSamples();
@@ -42,14 +52,9 @@ export async function run({ dir, reps }) {
           const { conns } = await sink.next();
           await hold.stop();
           const kbPerConn = ((after - before) * 1024) / 1000 / opened.open;
-          if (opened.open < N || conns < N)
-            s.note(
-              label,
-              `only ${opened.open} of ${N} connections opened, ${conns} reached the sink (rep ${rep + 1})`,
-            );
-          s.add(label, 'kb', kbPerConn);
-          s.add(label, 'mb', after / 1024);
-          progress(rep, label, 'rss', {
+          const result = holdResult(opened, conns);
+          const values = { kb: kbPerConn, mb: after / 1024 };
+          measured(s, rep, label, 'rss', result, values, {
             kb_per_conn: kbPerConn,
             rss_mb: after / 1024,
             open: opened.open,
@@ -67,6 +72,7 @@ export async function run({ dir, reps }) {
   const metrics = [
     { key: 'kb', label: 'KB per proxied conn', digits: 1 },
     { key: 'mb', label: `RSS MB with ${N} conns`, digits: 1 },
+    ERRORS,
   ];
   return [
     table(s, LABELS, metrics, [

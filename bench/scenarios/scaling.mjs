@@ -10,15 +10,15 @@ import {
   startSluice,
 } from '../lib/peers.mjs';
 import { iperf, withCpu } from '../lib/load.mjs';
-import { table } from '../lib/report.mjs';
+import { ERRORS, table } from '../lib/report.mjs';
 import { sleep } from '../lib/sys.mjs';
 import { measureConnRate } from './connrate.mjs';
-import { newSamples, progress, rotate, startPeers, stopAll, warmUp } from './common.mjs';
+import { cpuPer, measured, newSamples, rotate, startPeers, stopAll, warmUp } from './common.mjs';
 
 export const id = 'scaling';
 export const title = 'Scaling to 2 cores (connection rate and 4-stream throughput)';
 export const what =
-  'Connection rate as in the connection-rate scenario, and iperf3 -P 4 as in the throughput scenario, with the proxies allowed two cores: HAProxy `nbthread 2`, nginx `worker_processes 2`, sluice `workers: 2`. On a 2-core machine the load generator and backend compete for the same cores, so expect well under 2×.';
+  'Connection rate as in the connection-rate scenario, and iperf3 -P 4 as in the throughput scenario, with the proxies allowed two cores: HAProxy `nbthread 2`, nginx `worker_processes 2`, sluice `workers: 2`. On a 2-core machine the load generator and backend compete for the same cores, so expect well under 2×. "errors" = wrk and iperf3 errors, summed over all runs.';
 
 const LABELS = [
   'haproxy 1 thread',
@@ -66,15 +66,8 @@ export async function run({ dir, reps }) {
         await measureConnRate(s, rep, p.label, p.pid, p.port.http);
         await sleep(1000);
         const r = await withCpu(p.pid, () => iperf(p.port.iperf, { streams: 4 }));
-        if (r.error) {
-          s.note(p.label, r.error);
-          progress(rep, p.label, '-P 4', { error: r.error });
-          continue;
-        }
-        const cpuPerGB = r.cpu / (r.bytes / 1e9);
-        s.add(p.label, 'gbps', r.bps / 1e9);
-        s.add(p.label, 'cpuGB', cpuPerGB);
-        progress(rep, p.label, '-P 4', { gbps: r.bps / 1e9, cpu_s_per_GB: cpuPerGB });
+        const values = { gbps: r.bps / 1e9, ...cpuPer('cpuGB', r.cpu, r.bytes / 1e9) };
+        measured(s, rep, p.label, '-P 4', r, values, { gbps: values.gbps, cpu_s_per_GB: values.cpuGB });
         await sleep(500);
       }
     }
@@ -86,6 +79,7 @@ export async function run({ dir, reps }) {
     { key: 'cpu', label: 'CPU-ms/1k conn', digits: 1 },
     { key: 'gbps', label: '-P4 Gbit/s' },
     { key: 'cpuGB', label: '-P4 CPU-s/GB' },
+    ERRORS,
   ];
   const ratios = [
     { num: 'sluice workers: 2', den: 'haproxy 2 threads' },

@@ -2,11 +2,12 @@
 // Primary metric: proxy CPU seconds per GB moved.
 import { startIperfServer } from '../lib/peers.mjs';
 import { iperf, withCpu } from '../lib/load.mjs';
-import { table } from '../lib/report.mjs';
+import { ERRORS, table } from '../lib/report.mjs';
 import { sleep } from '../lib/sys.mjs';
 import {
+  cpuPer,
+  measured,
   newSamples,
-  progress,
   rotate,
   startPeers,
   stopAll,
@@ -19,7 +20,7 @@ import {
 export const id = 'throughput';
 export const title = 'Bulk throughput (iperf3, 4 s)';
 export const what =
-  'iperf3 -c 127.0.0.1 -p PROXY -t 4 -P 1 and -P 4, -J (end.sum_received). CPU-s/GB = proxy utime+stime per GB received.';
+  'iperf3 -c 127.0.0.1 -p PROXY -t 4 -P 1 and -P 4, -J (end.sum_received). CPU-s/GB = proxy utime+stime per GB received. "errors" = iperf3 runs that ended in an error, over all runs.';
 
 export async function run({ dir, reps }) {
   const s = newSamples();
@@ -35,16 +36,14 @@ export async function run({ dir, reps }) {
       for (const streams of [1, 4]) {
         for (const p of rotate(peers, rep)) {
           const r = await withCpu(p.pid, () => iperf(p.port.iperf, { streams }));
-          if (r.error) {
-            s.note(p.label, r.error);
-            progress(rep, p.label, `-P ${streams}`, { error: r.error });
-            continue;
-          }
-          const gbps = r.bps / 1e9;
-          const cpuPerGB = r.cpu === undefined ? undefined : r.cpu / (r.bytes / 1e9);
-          s.add(p.label, `gbps${streams}`, gbps);
-          s.add(p.label, `cpu${streams}`, cpuPerGB);
-          progress(rep, p.label, `-P ${streams}`, { gbps, cpu_s_per_GB: cpuPerGB });
+          const values = {
+            [`gbps${streams}`]: r.bps / 1e9,
+            ...cpuPer(`cpu${streams}`, r.cpu, r.bytes / 1e9),
+          };
+          measured(s, rep, p.label, `-P ${streams}`, r, values, {
+            gbps: r.bps / 1e9,
+            cpu_s_per_GB: values[`cpu${streams}`],
+          });
           await sleep(500);
         }
       }
@@ -57,6 +56,7 @@ export async function run({ dir, reps }) {
     { key: 'cpu1', label: '-P1 CPU-s/GB' },
     { key: 'gbps4', label: '-P4 Gbit/s' },
     { key: 'cpu4', label: '-P4 CPU-s/GB' },
+    ERRORS,
   ];
   return [table(s, TCP_ROWS, metrics, TCP_RATIOS)];
 }

@@ -4,18 +4,23 @@
 // when it rejects a `protocol: udp` listener or forwards nothing through it.
 import { direct, helper, startNginxStream, startSluice } from '../lib/peers.mjs';
 import { withCpu } from '../lib/load.mjs';
-import { table } from '../lib/report.mjs';
+import { ERRORS, table } from '../lib/report.mjs';
 import { bound, freePort, sleep } from '../lib/sys.mjs';
-import { newSamples, progress, rotate, startPeers, stopAll } from './common.mjs';
+import { cpuPer, measured, newSamples, rotate, startPeers, stopAll } from './common.mjs';
 
 const SECONDS = 4;
 
 export const id = 'udp';
 export const title = 'UDP datagrams per second (64-byte datagrams)';
-export const what = `A Node blaster (one connected socket, 64 B datagrams, batches of 64 per setImmediate, ${SECONDS} s) through the proxy to a Node sink that counts. kpps = datagrams received by the sink per second; "sent" = the blaster's rate; CPU-s/M = proxy CPU per million datagrams received.`;
+export const what = `A Node blaster (one connected socket, 64 B datagrams, batches of 64 per setImmediate, ${SECONDS} s) through the proxy to a Node sink that counts. kpps = datagrams received by the sink per second; "sent" = the blaster's rate; lost % = datagrams sent but not received (the blaster overdrives on purpose, so some are lost even without a proxy); CPU-s/M = proxy CPU per million datagrams received; "errors" = the blaster's failed sends, summed over all runs.`;
 
 const LABELS = ['direct', 'nginx', 'sluice'];
 
+/**
+ * One blast through `port`: datagrams sent and received, and as errors the blaster's failed sends.
+ * Datagrams sent but never received are loss, not errors: the blaster overdrives on purpose (even
+ * without a proxy the sink misses some), and the figure is what the sink received.
+ */
 async function blast(sink, port, seconds) {
   sink.send('?');
   const { count: c0 } = await sink.next();
@@ -25,7 +30,26 @@ async function blast(sink, port, seconds) {
   await sleep(300); // datagrams still in the proxy's buffers
   sink.send('?');
   const { count: c1 } = await sink.next();
-  return { received: c1 - c0, sent: r.sent, seconds: r.seconds };
+  const received = c1 - c0;
+  const why = r.errors ? `blaster: ${r.errors} sends failed (first: ${r.code})` : '';
+  return {
+    received,
+    sent: r.sent,
+    lost: Math.max(0, r.sent - received),
+    seconds: r.seconds,
+    errors: r.errors,
+    why,
+  };
+}
+
+/** The figures of one blast: rates in thousands of datagrams per second, loss in % of those sent. */
+function figures(r) {
+  return {
+    kpps: r.received / r.seconds / 1000,
+    sent: r.sent / r.seconds / 1000,
+    lost: r.sent > 0 ? (100 * r.lost) / r.sent : undefined,
+    ...cpuPer('cpu', r.cpu, r.received / 1e6),
+  };
 }
 
 export async function run({ dir, reps }) {
@@ -58,12 +82,14 @@ export async function run({ dir, reps }) {
     for (let rep = 0; rep < reps; rep++) {
       for (const p of rotate(peers, rep)) {
         const r = await withCpu(p.pid, () => blast(sink, p.port.udp, SECONDS));
-        const kpps = r.received / r.seconds / 1000;
-        const cpuPerM = r.cpu === undefined ? undefined : r.cpu / (r.received / 1e6);
-        s.add(p.label, 'kpps', kpps);
-        s.add(p.label, 'sent', r.sent / r.seconds / 1000);
-        s.add(p.label, 'cpu', cpuPerM);
-        progress(rep, p.label, 'udp', { kpps, sent_kpps: r.sent / r.seconds / 1000, cpu_s_per_M: cpuPerM });
+        const values = figures(r);
+        measured(s, rep, p.label, 'udp', r, values, {
+          kpps: values.kpps,
+          sent_kpps: values.sent,
+          lost: r.lost,
+          lost_pct: values.lost,
+          cpu_s_per_M: values.cpu,
+        });
         await sleep(500);
       }
     }
@@ -73,7 +99,9 @@ export async function run({ dir, reps }) {
   const metrics = [
     { key: 'kpps', label: 'received kpps', digits: 1 },
     { key: 'sent', label: 'sent kpps', digits: 1 },
+    { key: 'lost', label: 'lost %', digits: 1 },
     { key: 'cpu', label: 'CPU-s/M datagrams', digits: 2 },
+    ERRORS,
   ];
   return [table(s, LABELS, metrics, [{ num: 'sluice', den: 'nginx' }])];
 }
