@@ -3,18 +3,9 @@ import { loadConfigFile } from './config/load.js';
 import { Runtime } from './lifecycle/runtime.js';
 import { SdNotify } from './lifecycle/sd-notify.js';
 import { workerCount } from './lifecycle/workers.js';
-import { MemoryStore } from './state/memory.js';
-import type { StateStore } from './state/store.js';
+import { createStore } from './state/create.js';
 import { createLogger } from './telemetry/logger.js';
-import type { Logger } from './telemetry/logger.js';
 import { systemClock, systemRandom } from './util/clock.js';
-
-/** Builds the state store the config asks for. */
-export async function createStore(cfg: Config, logger: Logger): Promise<StateStore> {
-  if (cfg.state.store === 'memory') return new MemoryStore(systemClock);
-  const { RedisStore } = await import('./state/redis.js');
-  return new RedisStore({ config: cfg.state.redis, logger: logger.child({ component: 'state' }) });
-}
 
 /**
  * `sluice run`: the composition root. Loads the config, builds the runtime, binds, and wires

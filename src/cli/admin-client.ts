@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import { UserError } from './index.js';
+import { UserError } from '../util/exit.js';
 
 /** Calls the admin API; a user error (one line) when it is unreachable or answers an error. */
 export async function adminCall(

@@ -5,23 +5,11 @@ import { ConfigError } from '../config/validate.js';
 import { workerConfigProblems } from '../lifecycle/workers.js';
 import { adminCall, printStatus } from './admin-client.js';
 import { addRegisterCommand } from './register.js';
-
-/** Exit codes of the SPEC: 78 is EX_CONFIG from sysexits.h. */
-export const EXIT_CONFIG = 78;
-export const EXIT_FAILURE = 1;
+import { EXIT_CONFIG, EXIT_FAILURE, UserError } from '../util/exit.js';
 
 function version(): string {
   const pkg: unknown = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8'));
   return typeof pkg === 'object' && pkg !== null && 'version' in pkg ? String(pkg.version) : '0.0.0';
-}
-
-/** A user error: printed as one line, no stack trace. */
-export class UserError extends Error {
-  readonly exitCode: number;
-  constructor(message: string, exitCode = EXIT_FAILURE) {
-    super(message);
-    this.exitCode = exitCode;
-  }
 }
 
 function printConfigError(path: string, err: ConfigError): void {

@@ -5,9 +5,7 @@ import { parseRedisUrl } from '../state/redis-connect.js';
 import type { StateStore } from '../state/store.js';
 import { createLogger } from '../telemetry/logger.js';
 import type { Logger } from '../telemetry/logger.js';
-
-/** EX_USAGE from sysexits.h: the command line itself is wrong (bad address, ttl or URL). */
-export const EXIT_USAGE = 64;
+import { EXIT_USAGE } from '../util/exit.js';
 
 /** Shortest registration ttl: renewals every ttl/3 must outrun Redis round trips comfortably. */
 const MIN_TTL_MS = 1000;

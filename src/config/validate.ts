@@ -4,7 +4,7 @@ import { configSchema } from './schema.js';
 import { isPrime } from '../util/prime.js';
 import { formatHostPort } from './values.js';
 import { isIP } from 'node:net';
-import { createProbe } from '../health/probe.js';
+import { probeSettingsProblem } from './probe-settings.js';
 
 /** One problem in a config file, named by its key path, e.g. `listeners[0].bind`. */
 export interface ConfigProblem {
@@ -113,8 +113,8 @@ function crossCheck(cfg: Config): ConfigProblem[] {
           message: 'must be an IP address, not a name',
         });
     });
-    const probe = createProbe(h);
-    if (!probe.ok) problems.push({ path: `pools[${i}].health.active`, message: probe.error });
+    const problem = probeSettingsProblem(h);
+    if (problem !== undefined) problems.push({ path: `pools[${i}].health.active`, message: problem });
   });
   const listeners = new Set<string>();
   const binds = new Map<string, number>();

@@ -4,7 +4,7 @@ import type { BackendJson, ListenerJson, PoolJson } from '../admin/api.js';
 import { renderStatusPage } from '../admin/status-page.js';
 import { AdminServer } from '../admin/server.js';
 import type { AdminSource } from '../admin/server.js';
-import { EXIT_CONFIG, UserError } from '../cli/index.js';
+import { EXIT_CONFIG, UserError } from '../util/exit.js';
 import type { Config } from '../config/schema.js';
 import { parseConfigText } from '../config/load.js';
 import { ConfigError } from '../config/validate.js';

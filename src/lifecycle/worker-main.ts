@@ -10,16 +10,15 @@ import { parseConfigText } from '../config/load.js';
 import { ConfigError } from '../config/validate.js';
 import { TcpListener } from '../listener/tcp.js';
 import { UdpListener } from '../listener/udp.js';
-import { createStore } from '../main.js';
+import { createStore } from '../state/create.js';
 import { createLogger } from '../telemetry/logger.js';
 import { systemClock, systemRandom } from '../util/clock.js';
+import { EXIT_CONFIG, EXIT_FAILURE } from '../util/exit.js';
 import { Runtime } from './runtime.js';
 import { WorkerAgent } from './worker-agent.js';
 import { parseToWorker } from './worker-protocol.js';
 import type { FromWorker, ToWorker } from './worker-protocol.js';
 import { workerShare } from './workers.js';
-
-const EXIT_CONFIG = 78;
 
 function send(m: FromWorker, then?: () => void): void {
   if (process.send === undefined || !process.connected) {
@@ -31,7 +30,7 @@ function send(m: FromWorker, then?: () => void): void {
 
 /** Start-up failed: tell the primary (which prints the one line) and exit with the code. */
 function fail(err: unknown): void {
-  const code = err instanceof ConfigError ? EXIT_CONFIG : 1;
+  const code = err instanceof ConfigError ? EXIT_CONFIG : EXIT_FAILURE;
   const message = err instanceof Error ? err.message.split('\n').join('; ') : String(err);
   send({ t: 'failed', message, code }, () => process.exit(code));
   setTimeout(() => process.exit(code), 1000).unref();

@@ -1,4 +1,5 @@
-import type { AdminState, BackendFact } from './store.js';
+import type { AdminState } from '../upstream/backend.js';
+import type { BackendFact } from './store.js';
 
 /**
  * Key layout of the Redis store. Every key starts with `{prefix}:`; the braces make the prefix a

@@ -3,7 +3,8 @@ import { MAX_EJECTION_FACTOR } from '../health/passive.js';
 import type { Backend } from '../upstream/backend.js';
 import type { Pool } from '../upstream/pool.js';
 import type { Clock } from '../util/clock.js';
-import type { AdminState, BackendFact, StateStore } from './store.js';
+import type { AdminState } from '../upstream/backend.js';
+import type { BackendFact, StateStore } from './store.js';
 
 /** A pool and its health, as the sync sees them. */
 export interface SyncedPool {

@@ -5,7 +5,7 @@
  *
  * Keys: a backend is named `pool/address` (see backendKey), e.g. `ingress/10.0.1.5:8443`.
  */
-export type AdminState = 'enabled' | 'draining' | 'disabled';
+import type { AdminState } from '../upstream/backend.js';
 
 /** What replicas share about one backend, beyond connection counts. */
 export interface BackendFact {

@@ -4,7 +4,8 @@ import type { Clock, Timer } from '../util/clock.js';
 import { RegistrySync } from './registry-sync.js';
 import type { SyncedPool } from './shared-health.js';
 import { SharedHealth } from './shared-health.js';
-import type { AdminState, StateStore } from './store.js';
+import type { AdminState } from '../upstream/backend.js';
+import type { StateStore } from './store.js';
 
 export type { SyncedPool } from './shared-health.js';
 

@@ -1,9 +1,11 @@
-import type { AdminState } from '../state/store.js';
 import type { Target } from './balancer/picker.js';
 
 /** Why a backend is not taking new sessions; `ready` when it is. */
 export type Readiness =
   'ready' | 'unhealthy' | 'ejected' | 'draining' | 'disabled' | 'removed' | 'zero-weight';
+
+/** An operator's word on a backend (admin API, shared between replicas). */
+export type AdminState = 'enabled' | 'draining' | 'disabled';
 
 /** Active-health verdict. `unknown` until the first check completes. */
 export type HealthVerdict = 'unknown' | 'up' | 'down';

@@ -7,12 +7,11 @@ import { createServer } from 'node:net';
 import type { AddressInfo, Server, Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { ActiveHealthConfig } from '../../src/config/schema.js';
+import { compileExpect, decodeEscapes } from '../../src/config/probe-settings.js';
 import {
   REPLY_CAP,
   classifyError,
-  compileExpect,
   createProbe,
-  decodeEscapes,
   parseStatusLine,
   statusMatches,
 } from '../../src/health/probe.js';
