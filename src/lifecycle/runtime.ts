@@ -9,7 +9,8 @@ import { TcpListener } from '../listener/tcp.js';
 import { ListenerSet } from './listener-set.js';
 import { ConfigError } from '../config/validate.js';
 import { UdpListener } from '../listener/udp.js';
-import type { Listener, ListenerDeps } from '../listener/listener.js';
+import type { Listener, TcpListenerDeps } from '../listener/listener.js';
+import { SessionSink } from './session-sink.js';
 import type { StateStore } from '../state/store.js';
 import { StateSync } from '../state/sync.js';
 import type { Logger } from '../telemetry/logger.js';
@@ -20,8 +21,8 @@ import { PoolSet } from './pool-set.js';
 import { OverloadGuard } from './overload.js';
 import type { Clock, Random } from '../util/clock.js';
 import { Sweeper } from '../util/sweeper.js';
-import { loadSpliceRelay, loadedSpliceRelay } from '../proxy/splice-relay.js';
-import type { SpliceRelay } from '../proxy/splice-relay.js';
+import { loadSpliceRelay, loadedSpliceRelay } from '../relay/binding.js';
+import type { SpliceRelay } from '../relay/binding.js';
 
 export interface RuntimeDeps {
   readonly logger: Logger;
@@ -318,7 +319,7 @@ export class Runtime implements AdminApi {
     const config = (): Config => this.#cfg;
     // eslint-disable-next-line @typescript-eslint/no-this-alias -- the getter below reads a private field
     const runtime = this;
-    const deps: ListenerDeps = {
+    const deps: TcpListenerDeps = {
       metrics: this.metrics,
       logger: this.logger,
       sweeper: this.sweeper,
@@ -331,6 +332,13 @@ export class Runtime implements AdminApi {
       },
       pool: (name: string) => this.pools.get(name),
       passive: (pool: Pool, backend: Backend, ok: boolean) => this.pools.report(pool, backend, ok),
+      sessionEvents: (name: string, logger: Logger) =>
+        new SessionSink(name, {
+          metrics: this.metrics,
+          logger,
+          accessLog: () => config().log.access_log,
+          passive: (pool, backend, ok) => this.pools.report(pool, backend, ok),
+        }),
     };
     return cfg.protocol === 'udp' ? new UdpListener(cfg, deps) : new TcpListener(cfg, deps);
   }

@@ -4,7 +4,8 @@ import type { Metrics } from '../telemetry/metrics.js';
 import type { Backend } from '../upstream/backend.js';
 import type { Pool } from '../upstream/pool.js';
 import type { Sweeper } from '../util/sweeper.js';
-import type { SpliceRelay } from '../proxy/splice-relay.js';
+import type { SessionEvents } from '../proxy/session-context.js';
+import type { SpliceRelay } from '../relay/binding.js';
 
 /** What a listener needs from the process around it. */
 export interface ListenerDeps {
@@ -20,6 +21,12 @@ export interface ListenerDeps {
   pool(name: string): Pool | undefined;
   /** Passive health: a connect (TCP) or exchange (UDP) with `backend` failed or succeeded. */
   passive(pool: Pool, backend: Backend, ok: boolean): void;
+}
+
+/** What a TCP listener needs beyond that: where its sessions report. */
+export interface TcpListenerDeps extends ListenerDeps {
+  /** Where the sessions of listener `name` report (metrics, access log, passive health). */
+  sessionEvents(name: string, logger: Logger): SessionEvents;
 }
 
 /** A bound socket of either protocol, as the runtime manages it. */

@@ -13,8 +13,9 @@ import type { Pool } from '../upstream/pool.js';
 import { CidrSet, normalizeIp } from '../util/cidr.js';
 import { listenError } from './bind-error.js';
 import type { Listener, ListenerDeps } from './listener.js';
-import type { DatagramOwner, SpliceRelay } from '../proxy/splice-relay.js';
+import type { DatagramOwner, SpliceRelay } from '../relay/binding.js';
 import { errnoName } from '../util/errno.js';
+import { datagramFd } from '../relay/node-handle.js';
 
 /** SO_RCVBUF/SO_SNDBUF asked for on the listener socket; the kernel caps it (net.core.rmem_max). */
 const SOCKET_BUFFER_BYTES = 4 * 1024 * 1024;
@@ -181,20 +182,10 @@ export class UdpListener implements Listener, FlowHost, DatagramOwner {
   #readThroughRelay(): void {
     const relay = this.#deps.splice;
     if (relay === undefined) return;
-    const state = Object.getOwnPropertySymbols(this.downstream).find((s) => s.description === 'state symbol');
-    const handle = (
-      state === undefined
-        ? undefined
-        : (
-            this.downstream as unknown as Record<
-              symbol,
-              { handle?: { fd?: number; recvStop?: () => number } }
-            >
-          )[state]?.handle
-    ) as { fd?: number; recvStop?: () => number } | undefined;
-    if (typeof handle?.fd !== 'number' || handle.fd < 0 || typeof handle.recvStop !== 'function') return;
-    this.native = { relay, id: relay.udpListen(this, handle.fd) };
-    handle.recvStop();
+    const socket = datagramFd(this.downstream);
+    if (socket === undefined) return;
+    this.native = { relay, id: relay.udpListen(this, socket.fd) };
+    socket.stopReading();
   }
 
   /** @internal A datagram of a client without a flow, read by the splice relay (port < 0: -errno). */

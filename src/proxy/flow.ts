@@ -2,7 +2,7 @@ import dgram from 'node:dgram';
 import { isIP } from 'node:net';
 import { errnoName } from '../util/errno.js';
 import type { Backend } from '../upstream/backend.js';
-import type { SpliceRelay, UdpFlowOwner } from './splice-relay.js';
+import type { SpliceRelay, UdpFlowOwner } from '../relay/binding.js';
 import {
   relayStats,
   UDP_ANSWERED,
@@ -13,7 +13,7 @@ import {
   UDP_DROPS_FULL,
   UDP_DROPS_SIZE,
   UDP_REFUSED,
-} from './splice-relay.js';
+} from '../relay/binding.js';
 import type { Holder, Pool } from '../upstream/pool.js';
 
 /**

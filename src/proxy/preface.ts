@@ -74,11 +74,12 @@ export class PrefacePlan {
       }
     }
     const state: Pending = { session, host, plan: this, buf: EMPTY, needHeader: trusted };
-    pending.set(session.down, state);
+    const down = session.downstream.socket();
+    pending.set(down, state);
     session.armPreface(this.#cfg.timeouts.preface);
-    session.down.on('data', onPrefaceData);
-    session.down.on('end', onPrefaceEnd);
-    session.down.resume();
+    down.on('data', onPrefaceData);
+    down.on('end', onPrefaceEnd);
+    down.resume();
   }
 
   /** Runs the stages on the bytes gathered so far; true once the session has left the preface. */
@@ -148,7 +149,7 @@ export class PrefacePlan {
   }
 
   #done(p: Pending, pool: string): boolean {
-    const down = p.session.down;
+    const down = p.session.downstream.socket();
     down.pause();
     down.off('data', onPrefaceData);
     down.off('end', onPrefaceEnd);
@@ -170,10 +171,7 @@ function applyHeader(session: Session, h: ProxyHeader): void {
   if (h.command === 'proxy' && h.source !== undefined) {
     session.clientIp = normalizeIp(h.source.ip);
     session.clientPort = h.source.port;
-    if (h.destination !== undefined) {
-      session.localIp = normalizeIp(h.destination.ip);
-      session.localPort = h.destination.port;
-    }
+    if (h.destination !== undefined) session.setLocal(normalizeIp(h.destination.ip), h.destination.port);
   }
   // LOCAL (a cloud balancer's own health check) and UNKNOWN keep the socket's addresses.
   session.receivedTlvs = h.tlvs;

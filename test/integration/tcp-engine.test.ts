@@ -183,7 +183,7 @@ describe.each(['splice', 'stream'] as const)('TCP engine (relay: %s)', (relay) =
     const listener = rt.runtime.listeners.get('t') as TcpListener;
     const [session] = [...listener.sessions];
     expect(session).toBeDefined();
-    const buffered = (session?.up?.writableLength ?? 0) + (session?.down.readableLength ?? 0);
+    const buffered = session?.buffered ?? 0;
     // Per direction at most the writer's high-water mark plus one read (64 KiB) waiting to be
     // written, and the paused reader's buffer up to its high-water mark: 2 × 256 KiB + 64 KiB,
     // whatever the client sent (it has queued far more than that on its side).

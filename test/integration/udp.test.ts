@@ -7,7 +7,7 @@ import type { PoolConfig } from '../../src/config/schema.js';
 import { UdpListener } from '../../src/listener/udp.js';
 import { parseProxyHeader, type ProxyHeader } from '../../src/protocol/proxy-parse.js';
 import { REFUSALS_TO_CLOSE } from '../../src/proxy/flow.js';
-import { loadSpliceRelay } from '../../src/proxy/splice-relay.js';
+import { loadSpliceRelay } from '../../src/relay/binding.js';
 import { createLogger } from '../../src/telemetry/logger.js';
 import { Metrics } from '../../src/telemetry/metrics.js';
 import type { Backend } from '../../src/upstream/backend.js';

@@ -1,6 +1,6 @@
 import { describe, expect, it, vi } from 'vitest';
 import { chooseRelay } from '../../src/lifecycle/runtime.js';
-import type { SpliceRelay } from '../../src/proxy/splice-relay.js';
+import type { SpliceRelay } from '../../src/relay/binding.js';
 
 const missing = (): { relay: SpliceRelay | undefined; error: string | undefined } => ({
   relay: undefined,

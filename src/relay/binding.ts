@@ -331,7 +331,7 @@ export function loadSpliceRelay(): { relay: SpliceRelay | undefined; error: stri
     return loaded;
   }
   try {
-    // src/proxy and dist/proxy are both two levels below the package root.
+    // src/relay and dist/relay are both two levels below the package root.
     const addon = createRequire(import.meta.url)('../../build/sluice_relay.node') as Addon;
     loaded = { relay: new SpliceRelay(addon), error: undefined };
   } catch (err) {
