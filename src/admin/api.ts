@@ -18,6 +18,8 @@ export interface BackendJson {
 export interface PoolJson {
   name: string;
   algorithm: string;
+  /** True while too few backends are ready and the pool balances over all of them (health.panic_threshold). */
+  panic: boolean;
   backends: BackendJson[];
 }
 

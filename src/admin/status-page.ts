@@ -79,5 +79,6 @@ function renderPool(p: PoolJson): string {
         `<tr><td>${esc(b.address)}</td><td class="${esc(b.state)}">${esc(b.state)}</td><td>${esc(b.effective_weight)}/${esc(b.weight)}</td><td>${esc(b.health.readiness)}</td><td>${esc(b.connections.local)}</td><td>${esc(b.connections.cluster)}</td></tr>`,
     )
     .join('');
-  return `<h2>Pool ${esc(p.name)} <small>${esc(p.algorithm)}</small></h2><table class="pool"><thead><tr><th>backend</th><th>state</th><th>weight</th><th>health</th><th>local</th><th>cluster</th></tr></thead><tbody>${rows}</tbody></table>`;
+  const panic = p.panic ? ' <small class="down">panic: balancing over every backend</small>' : '';
+  return `<h2>Pool ${esc(p.name)} <small>${esc(p.algorithm)}</small>${panic}</h2><table class="pool"><thead><tr><th>backend</th><th>state</th><th>weight</th><th>health</th><th>local</th><th>cluster</th></tr></thead><tbody>${rows}</tbody></table>`;
 }

@@ -60,6 +60,8 @@ export function mergePools(views: readonly WorkerView[], sharedStore: boolean): 
         pool = { ...p, backends: [] };
         pools.set(p.name, pool);
       }
+      // A pool is in panic on the host when it is in panic on any worker.
+      pool.panic ||= p.panic === true;
       for (const b of p.backends) {
         const key = `${p.name}/${b.address}`;
         const mine = pool.backends.find((x) => x.address === b.address);

@@ -199,6 +199,7 @@ export class Runtime implements AdminApi {
       pools: [...this.pools.values()].map((p) => ({
         name: p.name,
         algorithm: p.config.algorithm,
+        panic: p.panic,
         backends: [...p.backends()].map((b) => this.#backendJson(b, now)),
       })),
     };

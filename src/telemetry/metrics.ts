@@ -123,7 +123,7 @@ export class Metrics {
     );
     this.splicedSessions = counter(
       'sluice_spliced_sessions_total',
-      'TCP sessions handed to the splice relay once their backend connected',
+      'TCP sessions the splice relay carried (counted once it is known to carry them)',
       ['listener'],
     );
     this.udpDrops = counter('sluice_udp_dropped_total', 'UDP datagrams dropped', ['listener', 'reason']);

@@ -262,7 +262,11 @@ export class Pool {
         if (this.#started && !this.#ready.has(b)) b.readySince = now;
         b.wasReady = true;
         readySet.add(b);
-      } else if (!(b.wasReady && (readiness === 'unhealthy' || readiness === 'ejected'))) {
+      } else if (!(
+        b.wasReady &&
+        b.configWeight > 0 &&
+        (readiness === 'unhealthy' || readiness === 'ejected')
+      )) {
         continue;
       }
       b.weight = this.#effectiveWeight(b, now);

@@ -130,6 +130,10 @@ pools:
     expect(await rt.metric('sluice_pool_panic', { pool: 'p' })).toBe(1);
     expect(await rt.metric('sluice_pool_panics_total', { pool: 'p' })).toBe(1);
     expect(rt.logs.find('pool in panic: too few backends ready, balancing over all of them')).toHaveLength(1);
+    const api = (await (await fetch(`${rt.adminUrl}/api/v1/pools`)).json()) as {
+      pools: { panic: boolean }[];
+    };
+    expect(api.pools[0]?.panic).toBe(true);
     expect(await rt.metric('sluice_listener_rejected_total', { listener: 't', reason: 'no_backend' })).toBe(
       0,
     );
