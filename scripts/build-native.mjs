@@ -1,14 +1,17 @@
-// Builds the optional splice relay (native/relay.c → build/sluice_relay.node) against the headers
+// Builds the optional splice relay (native/*.c → build/sluice_relay.node) against the headers
 // of the Node.js that runs this script (official builds ship them in ../include/node). Without a
 // C compiler or headers it prints why and exits 0: sluice then relays through Node streams.
 // SLUICE_REQUIRE_NATIVE=1 turns that into a failure (CI sets it).
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, statSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
-const source = join(root, 'native', 'relay.c');
+const native = join(root, 'native');
+const sources = readdirSync(native)
+  .filter((f) => f.endsWith('.c') || f.endsWith('.h'))
+  .map((f) => join(native, f));
 const output = join(root, 'build', 'sluice_relay.node');
 const required = process.env.SLUICE_REQUIRE_NATIVE === '1';
 
@@ -23,7 +26,8 @@ function giveUp(why) {
 }
 
 if (process.platform !== 'linux') giveUp(`splice(2) is Linux only, this is ${process.platform}`);
-if (existsSync(output) && statSync(output).mtimeMs >= statSync(source).mtimeMs) process.exit(0);
+const newest = Math.max(...sources.map((f) => statSync(f).mtimeMs));
+if (existsSync(output) && statSync(output).mtimeMs >= newest) process.exit(0);
 
 const candidates = [resolve(dirname(process.execPath), '..', 'include', 'node'), '/usr/include/node'];
 const include = candidates.find(
@@ -34,7 +38,7 @@ if (include === undefined) giveUp(`no node_api.h and uv.h in ${candidates.join('
 const cc = process.env.CC ?? 'cc';
 mkdirSync(dirname(output), { recursive: true });
 const args = ['-O2', '-std=gnu11', '-Wall', '-Wextra', '-fPIC', '-shared', '-fvisibility=hidden'];
-args.push(`-I${include}`, '-o', output, source);
+args.push(`-I${include}`, '-o', output, ...sources.filter((f) => f.endsWith('.c')));
 const r = spawnSync(cc, args, { encoding: 'utf8' });
 if (r.error !== undefined) giveUp(`${cc}: ${r.error.message}`);
 if (r.status !== 0) giveUp(`${cc} failed:\n${r.stderr.trim()}`);

@@ -15,7 +15,7 @@ import type { Downstream } from './downstream.js';
 import { StreamCarrier } from './stream-carrier.js';
 
 /**
- * The splice relay (native/relay.c): it connects the upstream and carries the bytes in the
+ * The splice relay (native/): it connects the upstream and carries the bytes in the
  * kernel; this side reads its counters on the sweeper tick and hears how it ended.
  *
  * A client that is still a bare descriptor (nothing read from it) goes with the connect: the

@@ -2,7 +2,7 @@ import { closeSync } from 'node:fs';
 import { createRequire } from 'node:module';
 
 /**
- * The optional splice relay (native/relay.c, built by `npm ci` into build/sluice_relay.node). It
+ * The optional splice relay (native/*.c, built by `npm ci` into build/sluice_relay.node). It
  * connects a session's upstream itself and, once the client's socket is attached, moves the
  * bytes between the two inside the kernel (splice(2) through a pipe) under the same event loop:
  * no net.Socket for the upstream, no Buffer and no JavaScript per read. Sessions fall back to
@@ -126,7 +126,7 @@ export interface UdpFlowOwner {
   udpEvent(kind: number): void;
 }
 
-/** Handles are generation × HANDLE_SLOTS + slot (see native/relay.c). */
+/** Handles are generation × HANDLE_SLOTS + slot (see native/relay.h). */
 const HANDLE_SLOTS = 2 ** 24;
 /** The records of one batch: MAIL_RECS records of REC_LEN numbers, written by the addon. */
 const REC_LEN = 8;

@@ -1,0 +1,106 @@
+/* The loop: the epoll set's events in, records out to JavaScript (one call per turn). */
+#include "relay.h"
+
+/*
+ * Hands the queued records to JavaScript: up to MAIL_RECS per call, copied into the shared
+ * mailbox, with the addresses of ACCEPTED records as string arguments (record field 4 holds the
+ * argument's index). Records queued while JavaScript reads (its calls into the relay can end
+ * one) go in the next call of the same loop.
+ */
+static void hand_over(instance *in) {
+  if (in->dispatching) return;
+  napi_env env = in->env;
+  while (in->qn > 0) {
+    napi_handle_scope scope;
+    if (napi_open_handle_scope(env, &scope) != napi_ok) return;
+    napi_value fn, recv, result, argv[1 + MAIL_RECS];
+    bool ok = napi_get_reference_value(env, in->on_batch, &fn) == napi_ok &&
+              napi_get_global(env, &recv) == napi_ok;
+    int n = in->qn < MAIL_RECS ? in->qn : MAIL_RECS;
+    size_t argc = 1;
+    for (int k = 0; ok && k < n; k++) {
+      record *rec = &in->queue[k];
+      if (rec->v[0] == REC_ACCEPTED && rec->v[2] >= 0) {
+        ok = napi_create_string_latin1(env, rec->ip, NAPI_AUTO_LENGTH, &argv[argc]) == napi_ok;
+        rec->v[4] = (double)argc++;
+      }
+      memcpy(in->mail + (size_t)k * REC_LEN, rec->v, sizeof rec->v);
+    }
+    ok = ok && napi_create_int32(env, n, &argv[0]) == napi_ok;
+    if (!ok) {
+      napi_close_handle_scope(env, scope);
+      return; /* the records stay queued; the next turn tries again */
+    }
+    in->qn -= n;
+    memmove(in->queue, in->queue + n, sizeof(record) * (size_t)in->qn);
+    in->dispatching = 1;
+    napi_make_callback(env, in->async, recv, fn, argc, argv, &result);
+    in->dispatching = 0;
+    bool pending = false;
+    if (napi_is_exception_pending(env, &pending) == napi_ok && pending) {
+      napi_value err;
+      napi_get_and_clear_last_exception(env, &err);
+      napi_fatal_exception(env, err);
+    }
+    napi_close_handle_scope(env, scope);
+  }
+  release_retired(&in->relays);
+}
+
+/* The loop turn after records were queued or relays stopped with bytes waiting. */
+void on_later(uv_idle_t *h) {
+  instance *in = h->data;
+  run_pending(in);
+  hand_over(in);
+  if (in->pending == NULL && in->qn == 0) {
+    uv_idle_stop(&in->later);
+    in->later_on = 0;
+  }
+}
+
+/* The loop says the epoll set has events: take them all, in batches. */
+void on_epoll(uv_poll_t *h, int status, int events) {
+  (void)status;
+  (void)events;
+  instance *in = h->data;
+  struct epoll_event evs[BATCH];
+  for (;;) {
+    int n = epoll_wait(in->epfd, evs, BATCH, 0);
+    if (n <= 0) break; /* 0, or EINTR: the loop polls again */
+    for (int k = 0; k < n; k++) {
+      uint64_t key = evs[k].data.u64;
+      uint32_t gen = (uint32_t)(key >> 32);
+      int kind = (int)((key >> KIND_SHIFT) & 3);
+      int index = (int)((key & ((1u << KIND_SHIFT) - 1)) >> 1);
+      if (kind == KIND_ACCEPTOR) {
+        if (index < in->acceptors.n && in->acceptors.e[index].fd >= 0 && in->acceptors.e[index].gen == gen)
+          on_accept(in, index);
+        continue;
+      }
+      if (kind == KIND_UDP_LISTENER) {
+        if (index < in->ulisteners.n && in->ulisteners.e[index].fd >= 0 && in->ulisteners.e[index].gen == gen)
+          on_udp_listener(in, index);
+        continue;
+      }
+      if (kind == KIND_UDP_FLOW) {
+        if (index < in->flows.n && in->flows.items[index] != NULL && in->flows.gens[index] == gen)
+          on_udp_flow(in, in->flows.items[index]);
+        continue;
+      }
+      int slot = index, s = (int)(key & 1);
+      if (slot >= in->relays.n || in->relays.gens[slot] != gen) continue; /* ended earlier in this batch */
+      relay *r = in->relays.items[slot];
+      if (r == NULL) continue;
+      uint32_t ev = evs[k].events;
+      if (r->state == ST_CONNECTING) {
+        if (s == UP) on_connecting(r, ev);
+      } else if (r->state == ST_RELAYING) {
+        on_relay_event(r, s, ev);
+      } else if (ev & EPOLLRDHUP) {
+        r->d[s].rdhup = 1; /* connected, waiting for attach(): it reads what came meanwhile */
+      }
+    }
+    if (n < BATCH) break;
+  }
+  hand_over(in);
+}
