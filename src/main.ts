@@ -15,7 +15,7 @@ export async function run(configPath: string, cfg: Config): Promise<void> {
   const workers = workerCount(cfg.workers);
   if (workers > 1) {
     // Multi-core: this process becomes the primary; workers run the code below, minus admin.
-    const { runPrimary } = await import('./lifecycle/primary.js');
+    const { runPrimary } = await import('./lifecycle/run-primary.js');
     return runPrimary(configPath, cfg, workers);
   }
   const logger = createLogger(cfg.log.level);

@@ -174,3 +174,35 @@ export function aggregateMetrics(
   }
   return AggregatorRegistry.aggregate(arrays);
 }
+
+/** Worker answers to an admin action: the first backend view, with connections summed over all. */
+export function mergeAdminAnswers(answers: readonly unknown[]): BackendJson | undefined {
+  const found = answers.map(parseBackend).filter((b): b is BackendJson => b !== undefined);
+  const first = found[0];
+  if (first === undefined) return undefined;
+  const sum = (f: (b: BackendJson) => number): number => found.reduce((n, b) => n + f(b), 0);
+  return {
+    ...first,
+    connections: { local: sum((b) => b.connections.local), cluster: sum((b) => b.connections.cluster) },
+  };
+}
+
+/** Worker answers to a reload (`indexes`: each answer's worker): how many refused, and why. */
+export function reloadRefusals(
+  answers: readonly unknown[],
+  indexes: readonly number[],
+): { refused: number; errors: string[] } {
+  const errors: string[] = [];
+  let refused = 0;
+  answers.forEach((a, i) => {
+    const ok = typeof a === 'object' && a !== null && 'ok' in a && a.ok === true;
+    if (ok) return;
+    refused++;
+    const errs =
+      typeof a === 'object' && a !== null && 'errors' in a && Array.isArray(a.errors)
+        ? a.errors
+        : ['no answer'];
+    for (const e of errs) errors.push(`worker ${indexes[i] ?? '?'}: ${String(e)}`);
+  });
+  return { refused, errors };
+}

@@ -1,31 +1,30 @@
-import { readFile } from 'node:fs/promises';
-import { Counter, Gauge, Registry } from 'prom-client';
+import { Registry } from 'prom-client';
 import type { BackendJson, ListenerJson, PoolJson } from '../admin/api.js';
 import { renderStatusPage } from '../admin/status-page.js';
 import { AdminServer } from '../admin/server.js';
 import type { AdminSource } from '../admin/server.js';
 import { EXIT_CONFIG, UserError } from '../util/exit.js';
 import type { Config } from '../config/schema.js';
-import { parseConfigText } from '../config/load.js';
-import { ConfigError } from '../config/validate.js';
 import type { Sample } from '../telemetry/history.js';
 import { createLogger } from '../telemetry/logger.js';
 import type { Logger } from '../telemetry/logger.js';
 import {
   aggregateMetrics,
+  mergeAdminAnswers,
   mergeListeners,
   mergePools,
   mergeSamples,
-  parseBackend,
   parseView,
+  reloadRefusals,
 } from './primary-merge.js';
 import type { WorkerView } from './primary-merge.js';
+import { PrimaryMetrics } from './primary-metrics.js';
 import { probeListeners } from './primary-probe.js';
 import { SdNotify } from './sd-notify.js';
 import { COUNTS_INTERVAL_MS } from './worker-agent.js';
 import type { Counts } from './worker-protocol.js';
 import { WorkerSlot } from './worker-slot.js';
-import { reusePortUnsupported, workerConfigProblems, workerCount } from './workers.js';
+import { readWorkerConfig, workerCount } from './workers.js';
 
 /** A worker crashing this often within CRASH_WINDOW_MS makes the primary give up (exit 1). */
 const MAX_CRASHES = 5;
@@ -52,9 +51,7 @@ export class Primary implements AdminSource {
   readonly #notify: SdNotify;
   readonly #admin: AdminServer;
   readonly #slots: WorkerSlot[];
-  readonly #registry = new Registry();
-  readonly #reloads: Counter<'result'>;
-  readonly #restarts: Counter;
+  readonly #metrics: PrimaryMetrics;
   #state: 'starting' | 'running' | 'draining' = 'starting';
   #reloading: Promise<ReloadResult> | undefined;
   #siblingTimer: NodeJS.Timeout | undefined;
@@ -82,28 +79,7 @@ export class Primary implements AdminSource {
         this.#onExit(s, code, signal),
     };
     this.#slots = Array.from({ length: workers }, (_, i) => new WorkerSlot(i + 1, this.#logger, events));
-    const r = this.#registry;
-    // Counted here, once per reload of the host; the workers' own counts are left out.
-    this.#reloads = new Counter({
-      name: 'sluice_config_reloads_total',
-      help: 'Config reloads',
-      labelNames: ['result'],
-      registers: [r],
-    });
-    this.#restarts = new Counter({
-      name: 'sluice_worker_restarts_total',
-      help: 'Worker processes restarted after a crash',
-      registers: [r],
-    });
-    const slots = this.#slots;
-    new Gauge({
-      name: 'sluice_workers_ready',
-      help: 'Worker processes running and ready',
-      registers: [r],
-      collect() {
-        this.set(slots.filter((s) => s.ready).length);
-      },
-    });
+    this.#metrics = new PrimaryMetrics(() => this.#slots.filter((s) => s.ready).length);
   }
 
   /** Checks the ports, binds admin, starts every worker; rejects with a UserError if one fails. */
@@ -197,7 +173,7 @@ export class Primary implements AdminSource {
     }
     const delay = Math.min(RESTART_MAX_MS, RESTART_BASE_MS * 2 ** (s.crashes.length - 1));
     this.#logger.warn({ worker: s.index, code, signal, restart_in_ms: delay }, 'worker crashed; restarting');
-    this.#restarts.inc();
+    this.#metrics.restarts.inc();
     s.restartTimer = setTimeout(() => this.#spawn(s), delay);
   }
 
@@ -287,7 +263,7 @@ export class Primary implements AdminSource {
     const answers = await this.#ask({ op: 'metrics' });
     const owned = new Set(['sluice_config_reloads_total']);
     const host = aggregateMetrics(answers, this.#cfg.state.store !== 'memory', owned);
-    const merged = Registry.merge([host, this.#registry]);
+    const merged = Registry.merge([host, this.#metrics.registry]);
     return { contentType: merged.contentType, body: await merged.metrics() };
   }
 
@@ -318,19 +294,13 @@ export class Primary implements AdminSource {
     address: string,
     verb: 'drain' | 'enable' | 'disable',
   ): Promise<BackendJson | undefined> {
-    const answers = (await this.#ask({ op: 'admin', pool, address, verb })).map(parseBackend);
-    const found = answers.filter((b): b is BackendJson => b !== undefined);
-    const first = found[0];
-    if (first === undefined) return undefined;
+    const merged = mergeAdminAnswers(await this.#ask({ op: 'admin', pool, address, verb }));
+    if (merged === undefined) return undefined;
     const key = `${pool}/${address}`;
     if (verb === 'enable')
       this.#adminActions.delete(key); // the default state: nothing to replay
     else this.#adminActions.set(key, { pool, address, verb });
-    const sum = (f: (b: BackendJson) => number): number => found.reduce((n, b) => n + f(b), 0);
-    return {
-      ...first,
-      connections: { local: sum((b) => b.connections.local), cluster: sum((b) => b.connections.cluster) },
-    };
+    return merged;
   }
 
   /**
@@ -345,37 +315,21 @@ export class Primary implements AdminSource {
 
   async #reload(): Promise<ReloadResult> {
     const fail = (errors: string[]): ReloadResult => {
-      this.#reloads.labels('failure').inc();
+      this.#metrics.reloads.labels('failure').inc();
       this.#logger.error({ errors }, 'reload rejected; the running config is kept');
       return { ok: false, errors };
     };
     if (this.#state !== 'running') return fail([this.#state === 'draining' ? 'shutting down' : 'starting']);
-    let text: string;
-    let next: Config;
-    try {
-      text = await readFile(this.#path, 'utf8');
-      next = parseConfigText(text);
-      const problems = workerConfigProblems(next);
-      if (problems.length > 0) throw new ConfigError(problems);
-    } catch (err) {
-      if (err instanceof ConfigError) return fail(err.problems.map((p) => `${p.path}: ${p.message}`));
-      return fail([`${this.#path}: cannot read the file (${(err as NodeJS.ErrnoException).code ?? 'EIO'})`]);
-    }
+    const read = await readWorkerConfig(this.#path);
+    if ('errors' in read) return fail(read.errors);
+    const { text, cfg: next } = read;
     // Only ready workers can reload; one still starting catches up when it is ready (#onReady).
     const live = this.#slots.filter((s) => s.ready);
     const answers = await Promise.all(live.map((s) => s.request({ op: 'reload', text }, RELOAD_TIMEOUT_MS)));
-    const errors: string[] = [];
-    let refused = 0;
-    answers.forEach((a, i) => {
-      const ok = typeof a === 'object' && a !== null && 'ok' in a && a.ok === true;
-      if (ok) return;
-      refused++;
-      const errs =
-        typeof a === 'object' && a !== null && 'errors' in a && Array.isArray(a.errors)
-          ? a.errors
-          : ['no answer'];
-      for (const e of errs) errors.push(`worker ${live[i]?.index ?? '?'}: ${String(e)}`);
-    });
+    const { refused, errors } = reloadRefusals(
+      answers,
+      live.map((s) => s.index),
+    );
     // Workers restarted from now on get the new text if any worker runs it (they are the majority
     // case: a refusal is a bind race on one worker, reported so that the operator reloads again).
     if (refused < live.length || live.length === 0) this.#text = text;
@@ -385,7 +339,7 @@ export class Primary implements AdminSource {
       this.#logger.warn({ workers: next.workers }, 'a change of workers takes effect on restart');
     this.#cfg = { ...next, admin: this.#cfg.admin, workers: this.#cfg.workers, state: this.#cfg.state };
     this.#logger.level = next.log.level;
-    this.#reloads.labels('success').inc();
+    this.#metrics.reloads.labels('success').inc();
     this.#logger.info({ workers: live.length }, 'config reloaded');
     return { ok: true };
   }
@@ -399,25 +353,4 @@ export class Primary implements AdminSource {
     const answers = await Promise.all(this.#slots.map((s) => s.request(body, ASK_TIMEOUT_MS)));
     return answers.filter((a) => a !== undefined);
   }
-}
-
-/**
- * Runs the primary of `workers` worker processes (from main.ts when `workers` resolves above 1).
- * Throws a UserError (exit 78) when this Node or platform has no SO_REUSEPORT support.
- */
-export async function runPrimary(configPath: string, cfg: Config, workers: number): Promise<void> {
-  const unsupported = reusePortUnsupported();
-  if (unsupported !== undefined)
-    throw new UserError(`workers: ${String(cfg.workers)} ${unsupported}`, EXIT_CONFIG);
-  // The text the workers will run; parsed again because the file may have changed since the CLI read it.
-  let text: string;
-  try {
-    text = await readFile(configPath, 'utf8');
-  } catch (err) {
-    throw new UserError(
-      `${configPath}: cannot read the file (${(err as NodeJS.ErrnoException).code ?? 'EIO'})`,
-    );
-  }
-  const primary = new Primary(configPath, text, parseConfigText(text), workers);
-  await primary.start();
 }

@@ -4,6 +4,7 @@ import { History } from '../telemetry/history.js';
 import type { Sample } from '../telemetry/history.js';
 import { AdminServer } from '../admin/server.js';
 import { renderStatusPage } from '../admin/status-page.js';
+import { backendJson, backendSamples, poolJson } from '../admin/views.js';
 import type { Config, ListenerConfig } from '../config/schema.js';
 import { TcpListener } from '../listener/tcp.js';
 import { ListenerSet } from './listener-set.js';
@@ -90,7 +91,7 @@ export class Runtime implements AdminApi {
     this.overload = new OverloadGuard(cfg.overload, deps.logger);
     this.metrics = new Metrics({
       overloaded: () => this.overload.active,
-      backends: () => this.#backendSamples(),
+      backends: () => backendSamples(this.pools.values(), this.#deps.clock.now()),
       udpFlows: () => this.#udpFlows(),
       storeUp: () => deps.store.isUp(),
       syncLagSeconds: () => this.#sync.lagSeconds(),
@@ -195,14 +196,7 @@ export class Runtime implements AdminApi {
 
   poolsJson(): { pools: PoolJson[] } {
     const now = this.#deps.clock.now();
-    return {
-      pools: [...this.pools.values()].map((p) => ({
-        name: p.name,
-        algorithm: p.config.algorithm,
-        panic: p.panic,
-        backends: [...p.backends()].map((b) => this.#backendJson(b, now)),
-      })),
-    };
+    return { pools: this.pools.values().map((p) => poolJson(p, now)) };
   }
 
   setAdmin(poolName: string, address: string, verb: 'drain' | 'enable' | 'disable'): BackendJson | undefined {
@@ -213,7 +207,7 @@ export class Runtime implements AdminApi {
     pool.setAdmin(b, state);
     this.#sync.shareAdmin(b, state);
     this.logger.info({ pool: poolName, backend: address, admin: state }, 'admin state changed');
-    return this.#backendJson(b, this.#deps.clock.now());
+    return backendJson(b, this.#deps.clock.now());
   }
 
   /**
@@ -347,41 +341,5 @@ export class Runtime implements AdminApi {
   *#udpFlows(): Iterable<{ listener: string; flows: number }> {
     for (const l of this.listeners.all())
       if (l instanceof UdpListener) yield { listener: l.name, flows: l.flows };
-  }
-
-  *#backendSamples(): Iterable<{
-    pool: string;
-    address: string;
-    up: boolean;
-    local: number;
-    remote: number;
-  }> {
-    const now = this.#deps.clock.now();
-    for (const p of this.pools.values())
-      for (const b of p.backends())
-        yield {
-          pool: p.name,
-          address: b.address,
-          up: b.readiness(now) === 'ready',
-          local: b.local,
-          remote: b.remote,
-        };
-  }
-
-  #backendJson(b: Backend, now: number): BackendJson {
-    return {
-      address: b.address,
-      state: b.state(now),
-      weight: b.configWeight,
-      effective_weight: b.weight,
-      health: {
-        active: b.checked ? b.health : 'unchecked',
-        ejected_until:
-          b.ejectedUntil > now ? new Date(Date.now() + (b.ejectedUntil - now)).toISOString() : null,
-        admin: b.admin,
-        readiness: b.readiness(now),
-      },
-      connections: { local: b.local, cluster: b.local + b.remote },
-    };
   }
 }

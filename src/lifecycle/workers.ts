@@ -1,5 +1,8 @@
+import { readFile } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
+import { parseConfigText } from '../config/load.js';
 import type { Config } from '../config/schema.js';
+import { ConfigError } from '../config/validate.js';
 import type { ConfigProblem } from '../config/validate.js';
 
 /**
@@ -8,8 +11,8 @@ import type { ConfigProblem } from '../config/validate.js';
  * over them, under a primary process that owns the admin port. See docs/workers.md.
  *
  * Why not node:cluster: its default round-robin passes every accepted socket from the primary to
- * a worker over IPC; measured here it was slower than one process (4.1k vs 5.3k conn/s), while
- * two reusePort processes reached 6.5k. SCHED_NONE cluster only shares one listen socket, which
+ * a worker over IPC, one more process and message on every connection's path. SCHED_NONE
+ * cluster only shares one listen socket, which
  * the kernel balances worse than a reusePort group. Plain processes also keep the worker's
  * code path identical to the single-process one.
  */
@@ -80,4 +83,28 @@ export function workerShare(cfg: Config, n: number): Config {
       udp: { ...l.udp, max_flows: share(l.udp.max_flows, n) },
     })),
   };
+}
+
+/**
+ * Reads and checks the config file the workers will run (the primary reads it once for all of
+ * them): its text and config, or the problems to report, each as one line.
+ */
+export async function readWorkerConfig(
+  path: string,
+): Promise<{ text: string; cfg: Config } | { errors: string[] }> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (err) {
+    return { errors: [`${path}: cannot read the file (${(err as NodeJS.ErrnoException).code ?? 'EIO'})`] };
+  }
+  try {
+    const cfg = parseConfigText(text);
+    const problems = workerConfigProblems(cfg);
+    if (problems.length > 0) throw new ConfigError(problems);
+    return { text, cfg };
+  } catch (err) {
+    if (err instanceof ConfigError) return { errors: err.problems.map((p) => `${p.path}: ${p.message}`) };
+    throw err;
+  }
 }

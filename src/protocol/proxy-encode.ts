@@ -8,16 +8,8 @@
 import ppjs from 'proxy-protocol-js';
 
 import { crc32c } from './crc32c.js';
-import {
-  PP2_TYPE,
-  PROXY_V2_FIXED_BYTES,
-  formatIpv4,
-  formatIpv6,
-  ipv4Bytes,
-  ipv6Bytes,
-  type ProxyAddress,
-  type Tlv,
-} from './proxy-parse.js';
+import { formatIpv4, formatIpv6, ipv4Bytes, ipv6Bytes } from './ip-bytes.js';
+import { PP2_TYPE, PROXY_V2_FIXED_BYTES, type ProxyAddress, type Tlv } from './proxy-header.js';
 
 /** Options of {@link encodeProxyV2}. */
 export interface EncodeV2Options {

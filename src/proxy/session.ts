@@ -1,15 +1,14 @@
 import type net from 'node:net';
-import type { Tlv } from '../protocol/proxy-parse.js';
-import type { RejectReason } from '../telemetry/metrics.js';
 import type { Backend } from '../upstream/backend.js';
-import type { PickContext } from '../upstream/balancer/picker.js';
-import type { FreePick, Holder, Pool, QueueWaiter } from '../upstream/pool.js';
+import type { FreePick, Holder, Pool } from '../upstream/pool.js';
+import type { QueueWaiter } from '../upstream/wait-queue.js';
 import type { Sweepable } from '../util/sweeper.js';
 import type { Carrier, CarrierEnd, CarrierOwner, CarrierSample } from './carrier.js';
 import type { CloseReason } from './close-reason.js';
 import { Downstream } from './downstream.js';
 import type { DownstreamOwner } from './downstream.js';
 import type { SessionContext } from './session-context.js';
+import { SessionIdentity } from './session-identity.js';
 import { proxyPreamble } from './proxy-out.js';
 import { SpliceCarrier } from './splice-carrier.js';
 import { StreamCarrier } from './stream-carrier.js';
@@ -28,9 +27,6 @@ const enum State {
 /** The wait before a backend already tried by this session is tried again (HAProxy's turn-around). */
 const MAX_TURNAROUND_MS = 1000;
 
-let sequence = 0;
-const idPrefix = `${process.pid.toString(36)}${Date.now().toString(36).slice(-4)}`;
-
 /** Runs deferred connect deadlines after the loop's I/O of this turn (see `sweep`). */
 function expireConnect(session: Session): void {
   session.connectDeadline();
@@ -42,31 +38,15 @@ function expireConnect(session: Session): void {
  * before any client byte went upstream, passive-health verdicts, deadlines, and why it closed.
  * A carrier moves the bytes (Node streams, or the splice relay), one per connect attempt.
  */
-export class Session implements Holder, Sweepable, QueueWaiter, PickContext, CarrierOwner, DownstreamOwner {
-  readonly #seq = ++sequence;
+export class Session
+  extends SessionIdentity
+  implements Holder, Sweepable, QueueWaiter, CarrierOwner, DownstreamOwner
+{
   readonly ctx: SessionContext;
-  /** The client's connection, in whichever form (a bare descriptor, or a net.Socket). */
   readonly downstream: Downstream;
-  /** The client as seen after a trusted PROXY header. */
-  clientIp: string;
-  clientPort: number;
-  #local: { ip: string; port: number } | undefined;
-  sni: string | undefined;
-  alpn: readonly string[] = [];
-  /** Client bytes read during the preface (PROXY header stripped), replayed upstream first. */
-  pending: Buffer | undefined;
-  /** TLVs received in a trusted PROXY v2 header, for relaying. */
-  receivedTlvs: readonly Tlv[] = [];
-  /** Refuse a PROXY signature at the start of the client's bytes (untrusted source on a PROXY-in listener). */
-  guardProxySignature = false;
-  /** Why the listener turned this session away (the access line's `rejected`). */
-  rejected: RejectReason | undefined;
-  /** The listener counted this client in its per-source limits (released when the session ends). */
-  sourceCounted = false;
   pool: Pool | undefined;
   backend: Backend | undefined;
   attempts = 0;
-  readonly started = performance.now();
   #state = State.Preface;
   #carrier: Carrier | undefined;
   #tried: Set<Backend> | undefined;
@@ -86,15 +66,9 @@ export class Session implements Holder, Sweepable, QueueWaiter, PickContext, Car
 
   /** `client` is the client's socket, or its descriptor when the splice relay accepted it. */
   constructor(ctx: SessionContext, client: net.Socket | number, clientIp: string, clientPort: number) {
+    super(clientIp, clientPort);
     this.ctx = ctx;
-    this.clientIp = clientIp;
-    this.clientPort = clientPort;
     this.downstream = new Downstream(this, client, ctx.relay);
-  }
-
-  /** The id the access log prints and the PROXY v2 UNIQUE_ID carries. */
-  get id(): string {
-    return `${idPrefix}-${this.#seq.toString(36)}`;
   }
 
   get reason(): CloseReason | undefined {
@@ -103,25 +77,6 @@ export class Session implements Holder, Sweepable, QueueWaiter, PickContext, Car
 
   get errorCode(): string | undefined {
     return this.#errorCode;
-  }
-
-  /** The address the client connected to (the PROXY header's destination when trusted). */
-  get localIp(): string {
-    return (this.#local ??= this.downstream.localAddress()).ip;
-  }
-
-  get localPort(): number {
-    return (this.#local ??= this.downstream.localAddress()).port;
-  }
-
-  /** Sets the destination a trusted PROXY header named. */
-  setLocal(ip: string, port: number): void {
-    this.#local = { ip, port };
-  }
-
-  /** The session is its own pick context (client address and SNI): no object per pick. */
-  get pickContext(): PickContext {
-    return this;
   }
 
   /** Bytes the client sent (after any PROXY header) and bytes it received. */

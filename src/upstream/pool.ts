@@ -5,20 +5,13 @@ import { buildPicker } from './balancer/index.js';
 import type { PickContext, Picker } from './balancer/picker.js';
 import type { HealthVerdict } from './backend.js';
 import { Backend } from './backend.js';
+import { WaitQueue } from './wait-queue.js';
+import type { QueueWaiter } from './wait-queue.js';
 
 /** Something that holds a backend: a TCP session or a UDP flow. */
 export interface Holder {
   /** Ends the holder now (drain deadline, shutdown); `reason` goes to its access-log line. */
   close(reason: string): void;
-}
-
-/** A session waiting in a pool's queue for a backend slot (max_connections_per_backend). */
-export interface QueueWaiter {
-  /**
-   * A slot may have freed: pick again and, when a backend has room, take it and start connecting.
-   * Returns true when the waiter took a slot (the pool then drops it from the queue).
-   */
-  retryQueued(): boolean;
 }
 
 /** What `pickFree` found: a backend with room, `full` (every candidate at its cap) or none ready. */
@@ -59,8 +52,8 @@ export class Pool {
   readonly #sources = new Map<string, readonly Member[]>();
   readonly #holders = new Map<Backend, Set<Holder>>();
   readonly #drainTimers = new Map<Backend, Timer>();
-  /** FIFO of sessions waiting for a slot: a Set keeps insertion order and deletes in O(1). */
-  readonly #queue = new Set<QueueWaiter>();
+  /** Sessions waiting for a slot. */
+  readonly #queue = new WaitQueue();
   #ready = new Set<Backend>();
   /** What the picker chooses from: the ready backends, or in panic mode every eligible one. */
   #members = new Set<Backend>();
@@ -200,10 +193,7 @@ export class Pool {
 
   /** Puts `w` at the back of the queue; false when the queue holds `max_queue` already. */
   enqueue(w: QueueWaiter): boolean {
-    if (this.#queue.has(w)) return true;
-    if (this.#queue.size >= this.#cfg.max_queue) return false;
-    this.#queue.add(w);
-    return true;
+    return this.#queue.add(w, this.#cfg.max_queue);
   }
 
   /** Takes `w` out of the queue (it timed out or its client left). */
@@ -227,7 +217,7 @@ export class Pool {
         this.#holders.delete(b);
         if (b.removed) this.#forget(b);
       }
-      if (this.#queue.size > 0 && this.#members.has(b)) this.#serveQueue(false);
+      if (this.#queue.size > 0 && this.#members.has(b)) this.#queue.serve(false);
     }
   }
 
@@ -288,7 +278,7 @@ export class Pool {
     }
     this.observer.readyChanged?.(this);
     // A backend became ready, or the cap was raised by a reload: there may be room for many.
-    if (this.#queue.size > 0) this.#serveQueue(true);
+    if (this.#queue.size > 0) this.#queue.serve(true);
   }
 
   /** Closes every holder on every backend (end of a shutdown drain). */
@@ -301,23 +291,6 @@ export class Pool {
     this.#rampTimer?.cancel();
     for (const t of this.#drainTimers.values()) t.cancel();
     this.#drainTimers.clear();
-  }
-
-  /**
-   * Offers free slots to waiters in arrival order. After one release (`all` false) one slot is
-   * free: the first waiter able to use it takes it (a later one only when the earlier ones
-   * already tried that backend). After a rebuild (`all` true) waiters are served from the head
-   * until one finds no room.
-   */
-  #serveQueue(all: boolean): void {
-    for (const w of this.#queue) {
-      if (w.retryQueued()) {
-        this.#queue.delete(w);
-        if (!all) return;
-      } else if (all) {
-        return;
-      }
-    }
   }
 
   #build(ready: readonly Backend[]): Picker<Backend> {

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { parseConfigText } from '../../src/config/load.js';
 import type { Backend } from '../../src/upstream/backend.js';
-import type { QueueWaiter } from '../../src/upstream/pool.js';
+import type { QueueWaiter } from '../../src/upstream/wait-queue.js';
 import { Pool } from '../../src/upstream/pool.js';
 import { ManualClock, seededRandom } from '../../src/util/clock.js';
 

@@ -2,10 +2,9 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 
 import { encodeProxyV1, encodeProxyV2 } from '../../src/protocol/proxy-encode.js';
+import { ipv4Bytes, ipv6Bytes } from '../../src/protocol/ip-bytes.js';
 import {
   PROXY_V2_SIGNATURE,
-  ipv4Bytes,
-  ipv6Bytes,
   parseProxyHeader,
   sniffProxySignature,
   type ProxyParseResult,

@@ -1,11 +1,10 @@
 import { describe, expect, it } from 'vitest';
 
 import { crc32c } from '../../src/protocol/crc32c.js';
+import { formatIpv6, ipv6Bytes } from '../../src/protocol/ip-bytes.js';
 import {
   PP2_TYPE,
   PROXY_V2_SIGNATURE,
-  formatIpv6,
-  ipv6Bytes,
   parseProxyHeader,
   sniffProxySignature,
   type ProxyParseResult,

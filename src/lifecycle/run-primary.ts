@@ -1,0 +1,27 @@
+import { readFile } from 'node:fs/promises';
+import { parseConfigText } from '../config/load.js';
+import type { Config } from '../config/schema.js';
+import { EXIT_CONFIG, UserError } from '../util/exit.js';
+import { Primary } from './primary.js';
+import { reusePortUnsupported } from './workers.js';
+
+/**
+ * Runs the primary of `workers` worker processes (from main.ts when `workers` resolves above 1).
+ * Throws a UserError (exit 78) when this Node or platform has no SO_REUSEPORT support.
+ */
+export async function runPrimary(configPath: string, cfg: Config, workers: number): Promise<void> {
+  const unsupported = reusePortUnsupported();
+  if (unsupported !== undefined)
+    throw new UserError(`workers: ${String(cfg.workers)} ${unsupported}`, EXIT_CONFIG);
+  // The text the workers will run; parsed again because the file may have changed since the CLI read it.
+  let text: string;
+  try {
+    text = await readFile(configPath, 'utf8');
+  } catch (err) {
+    throw new UserError(
+      `${configPath}: cannot read the file (${(err as NodeJS.ErrnoException).code ?? 'EIO'})`,
+    );
+  }
+  const primary = new Primary(configPath, text, parseConfigText(text), workers);
+  await primary.start();
+}
