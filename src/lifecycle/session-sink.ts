@@ -43,7 +43,7 @@ function closeRejectReason(reason: CloseReason): RejectReason | undefined {
  * Where one listener's sessions report: Prometheus counters (labelled children fetched once),
  * the access log, and passive health. Built at the composition root.
  */
-export class SessionSink implements SessionEvents {
+export class SessionSink implements SessionEvents<Session> {
   readonly #name: string;
   readonly #deps: SessionSinkDeps;
   readonly #bytesUp;

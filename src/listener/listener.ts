@@ -4,6 +4,7 @@ import type { Metrics } from '../telemetry/metrics.js';
 import type { Backend } from '../upstream/backend.js';
 import type { Pool } from '../upstream/pool.js';
 import type { Sweeper } from '../util/sweeper.js';
+import type { Session } from '../proxy/session.js';
 import type { SessionEvents } from '../proxy/session-context.js';
 import type { SpliceRelay } from '../relay/binding.js';
 
@@ -26,7 +27,7 @@ export interface ListenerDeps {
 /** What a TCP listener needs beyond that: where its sessions report. */
 export interface TcpListenerDeps extends ListenerDeps {
   /** Where the sessions of listener `name` report (metrics, access log, passive health). */
-  sessionEvents(name: string, logger: Logger): SessionEvents;
+  sessionEvents(name: string, logger: Logger): SessionEvents<Session>;
 }
 
 /** A bound socket of either protocol, as the runtime manages it. */

@@ -56,7 +56,7 @@ export class TcpListener implements Listener, PrefaceHost, AcceptOwner {
   readonly logger: Logger;
   readonly sessions = new Set<Session>();
   /** What this listener's sessions see of it: settings, the relay, where they report. */
-  readonly #context: SessionContext;
+  readonly #context: SessionContext<Session>;
   #cfg: ListenerConfig;
   readonly #deps: TcpListenerDeps;
   readonly #server: net.Server;
@@ -90,7 +90,7 @@ export class TcpListener implements Listener, PrefaceHost, AcceptOwner {
     return this.sessions.size;
   }
 
-  #sessionContext(events: SessionEvents): SessionContext {
+  #sessionContext(events: SessionEvents<Session>): SessionContext<Session> {
     // eslint-disable-next-line @typescript-eslint/no-this-alias -- the getters below read private fields
     const listener = this;
     return {

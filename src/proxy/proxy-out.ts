@@ -4,7 +4,7 @@ import { encodeProxyV1, encodeProxyV2 } from '../protocol/proxy-encode.js';
 import { PP2_TYPE } from '../protocol/proxy-parse.js';
 import type { Tlv } from '../protocol/proxy-parse.js';
 import type { Pool } from '../upstream/pool.js';
-import type { Session } from './session.js';
+import type { SessionIdentity } from './session-identity.js';
 
 /** TLV types we fill ourselves; a relayed TLV of the same type is not sent twice. */
 const OWN_TYPES = new Set<number>([PP2_TYPE.AUTHORITY, PP2_TYPE.ALPN, PP2_TYPE.UNIQUE_ID, PP2_TYPE.CRC32C]);
@@ -17,7 +17,7 @@ const OWN_TYPES = new Set<number>([PP2_TYPE.AUTHORITY, PP2_TYPE.ALPN, PP2_TYPE.U
  * AWS 0xEA). Relayed TLVs are left out whole when they would not fit; the header is never cut.
  */
 export function proxyPreamble(
-  session: Session,
+  session: SessionIdentity,
   pool: Pool,
   listener: ListenerConfig,
 ): EncodeResult | undefined {

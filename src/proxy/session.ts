@@ -42,7 +42,7 @@ export class Session
   extends SessionIdentity
   implements Holder, Sweepable, QueueWaiter, CarrierOwner, DownstreamOwner
 {
-  readonly ctx: SessionContext;
+  readonly ctx: SessionContext<Session>;
   readonly downstream: Downstream;
   pool: Pool | undefined;
   backend: Backend | undefined;
@@ -65,7 +65,12 @@ export class Session
   #verdictGiven = false;
 
   /** `client` is the client's socket, or its descriptor when the splice relay accepted it. */
-  constructor(ctx: SessionContext, client: net.Socket | number, clientIp: string, clientPort: number) {
+  constructor(
+    ctx: SessionContext<Session>,
+    client: net.Socket | number,
+    clientIp: string,
+    clientPort: number,
+  ) {
     super(clientIp, clientPort);
     this.ctx = ctx;
     this.downstream = new Downstream(this, client, ctx.relay);
