@@ -74,6 +74,31 @@ pools:
     expect(rt.logs.find('session')[0]).toMatchObject({ attempts: 2, reason: 'downstream_closed' });
   });
 
+  it('brings every held connection to a backend: none waits in sluice', async () => {
+    // Backends that accept and hold, as `socat TCP-LISTEN:P,fork SYSTEM:'sleep 300'` would.
+    const holders = [await server(startServer(() => undefined)), await server(startServer(() => undefined))];
+    const rt = await lb(`listeners: [{ name: t, bind: "127.0.0.1:0", pool: p }]
+pools:
+  - name: p
+    algorithm: least-connections
+    health: { active: { type: none } }
+    backends: [${holders.map((h) => `{ address: "${h.address}" }`).join(', ')}]
+`);
+    const clients = await Promise.all(Array.from({ length: 20 }, () => connect(rt.port('t'))));
+    try {
+      // A session that waited in sluice (an accept not drained, a connect not issued, an event
+      // lost) would never get there.
+      await waitFor(
+        () => holders.reduce((n, h) => n + h.accepted, 0) === 20,
+        15_000,
+        '20 held at the backends',
+      );
+      expect(holders.map((h) => h.accepted)).toEqual([10, 10]);
+    } finally {
+      for (const c of clients) c.destroy();
+    }
+  });
+
   it('does not fail a connect that completed while the loop was busy past timeouts.connect', async () => {
     const backend = await server(nameServer('B'));
     const rt = await lb(`listeners: [{ name: t, bind: "127.0.0.1:0", pool: p, timeouts: { connect: 300ms } }]
