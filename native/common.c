@@ -110,7 +110,9 @@ record *push_record(instance *in, int kind) {
   memset(rec->v, 0, sizeof rec->v);
   rec->v[0] = kind;
   rec->ip[0] = 0;
-  kick(in);
+  /* Records queued while the loop reads the epoll set are handed over at the end of that read;
+   * others (queued by a call from JavaScript) need a turn of their own. */
+  if (!in->polling || in->dispatching) kick(in);
   return rec;
 }
 

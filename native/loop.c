@@ -12,7 +12,7 @@ static void hand_over(instance *in) {
   napi_env env = in->env;
   while (in->qn > 0) {
     napi_handle_scope scope;
-    if (napi_open_handle_scope(env, &scope) != napi_ok) return;
+    if (napi_open_handle_scope(env, &scope) != napi_ok) break;
     napi_value fn, recv, result, argv[1 + MAIL_RECS];
     bool ok = napi_get_reference_value(env, in->on_batch, &fn) == napi_ok &&
               napi_get_global(env, &recv) == napi_ok;
@@ -29,7 +29,7 @@ static void hand_over(instance *in) {
     ok = ok && napi_create_int32(env, n, &argv[0]) == napi_ok;
     if (!ok) {
       napi_close_handle_scope(env, scope);
-      return; /* the records stay queued; the next turn tries again */
+      break; /* the records stay queued; the next turn tries again */
     }
     in->qn -= n;
     memmove(in->queue, in->queue + n, sizeof(record) * (size_t)in->qn);
@@ -44,7 +44,8 @@ static void hand_over(instance *in) {
     }
     napi_close_handle_scope(env, scope);
   }
-  release_retired(&in->relays);
+  if (in->qn > 0) kick(in); /* a hand-over that could not finish: try again next turn */
+  else release_retired(&in->relays);
 }
 
 /* The loop turn after records were queued or relays stopped with bytes waiting. */
@@ -64,6 +65,7 @@ void on_epoll(uv_poll_t *h, int status, int events) {
   (void)events;
   instance *in = h->data;
   struct epoll_event evs[BATCH];
+  in->polling = 1;
   for (;;) {
     int n = epoll_wait(in->epfd, evs, BATCH, 0);
     if (n <= 0) break; /* 0, or EINTR: the loop polls again */
@@ -102,5 +104,6 @@ void on_epoll(uv_poll_t *h, int status, int events) {
     }
     if (n < BATCH) break;
   }
+  in->polling = 0;
   hand_over(in);
 }

@@ -236,6 +236,7 @@ struct instance {
   record *queue; /* records not yet handed over */
   int qn, qcap;
   int dispatching; /* JavaScript is reading the mailbox: no nested hand-over */
+  int polling;     /* inside on_epoll, which hands records over at its end: no turn of its own needed */
   relay *pending;  /* relays that stopped with bytes waiting */
   napi_async_context async;
   id_table relays; /* relay * */
