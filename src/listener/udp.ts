@@ -1,4 +1,6 @@
 import dgram from 'node:dgram';
+import { lookup as dnsLookup } from 'node:dns';
+import type { LookupOneOptions } from 'node:dns';
 import { isIP } from 'node:net';
 import { networkInterfaces } from 'node:os';
 import type { Counter } from 'prom-client';
@@ -66,6 +68,11 @@ export class UdpListener implements Listener, FlowHost, DatagramOwner {
   readonly #warnedV1 = new Set<string>();
   readonly #counters;
   readonly #drops = new Map<string, Counter.Internal>();
+  /**
+   * The flow of the last datagram Node read. Datagrams come in runs from one client, and the
+   * address and port compare cheaper than building the table key and hashing it each time.
+   */
+  #last: Flow | undefined;
   /** The splice relay reading this socket (recvmmsg) and forwarding known flows; see listen(). */
   native: { readonly relay: SpliceRelay; readonly id: number } | undefined;
 
@@ -95,6 +102,7 @@ export class UdpListener implements Listener, FlowHost, DatagramOwner {
     this.downstream = dgram.createSocket({
       type: ipv6 ? 'udp6' : 'udp4',
       ipv6Only: false,
+      lookup: literalLookup,
       ...(UdpListener.reusePort ? { reusePort: true } : {}),
     });
     this.downstream.on('error', (err: NodeJS.ErrnoException) => this.#onSocketError(err));
@@ -233,6 +241,7 @@ export class UdpListener implements Listener, FlowHost, DatagramOwner {
   }
 
   closed(flow: Flow, reason: string): void {
+    if (this.#last === flow) this.#last = undefined;
     this.#table.delete(flow);
     flow.pool.release(flow.backend, flow);
     if (this.#deps.accessLog) this.#accessLine(flow, reason);
@@ -242,6 +251,12 @@ export class UdpListener implements Listener, FlowHost, DatagramOwner {
   // ---- datagram path ----
 
   #onMessage(msg: Buffer, address: string, port: number): void {
+    const last = this.#last;
+    // The last client again: it passed every check below when its flow was found or created.
+    if (last !== undefined && last.clientPort === port && last.replyAddress === address) {
+      last.fromClient(msg);
+      return;
+    }
     // Only a source on our own port can be ourselves: the address test runs for those alone.
     if (port === this.#boundPort && this.#ownIps.has(normalizeIp(address))) {
       this.#counters.loop.inc();
@@ -253,7 +268,9 @@ export class UdpListener implements Listener, FlowHost, DatagramOwner {
     }
     const key = `${address}:${port}`;
     const flow = this.#table.get(key) ?? this.#newFlow(key, address, port);
-    flow?.fromClient(msg);
+    if (flow === undefined) return;
+    this.#last = flow;
+    flow.fromClient(msg);
   }
 
   /** Admits a new client: ACL, flow cap, a pick, then a flow with its upstream socket. */
@@ -381,6 +398,21 @@ export class UdpListener implements Listener, FlowHost, DatagramOwner {
       this.logger.warn({ code }, 'UDP socket error');
     }
   }
+}
+
+/**
+ * The listener socket's lookup: replies go to the address a datagram came from, always an IP
+ * literal, which Node's default lookup still answers a tick later (one more callback and a
+ * closure per reply). This answers literals at once; names (never expected here) go to DNS.
+ */
+function literalLookup(
+  host: string,
+  options: LookupOneOptions,
+  done: (err: NodeJS.ErrnoException | null, address: string, family: number) => void,
+): void {
+  const family = isIP(host);
+  if (family !== 0) done(null, host, family);
+  else dnsLookup(host, options, done);
 }
 
 /** The addresses a datagram from ourselves can carry: the bound one, or every local one for a wildcard. */
