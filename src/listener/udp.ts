@@ -18,8 +18,21 @@ import type { Listener, ListenerDeps } from './listener.js';
 import type { DatagramOwner, SpliceRelay } from '../proxy/splice-relay.js';
 import { errnoName } from '../util/errno.js';
 
-/** SO_RCVBUF/SO_SNDBUF asked for on the listener socket; the kernel caps it (net.core.rmem_max). */
+/**
+ * SO_SNDBUF, and SO_RCVBUF when the splice relay reads the socket; the kernel caps it
+ * (net.core.rmem_max) and doubles it. The relay reads in batches of 32 and needs the room.
+ */
 const SOCKET_BUFFER_BYTES = 4 * 1024 * 1024;
+
+/**
+ * SO_RCVBUF when Node reads the socket (`relay: stream`). The queue is time: a 64-byte datagram
+ * takes 832 bytes of it, so 4 MiB (8 MiB once doubled) held about 10,000, 200 ms behind at the
+ * 50 kpps Node forwards. Under overload that queue stays full: a client that stopped kept
+ * reaching its backend for that long (iperf3 took such a late datagram for the next test's
+ * stream and failed the test, 2 runs in 4 back to back). 512 KiB holds about 1,260: 25 ms at
+ * overload, still a 40 ms stall of the process absorbed at 30 kpps (256 KiB was not).
+ */
+const STREAM_RECEIVE_BUFFER_BYTES = 512 * 1024;
 
 /** Source ports below this are refused when `udp.drop_privileged_sources` is on. */
 const FIRST_UNPRIVILEGED_PORT = 1024;
@@ -139,7 +152,6 @@ export class UdpListener implements Listener, FlowHost, DatagramOwner {
       this.downstream.bind({ address: host, port, exclusive: true }, () => {
         this.downstream.off('error', onError);
         this.#bound = true;
-        this.#tuneBuffers();
         const a = this.downstream.address();
         this.#boundIp = normalizeIp(a.address);
         this.#boundPort = a.port;
@@ -147,6 +159,7 @@ export class UdpListener implements Listener, FlowHost, DatagramOwner {
         this.boundAddress = formatHostPort(a.address, a.port);
         this.#deps.sweeper.add(this.#table);
         this.#readThroughRelay();
+        this.#tuneBuffers();
         resolve();
       });
     });
@@ -364,7 +377,9 @@ export class UdpListener implements Listener, FlowHost, DatagramOwner {
 
   #tuneBuffers(): void {
     try {
-      this.downstream.setRecvBufferSize(SOCKET_BUFFER_BYTES);
+      this.downstream.setRecvBufferSize(
+        this.native !== undefined ? SOCKET_BUFFER_BYTES : STREAM_RECEIVE_BUFFER_BYTES,
+      );
       this.downstream.setSendBufferSize(SOCKET_BUFFER_BYTES);
     } catch (err) {
       // A kernel that refuses the size leaves its default: slower under bursts, still correct.

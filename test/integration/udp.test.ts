@@ -1,5 +1,6 @@
 import dgram from 'node:dgram';
 import { once } from 'node:events';
+import { readFileSync } from 'node:fs';
 import { Writable } from 'node:stream';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { parseConfigText } from '../../src/config/load.js';
@@ -244,6 +245,15 @@ describe.each(['splice', 'stream'] as const)('relay: %s', (relay) => {
         );
         expect(await h.metric('sluice_bytes_total', { listener: 'u', direction })).toBe(400);
       }
+    });
+
+    it('sizes the receive queue by who reads it: 4 MiB for the splice relay, 512 KiB for Node', async () => {
+      const a = await udpBackend('a');
+      const h = await start({ backends: [a.address] });
+      // The kernel caps the request at net.core.rmem_max and doubles what it grants.
+      const rmemMax = Number(readFileSync('/proc/sys/net/core/rmem_max', 'utf8'));
+      const asked = relay === 'splice' ? 4 * 1024 * 1024 : 512 * 1024;
+      expect(h.listener.downstream.getRecvBufferSize()).toBe(2 * Math.min(asked, rmemMax));
     });
 
     it('keeps interleaved clients apart: each datagram goes up its own flow, each reply to its own client', async () => {
