@@ -44,7 +44,9 @@ export function fmt(v, digits = 2) {
 
 /**
  * A table: one row per peer (median [min–max] of the repetitions), then one ratio row per
- * {num, den} pair. metrics: [{key, label, digits}].
+ * {num, den} pair. metrics: [{key, label, digits, flag?, ratio?}]; flag(peer) returns a word to
+ * print beside that peer's figure (e.g. "lossy"), or undefined; ratio: false leaves the metric
+ * out of the ratio rows (a count of losses has no meaningful ratio).
  */
 export function table(samples, peers, metrics, ratios = [], first = 'peer') {
   const head = `| ${first} | ${metrics.map((m) => m.label).join(' | ')} |`;
@@ -55,14 +57,16 @@ export function table(samples, peers, metrics, ratios = [], first = 'peer') {
       const xs = samples.values(p, m.key);
       if (xs.length === 0) return note ? 'n/a' : '–';
       const med = fmt(median(xs), m.digits);
-      return xs.length > 1
-        ? `${med} (${fmt(Math.min(...xs), m.digits)}–${fmt(Math.max(...xs), m.digits)})`
-        : med;
+      const flag = m.flag?.(p);
+      const cell =
+        xs.length > 1 ? `${med} (${fmt(Math.min(...xs), m.digits)}–${fmt(Math.max(...xs), m.digits)})` : med;
+      return flag === undefined ? cell : `${cell}, ${flag}`;
     });
     return `| ${p} | ${cells.join(' | ')} |`;
   });
   for (const { num, den } of ratios) {
     const cells = metrics.map((m) => {
+      if (m.ratio === false) return '–';
       const a = samples.median(num, m.key);
       const b = samples.median(den, m.key);
       return a === undefined || b === undefined || b === 0 ? '–' : `**${(a / b).toFixed(2)}×**`;
