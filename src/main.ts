@@ -1,5 +1,6 @@
 import type { Config } from './config/schema.js';
 import { loadConfigFile } from './config/load.js';
+import { armExitBackstop } from './lifecycle/exit-backstop.js';
 import { Runtime } from './lifecycle/runtime.js';
 import { SdNotify } from './lifecycle/sd-notify.js';
 import { workerCount } from './lifecycle/workers.js';
@@ -38,6 +39,7 @@ export async function run(configPath: string, cfg: Config): Promise<void> {
     }
     stopping = true;
     logger.info({ signal }, 'shutting down');
+    armExitBackstop(runtime.shutdownBudgetMs(), logger);
     void notify.stopping();
     runtime
       .drain()

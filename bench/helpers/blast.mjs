@@ -1,10 +1,12 @@
-// UDP load: a connected socket sends 64-byte datagrams to 127.0.0.1:PORT in batches of 64 per
-// setImmediate for SECONDS, then prints {"sent", "seconds", "errors", "code"}: sends that failed
-// (ECONNREFUSED once nothing listens on the port, ENOBUFS, …) and the first failure's code.
+// UDP load: a connected socket sends 64-byte datagrams to 127.0.0.1:PORT for SECONDS, then
+// prints {"sent", "seconds", "errors", "code"}: sends that failed (ECONNREFUSED once nothing
+// listens on the port, ENOBUFS, …) and the first failure's code. Without RATE it sends as fast as
+// it can (batches of 64 per setImmediate); with RATE (datagrams per second) it paces itself.
 import dgram from 'node:dgram';
 
-const [portArg, secondsArg] = process.argv.slice(2);
+const [portArg, secondsArg, rateArg] = process.argv.slice(2);
 const seconds = Number(secondsArg);
+const rate = rateArg === undefined ? 0 : Number(rateArg);
 const payload = Buffer.alloc(64, 0x61);
 const sock = dgram.createSocket({ type: 'udp4', sendBufferSize: 4 << 20 });
 let sent = 0;
@@ -16,19 +18,34 @@ const done = (err) => {
   code ??= err.code;
 };
 
+/** Datagrams to send now: a batch of 64, or what the pace allows by `now` (at most 64). */
+function due(start, now, queued) {
+  if (rate <= 0) return 64;
+  return Math.min(64, Math.floor(((now - start) / 1000) * rate) - queued);
+}
+
 sock.connect(Number(portArg), '127.0.0.1', () => {
   const start = performance.now();
   const end = start + seconds * 1000;
+  let queued = 0;
   const batch = () => {
-    for (let i = 0; i < 64; i++) sock.send(payload, done);
-    if (performance.now() < end) setImmediate(batch);
-    else
-      setTimeout(() => {
-        process.stdout.write(
-          `${JSON.stringify({ sent, errors, code, seconds: (performance.now() - start) / 1000 })}\n`,
-        );
-        sock.close();
-      }, 100);
+    const now = performance.now();
+    const n = due(start, now, queued);
+    for (let i = 0; i < n; i++) sock.send(payload, done);
+    queued += Math.max(0, n);
+    if (now >= end) return finish(start);
+    // Paced and ahead of schedule: sleep a millisecond rather than spin.
+    if (rate > 0 && n <= 0) setTimeout(batch, 1);
+    else setImmediate(batch);
   };
   batch();
 });
+
+function finish(start) {
+  setTimeout(() => {
+    process.stdout.write(
+      `${JSON.stringify({ sent, errors, code, seconds: (performance.now() - start) / 1000 })}\n`,
+    );
+    sock.close();
+  }, 100);
+}

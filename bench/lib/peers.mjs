@@ -158,6 +158,33 @@ export async function startIperfServer(dir) {
   return peer('iperf3-server', pid, { iperf: port });
 }
 
+// ---- the minimal Node UDP forwarder -------------------------------------------------------------
+
+/**
+ * bench/helpers/udp-forward.mjs in front of the first upstream of each UDP route: the plain Node
+ * dgram forwarder that sluice's `relay: stream` is measured against.
+ */
+export async function startUdpForwarder(routes, { name = 'node-dgram' } = {}) {
+  const port = {};
+  const children = [];
+  for (const r of routes.filter((x) => x.proto === 'udp')) {
+    port[r.name] = await freePort();
+    const upstream = Number(addr(r.upstreams[0]).split(':')[1]);
+    const child = helper('udp-forward.mjs', [port[r.name], upstream]);
+    await child.next(10000);
+    children.push(child);
+  }
+  const first = children[0];
+  return {
+    name,
+    pid: first?.pid,
+    port,
+    stop: async () => {
+      for (const c of children) await c.stop();
+    },
+  };
+}
+
 // ---- Node helpers (sinks, connection holders, blasters) ----------------------------------------
 
 /** Spawns bench/helpers/<script> under the Node that runs sluice; stdout is line-delimited JSON. */

@@ -74,7 +74,8 @@ export function cellText(runs, metric, note) {
 
 /** A ratio cell: '–' when either side has no figure or FAILED (a ratio of a failure means nothing). */
 export function ratioText(numRuns, denRuns, metric) {
-  if (metric.total) return '–';
+  // A total, or a metric whose ratio means nothing (a share lost, the offered rate).
+  if (metric.total || metric.ratio === false) return '–';
   const a = cellState(numRuns, metric);
   const b = cellState(denRuns, metric);
   if (a.failed.length || b.failed.length) return '–';
@@ -85,8 +86,9 @@ export function ratioText(numRuns, denRuns, metric) {
 
 /**
  * A table: one row per peer (median [min–max] of the repetitions), then one ratio row per
- * {num, den} pair. metrics: [{key, label, digits, total?}]; `total: true` is the errors column
- * (the sum of the errors of every run of the row).
+ * {num, den} pair. metrics: [{key, label, digits, total?, ratio?}]; `total: true` is the errors
+ * column (the sum of the errors of every run of the row); `ratio: false` leaves the metric out of
+ * the ratio rows.
  */
 export function table(samples, peers, metrics, ratios = [], first = 'peer') {
   const head = `| ${first} | ${metrics.map((m) => m.label).join(' | ')} |`;

@@ -45,6 +45,24 @@ function sweepTick(cfg: Config): number {
   return Math.max(50, Math.min(1000, Math.floor(min)));
 }
 
+/** How often a drain checks whether everything has closed. */
+const DRAIN_POLL_MS = 50;
+/** The longest stop() waits on each step that depends on the state store. */
+const STOP_STEP_MS = 1_000;
+/** The bounded steps of stop(): sync, withdraw, close (the admin server closes at once). */
+const STOP_STEPS = 3;
+
+/** Waits for `step` at most STOP_STEP_MS; a failure or a timeout is not an error at shutdown. */
+function bounded(step: Promise<unknown>): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<void>((resolve) => (timer = setTimeout(resolve, STOP_STEP_MS)));
+  const settled = step.then(
+    () => undefined,
+    () => undefined,
+  );
+  return Promise.race([settled, timeout]).finally(() => clearTimeout(timer));
+}
+
 /**
  * The relay that `mode` asks for: the splice relay for `splice` (an Error when it cannot be
  * loaded) and for `auto` when it loads; undefined (Node streams) otherwise.
@@ -151,34 +169,59 @@ export class Runtime implements AdminApi {
   }
 
   /**
-   * Graceful stop: readiness turns 503, listeners stop accepting, sessions run until they end
-   * or `drain_timeout` passes; then whatever is left is closed.
+   * Graceful stop: readiness turns 503, listeners stop accepting, sessions and flows run until
+   * they end or `drain_timeout` passes; then whatever is left is closed, and the process is
+   * released within one sweeper tick more ({@link shutdownBudgetMs}).
    */
   async drain(): Promise<void> {
     if (this.#draining) return;
     this.#draining = true;
-    const open = (): number => this.listeners.openCount();
-    this.logger.info({ sessions: open(), drain_timeout_ms: this.#cfg.shutdown.drain_timeout }, 'draining');
+    const timeout = this.#cfg.shutdown.drain_timeout;
+    this.logger.info({ sessions: this.listeners.openCount(), drain_timeout_ms: timeout }, 'draining');
     await this.listeners.closeAll();
-    const deadline = performance.now() + this.#cfg.shutdown.drain_timeout;
-    while (open() > 0 && performance.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-    const left = open();
-    if (left > 0) {
+    if (!(await this.#allClosedWithin(timeout))) {
+      const left = this.listeners.openCount();
       this.logger.warn({ sessions: left }, 'drain deadline passed; closing the remaining sessions');
       this.listeners.endAll();
+      // A stream session reports (access line, counts) on its sockets' 'close' events, a tick
+      // later: wait for those, never longer than one sweeper tick.
+      await this.#allClosedWithin(this.sweeper.tickMs);
     }
     await this.stop();
   }
 
-  /** Releases everything at once (after a drain, or on a second signal). */
+  /**
+   * The longest a shutdown may take from the signal: the drain, one sweeper tick to close what is
+   * left, and {@link STOP_STEP_MS} for each release step of stop(). main.ts exits by then whatever
+   * is still pending.
+   */
+  shutdownBudgetMs(): number {
+    return this.#cfg.shutdown.drain_timeout + this.sweeper.tickMs + STOP_STEPS * STOP_STEP_MS;
+  }
+
+  /** Resolves true once no session or flow is open, false if `ms` passes first. */
+  async #allClosedWithin(ms: number): Promise<boolean> {
+    const deadline = performance.now() + ms;
+    for (;;) {
+      if (this.listeners.openCount() === 0) return true;
+      const wait = Math.min(DRAIN_POLL_MS, deadline - performance.now());
+      if (wait <= 0) return false;
+      await new Promise((resolve) => setTimeout(resolve, wait));
+    }
+  }
+
+  /**
+   * Releases everything at once (after a drain, or on a second signal). Steps that wait on the
+   * state store are bounded: a store that does not answer must not hold the exit.
+   */
   async stop(): Promise<void> {
-    await this.#sync.stop(); // first: a last round must not restart checkers after pools.stop()
+    await bounded(this.#sync.stop()); // first: a last round must not restart checkers after pools.stop()
     this.sweeper.stop();
     this.#history?.stop();
     this.overload.stop();
     this.pools.stop();
-    await this.#deps.store.withdraw(this.replicaId).catch(() => undefined);
-    await this.#deps.store.close().catch(() => undefined);
+    await bounded(this.#deps.store.withdraw(this.replicaId));
+    await bounded(this.#deps.store.close());
     await this.admin.close();
   }
 

@@ -1,3 +1,4 @@
+import { armExitBackstop } from './exit-backstop.js';
 import type { Runtime } from './runtime.js';
 import { parseToWorker } from './worker-protocol.js';
 import type { Counts, FromWorker, Request } from './worker-protocol.js';
@@ -46,6 +47,7 @@ export class WorkerAgent {
     this.#draining = true;
     if (this.#timer !== undefined) clearInterval(this.#timer);
     this.#runtime.logger.info({ why }, 'worker draining');
+    armExitBackstop(this.#runtime.shutdownBudgetMs(), this.#runtime.logger);
     this.#runtime
       .drain()
       .then(() => {

@@ -1,4 +1,6 @@
 import dgram from 'node:dgram';
+import { lookup as dnsLookup } from 'node:dns';
+import type { LookupOneOptions } from 'node:dns';
 import { isIP } from 'node:net';
 import { networkInterfaces } from 'node:os';
 import type { Counter } from 'prom-client';
@@ -17,8 +19,21 @@ import type { DatagramOwner, SpliceRelay } from '../relay/binding.js';
 import { errnoName } from '../util/errno.js';
 import { datagramFd } from '../relay/node-handle.js';
 
-/** SO_RCVBUF/SO_SNDBUF asked for on the listener socket; the kernel caps it (net.core.rmem_max). */
+/**
+ * SO_SNDBUF, and SO_RCVBUF when the splice relay reads the socket; the kernel caps it
+ * (net.core.rmem_max) and doubles it. The relay reads in batches of 32 and needs the room.
+ */
 const SOCKET_BUFFER_BYTES = 4 * 1024 * 1024;
+
+/**
+ * SO_RCVBUF when Node reads the socket (`relay: stream`). The queue is time: a 64-byte datagram
+ * takes 832 bytes of it, so 4 MiB (8 MiB once doubled) held about 10,000, 200 ms behind at the
+ * 50 kpps Node forwards. Under overload that queue stays full: a client that stopped kept
+ * reaching its backend for that long (iperf3 took such a late datagram for the next test's
+ * stream and failed the test, 2 runs in 4 back to back). 512 KiB holds about 1,260: 25 ms at
+ * overload, still a 40 ms stall of the process absorbed at 30 kpps (256 KiB was not).
+ */
+const STREAM_RECEIVE_BUFFER_BYTES = 512 * 1024;
 
 /** Source ports below this are refused when `udp.drop_privileged_sources` is on. */
 const FIRST_UNPRIVILEGED_PORT = 1024;
@@ -67,6 +82,11 @@ export class UdpListener implements Listener, FlowHost, DatagramOwner {
   readonly #warnedV1 = new Set<string>();
   readonly #counters;
   readonly #drops = new Map<string, Counter.Internal>();
+  /**
+   * The flow of the last datagram Node read. Datagrams come in runs from one client, and the
+   * address and port compare cheaper than building the table key and hashing it each time.
+   */
+  #last: Flow | undefined;
   /** The splice relay reading this socket (recvmmsg) and forwarding known flows; see listen(). */
   native: { readonly relay: SpliceRelay; readonly id: number } | undefined;
 
@@ -96,6 +116,7 @@ export class UdpListener implements Listener, FlowHost, DatagramOwner {
     this.downstream = dgram.createSocket({
       type: ipv6 ? 'udp6' : 'udp4',
       ipv6Only: false,
+      lookup: literalLookup,
       ...(UdpListener.reusePort ? { reusePort: true } : {}),
     });
     this.downstream.on('error', (err: NodeJS.ErrnoException) => this.#onSocketError(err));
@@ -132,7 +153,6 @@ export class UdpListener implements Listener, FlowHost, DatagramOwner {
       this.downstream.bind({ address: host, port, exclusive: true }, () => {
         this.downstream.off('error', onError);
         this.#bound = true;
-        this.#tuneBuffers();
         const a = this.downstream.address();
         this.#boundIp = normalizeIp(a.address);
         this.#boundPort = a.port;
@@ -140,6 +160,7 @@ export class UdpListener implements Listener, FlowHost, DatagramOwner {
         this.boundAddress = formatHostPort(a.address, a.port);
         this.#deps.sweeper.add(this.#table);
         this.#readThroughRelay();
+        this.#tuneBuffers();
         resolve();
       });
     });
@@ -224,6 +245,7 @@ export class UdpListener implements Listener, FlowHost, DatagramOwner {
   }
 
   closed(flow: Flow, reason: string): void {
+    if (this.#last === flow) this.#last = undefined;
     this.#table.delete(flow);
     flow.pool.release(flow.backend, flow);
     if (this.#deps.accessLog) this.#accessLine(flow, reason);
@@ -233,6 +255,12 @@ export class UdpListener implements Listener, FlowHost, DatagramOwner {
   // ---- datagram path ----
 
   #onMessage(msg: Buffer, address: string, port: number): void {
+    const last = this.#last;
+    // The last client again: it passed every check below when its flow was found or created.
+    if (last !== undefined && last.clientPort === port && last.replyAddress === address) {
+      last.fromClient(msg);
+      return;
+    }
     // Only a source on our own port can be ourselves: the address test runs for those alone.
     if (port === this.#boundPort && this.#ownIps.has(normalizeIp(address))) {
       this.#counters.loop.inc();
@@ -244,7 +272,9 @@ export class UdpListener implements Listener, FlowHost, DatagramOwner {
     }
     const key = `${address}:${port}`;
     const flow = this.#table.get(key) ?? this.#newFlow(key, address, port);
-    flow?.fromClient(msg);
+    if (flow === undefined) return;
+    this.#last = flow;
+    flow.fromClient(msg);
   }
 
   /** Admits a new client: ACL, flow cap, a pick, then a flow with its upstream socket. */
@@ -338,7 +368,9 @@ export class UdpListener implements Listener, FlowHost, DatagramOwner {
 
   #tuneBuffers(): void {
     try {
-      this.downstream.setRecvBufferSize(SOCKET_BUFFER_BYTES);
+      this.downstream.setRecvBufferSize(
+        this.native !== undefined ? SOCKET_BUFFER_BYTES : STREAM_RECEIVE_BUFFER_BYTES,
+      );
       this.downstream.setSendBufferSize(SOCKET_BUFFER_BYTES);
     } catch (err) {
       // A kernel that refuses the size leaves its default: slower under bursts, still correct.
@@ -372,6 +404,21 @@ export class UdpListener implements Listener, FlowHost, DatagramOwner {
       this.logger.warn({ code }, 'UDP socket error');
     }
   }
+}
+
+/**
+ * The listener socket's lookup: replies go to the address a datagram came from, always an IP
+ * literal, which Node's default lookup still answers a tick later (one more callback and a
+ * closure per reply). This answers literals at once; names (never expected here) go to DNS.
+ */
+function literalLookup(
+  host: string,
+  options: LookupOneOptions,
+  done: (err: NodeJS.ErrnoException | null, address: string, family: number) => void,
+): void {
+  const family = isIP(host);
+  if (family !== 0) done(null, host, family);
+  else dnsLookup(host, options, done);
 }
 
 /** The addresses a datagram from ourselves can carry: the bound one, or every local one for a wildcard. */

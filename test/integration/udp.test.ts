@@ -1,5 +1,6 @@
 import dgram from 'node:dgram';
 import { once } from 'node:events';
+import { readFileSync } from 'node:fs';
 import { Writable } from 'node:stream';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { parseConfigText } from '../../src/config/load.js';
@@ -244,6 +245,30 @@ describe.each(['splice', 'stream'] as const)('relay: %s', (relay) => {
         );
         expect(await h.metric('sluice_bytes_total', { listener: 'u', direction })).toBe(400);
       }
+    });
+
+    it('sizes the receive queue by who reads it: 4 MiB for the splice relay, 512 KiB for Node', async () => {
+      const a = await udpBackend('a');
+      const h = await start({ backends: [a.address] });
+      // The kernel caps the request at net.core.rmem_max and doubles what it grants.
+      const rmemMax = Number(readFileSync('/proc/sys/net/core/rmem_max', 'utf8'));
+      const asked = relay === 'splice' ? 4 * 1024 * 1024 : 512 * 1024;
+      expect(h.listener.downstream.getRecvBufferSize()).toBe(2 * Math.min(asked, rmemMax));
+    });
+
+    it('keeps interleaved clients apart: each datagram goes up its own flow, each reply to its own client', async () => {
+      const [a, b] = await Promise.all([udpBackend('a'), udpBackend('b')]);
+      const h = await start({ backends: [a.address, b.address] });
+      const [c1, c2] = await Promise.all([client(h.target), client(h.target)]);
+      // Alternate and repeat sources, so a datagram often comes from another client than the last.
+      const order = [c1, c2, c2, c1, c2, c1, c1, c2];
+      for (const [i, c] of order.entries()) c.send(`${c === c1 ? 'one' : 'two'}-${i}`);
+      await vi.waitFor(() => expect(c1.replies.length + c2.replies.length).toBe(order.length), WAIT);
+      expect(c1.replies.map((r) => r.data.toString())).toEqual(['one-0', 'one-3', 'one-5', 'one-6']);
+      expect(c2.replies.map((r) => r.data.toString())).toEqual(['two-1', 'two-2', 'two-4', 'two-7']);
+      // Round-robin: one flow per backend, each backend saw one upstream socket only.
+      expect(h.listener.flows).toBe(2);
+      for (const backend of [a, b]) expect(new Set(backend.received.map((r) => r.from)).size).toBe(1);
     });
 
     it('expires a silent flow after flow_idle, logs it, and starts a new one for the next datagram', async () => {
