@@ -1,39 +1,21 @@
-import dgram from 'node:dgram';
-import { lookup as dnsLookup } from 'node:dns';
-import type { LookupOneOptions } from 'node:dns';
+import type dgram from 'node:dgram';
 import { isIP } from 'node:net';
-import { networkInterfaces } from 'node:os';
 import type { Counter } from 'prom-client';
 import type { ListenerConfig } from '../config/schema.js';
 import { formatHostPort } from '../config/values.js';
-import { encodeProxyV2 } from '../protocol/proxy-encode.js';
 import { Flow, type FlowHost } from '../proxy/flow.js';
 import { FlowTable } from '../proxy/flow-table.js';
 import type { Logger } from '../telemetry/logger.js';
 import type { Backend } from '../upstream/backend.js';
 import type { Pool } from '../upstream/pool.js';
-import { CidrSet, normalizeIp } from '../util/cidr.js';
+import { normalizeIp } from '../util/cidr.js';
+import { Admission } from './admission.js';
 import { listenError } from './bind-error.js';
 import type { Listener, ListenerDeps } from './listener.js';
 import type { DatagramOwner, SpliceRelay } from '../relay/binding.js';
 import { errnoName } from '../util/errno.js';
 import { datagramFd } from '../relay/node-handle.js';
-
-/**
- * SO_SNDBUF, and SO_RCVBUF when the splice relay reads the socket; the kernel caps it
- * (net.core.rmem_max) and doubles it. The relay reads in batches of 32 and needs the room.
- */
-const SOCKET_BUFFER_BYTES = 4 * 1024 * 1024;
-
-/**
- * SO_RCVBUF when Node reads the socket (`relay: stream`). The queue is time: a 64-byte datagram
- * takes 832 bytes of it, so 4 MiB (8 MiB once doubled) held about 10,000, 200 ms behind at the
- * 50 kpps Node forwards. Under overload that queue stays full: a client that stopped kept
- * reaching its backend for that long (iperf3 took such a late datagram for the next test's
- * stream and failed the test, 2 runs in 4 back to back). 512 KiB holds about 1,260: 25 ms at
- * overload, still a 40 ms stall of the process absorbed at 30 kpps (256 KiB was not).
- */
-const STREAM_RECEIVE_BUFFER_BYTES = 512 * 1024;
+import { flowHeader, listenerSocket, ownAddresses, tuneBuffers } from './udp-socket.js';
 
 /** Source ports below this are refused when `udp.drop_privileged_sources` is on. */
 const FIRST_UNPRIVILEGED_PORT = 1024;
@@ -69,8 +51,8 @@ export class UdpListener implements Listener, FlowHost, DatagramOwner {
   #cfg: ListenerConfig;
   readonly #deps: ListenerDeps;
   readonly #table: FlowTable;
-  #allow: CidrSet;
-  #deny: CidrSet;
+  /** The ACL, shared with TCP listeners (per-source limits apply to TCP connections only). */
+  #admission: Admission;
   #boundIp = '';
   #boundPort = -1;
   /** Addresses that mean "this listener" when paired with its port (all local ones for a wildcard bind). */
@@ -95,8 +77,7 @@ export class UdpListener implements Listener, FlowHost, DatagramOwner {
     this.#cfg = cfg;
     this.#deps = deps;
     this.logger = deps.logger.child({ listener: cfg.name });
-    this.#allow = CidrSet.parse(cfg.access.allow);
-    this.#deny = CidrSet.parse(cfg.access.deny);
+    this.#admission = new Admission(cfg);
     this.#table = new FlowTable(cfg.udp.flow_idle, deps.sweeper.tickMs);
     const m = deps.metrics;
     this.#counters = {
@@ -113,12 +94,7 @@ export class UdpListener implements Listener, FlowHost, DatagramOwner {
       privileged: m.udpDrops.labels(cfg.name, 'privileged_source'),
     };
     const ipv6 = isIP(cfg.bind.host) === 6;
-    this.downstream = dgram.createSocket({
-      type: ipv6 ? 'udp6' : 'udp4',
-      ipv6Only: false,
-      lookup: literalLookup,
-      ...(UdpListener.reusePort ? { reusePort: true } : {}),
-    });
+    this.downstream = listenerSocket(ipv6, UdpListener.reusePort);
     this.downstream.on('error', (err: NodeJS.ErrnoException) => this.#onSocketError(err));
     this.downstream.on('message', (msg: Buffer, rinfo: dgram.RemoteInfo) =>
       this.#onMessage(msg, rinfo.address, rinfo.port),
@@ -160,7 +136,7 @@ export class UdpListener implements Listener, FlowHost, DatagramOwner {
         this.boundAddress = formatHostPort(a.address, a.port);
         this.#deps.sweeper.add(this.#table);
         this.#readThroughRelay();
-        this.#tuneBuffers();
+        tuneBuffers(this.downstream, this.native !== undefined, this.logger);
         resolve();
       });
     });
@@ -179,8 +155,7 @@ export class UdpListener implements Listener, FlowHost, DatagramOwner {
   /** Applies a new config with the same bind address (reload). Live flows keep their pool and backend. */
   update(cfg: ListenerConfig): void {
     this.#cfg = cfg;
-    this.#allow = CidrSet.parse(cfg.access.allow);
-    this.#deny = CidrSet.parse(cfg.access.deny);
+    this.#admission = new Admission(cfg);
     this.#table.idleMs = cfg.udp.flow_idle;
     this.#warnV1(cfg.pool);
   }
@@ -191,7 +166,7 @@ export class UdpListener implements Listener, FlowHost, DatagramOwner {
 
   /** The ACL on the client address. */
   allowed(ip: string): boolean {
-    return this.#allow.has(ip) && !this.#deny.has(ip);
+    return this.#admission.allowed(ip);
   }
 
   /**
@@ -315,27 +290,16 @@ export class UdpListener implements Listener, FlowHost, DatagramOwner {
     }
   }
 
-  /**
-   * The PROXY v2 header for a flow: constant for its life, so built once. The destination is
-   * the bound address; a wildcard bind cannot tell which local address the client used (Node
-   * has no IP_PKTINFO), so it sends the wildcard of the client's family.
-   */
-  #header(pool: Pool, ip: string, port: number): Buffer | undefined {
-    const mode = pool.config.proxy_protocol;
-    if (mode !== 'v2') {
-      if (mode === 'v1') this.#warnV1(pool.name);
-      return undefined;
-    }
-    const wildcard = this.#boundIp === '0.0.0.0' || this.#boundIp === '::';
-    const dest = wildcard ? (isIP(ip) === 6 ? '::' : '0.0.0.0') : this.#boundIp;
-    const source = { ip, port };
-    const destination = { ip: dest, port: this.#boundPort };
-    return encodeProxyV2({ command: 'proxy', transport: 'dgram', source, destination }).header;
-  }
-
   /** A backend that is this listener would loop every datagram back to us. */
   #isSelf(b: Backend): boolean {
     return b.port === this.#boundPort && this.#ownIps.has(normalizeIp(b.host));
+  }
+
+  /** The PROXY v2 header of a flow (v2 pools only; v1 has no UDP form). */
+  #header(pool: Pool, ip: string, port: number): Buffer | undefined {
+    const mode = pool.config.proxy_protocol;
+    if (mode === 'v1') this.#warnV1(pool.name);
+    return mode === 'v2' ? flowHeader(this.#boundIp, this.#boundPort, ip, port) : undefined;
   }
 
   /** PROXY v1 is a TCP text line; a UDP pool gets no header rather than a malformed one. */
@@ -366,18 +330,6 @@ export class UdpListener implements Listener, FlowHost, DatagramOwner {
     );
   }
 
-  #tuneBuffers(): void {
-    try {
-      this.downstream.setRecvBufferSize(
-        this.native !== undefined ? SOCKET_BUFFER_BYTES : STREAM_RECEIVE_BUFFER_BYTES,
-      );
-      this.downstream.setSendBufferSize(SOCKET_BUFFER_BYTES);
-    } catch (err) {
-      // A kernel that refuses the size leaves its default: slower under bursts, still correct.
-      this.logger.warn({ code: (err as NodeJS.ErrnoException).code }, 'cannot set UDP socket buffer sizes');
-    }
-  }
-
   #closeSocket(): void {
     if (this.#socketClosed) return;
     this.#socketClosed = true;
@@ -404,28 +356,4 @@ export class UdpListener implements Listener, FlowHost, DatagramOwner {
       this.logger.warn({ code }, 'UDP socket error');
     }
   }
-}
-
-/**
- * The listener socket's lookup: replies go to the address a datagram came from, always an IP
- * literal, which Node's default lookup still answers a tick later (one more callback and a
- * closure per reply). This answers literals at once; names (never expected here) go to DNS.
- */
-function literalLookup(
-  host: string,
-  options: LookupOneOptions,
-  done: (err: NodeJS.ErrnoException | null, address: string, family: number) => void,
-): void {
-  const family = isIP(host);
-  if (family !== 0) done(null, host, family);
-  else dnsLookup(host, options, done);
-}
-
-/** The addresses a datagram from ourselves can carry: the bound one, or every local one for a wildcard. */
-function ownAddresses(boundIp: string): Set<string> {
-  if (boundIp !== '0.0.0.0' && boundIp !== '::') return new Set([boundIp]);
-  const ips = new Set<string>([boundIp]);
-  for (const list of Object.values(networkInterfaces()))
-    for (const i of list ?? []) ips.add(normalizeIp(i.address));
-  return ips;
 }
