@@ -127,23 +127,28 @@ void invoke(instance *in, napi_ref ref, int nints, const int *ints, const char *
   napi_env env = in->env;
   napi_handle_scope scope;
   if (napi_open_handle_scope(env, &scope) != napi_ok) return;
-  napi_value fn, recv, argv[4], result;
+  napi_value fn, recv, argv[4];
   size_t argc = 0;
   bool ok = napi_get_reference_value(env, ref, &fn) == napi_ok && napi_get_global(env, &recv) == napi_ok;
   for (int i = 0; ok && i < nints; i++) ok = napi_create_int32(env, ints[i], &argv[argc++]) == napi_ok;
   if (ok && ip != NULL) ok = napi_create_string_latin1(env, ip, NAPI_AUTO_LENGTH, &argv[argc++]) == napi_ok;
   void *copy;
   if (ok && data != NULL) ok = napi_create_buffer_copy(env, len, data, &copy, &argv[argc++]) == napi_ok;
-  if (ok) {
-    napi_make_callback(env, in->async, recv, fn, argc, argv, &result);
-    bool pending = false;
-    if (napi_is_exception_pending(env, &pending) == napi_ok && pending) {
-      napi_value err;
-      napi_get_and_clear_last_exception(env, &err);
-      napi_fatal_exception(env, err);
-    }
-  }
+  if (ok) make_callback(in, recv, fn, argc, argv);
   napi_close_handle_scope(env, scope);
+}
+
+/* Calls fn from the loop; a throw becomes the process's uncaught exception, as from any callback. */
+void make_callback(instance *in, napi_value recv, napi_value fn, size_t argc, const napi_value *argv) {
+  napi_env env = in->env;
+  napi_value result;
+  napi_make_callback(env, in->async, recv, fn, argc, argv, &result);
+  bool pending = false;
+  if (napi_is_exception_pending(env, &pending) == napi_ok && pending) {
+    napi_value err;
+    napi_get_and_clear_last_exception(env, &err);
+    napi_fatal_exception(env, err);
+  }
 }
 
 /* Writes a socket address as text and its port; "" and 0 for other families. */

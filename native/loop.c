@@ -13,7 +13,7 @@ static void hand_over(instance *in) {
   while (in->qn > 0) {
     napi_handle_scope scope;
     if (napi_open_handle_scope(env, &scope) != napi_ok) break;
-    napi_value fn, recv, result, argv[1 + MAIL_RECS];
+    napi_value fn, recv, argv[1 + MAIL_RECS];
     bool ok = napi_get_reference_value(env, in->on_batch, &fn) == napi_ok &&
               napi_get_global(env, &recv) == napi_ok;
     int n = in->qn < MAIL_RECS ? in->qn : MAIL_RECS;
@@ -34,14 +34,8 @@ static void hand_over(instance *in) {
     in->qn -= n;
     memmove(in->queue, in->queue + n, sizeof(record) * (size_t)in->qn);
     in->dispatching = 1;
-    napi_make_callback(env, in->async, recv, fn, argc, argv, &result);
+    make_callback(in, recv, fn, argc, argv);
     in->dispatching = 0;
-    bool pending = false;
-    if (napi_is_exception_pending(env, &pending) == napi_ok && pending) {
-      napi_value err;
-      napi_get_and_clear_last_exception(env, &err);
-      napi_fatal_exception(env, err);
-    }
     napi_close_handle_scope(env, scope);
   }
   if (in->qn > 0) kick(in); /* a hand-over that could not finish: try again next turn */

@@ -272,6 +272,7 @@ void kick(instance *in);
 void update_ref(instance *in);
 record *push_record(instance *in, int kind);
 void invoke(instance *in, napi_ref ref, int nints, const int *ints, const char *ip, const char *data, size_t len);
+void make_callback(instance *in, napi_value recv, napi_value fn, size_t argc, const napi_value *argv);
 int format_addr(const struct sockaddr_storage *ss, char *ip, size_t size);
 int parse_addr(const char *ip, int port, struct sockaddr_storage *ss, socklen_t *len, size_t *max_payload);
 int socket_error(int fd);

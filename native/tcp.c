@@ -143,6 +143,20 @@ static int end_direction(relay *r, int i) {
   return 0;
 }
 
+/*
+ * What a write to direction i's destination that moved nothing means: 1 try again (EINTR), 0 the
+ * destination is full (the direction waits for its output edge), -1 an error, recorded.
+ */
+static int write_failed(relay *r, int i, ssize_t n) {
+  if (n < 0 && errno == EINTR) return 1;
+  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+    r->d[i].blocked = 1;
+    return 0;
+  }
+  fail(r, 1 - i, n < 0 ? errno : EPIPE);
+  return -1;
+}
+
 /* Sends owed bytes (prefix, or what the destination could not take). 1 when all went, 0 when the
  * destination is full, -1 on an error. */
 static int send_owed(relay *r, int i) {
@@ -152,14 +166,9 @@ static int send_owed(relay *r, int i) {
     ssize_t n = send(dst, d->prefix + d->prefix_off, d->prefix_len - d->prefix_off, MSG_NOSIGNAL | MSG_DONTWAIT);
     if (n > 0) {
       d->prefix_off += (size_t)n;
-    } else if (n < 0 && errno == EINTR) {
-      continue;
-    } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      d->blocked = 1;
-      return 0;
     } else {
-      fail(r, 1 - i, n < 0 ? errno : EPIPE);
-      return -1;
+      int again = write_failed(r, i, n);
+      if (again <= 0) return again;
     }
   }
   free(d->prefix);
@@ -176,14 +185,9 @@ static int drain_pipe(relay *r, int i, int last) {
     ssize_t n = splice(d->r, NULL, r->fd[1 - i], NULL, d->fill, flags);
     if (n > 0) {
       d->fill -= (size_t)n;
-    } else if (n < 0 && errno == EINTR) {
-      continue;
-    } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      d->blocked = 1;
-      return 0;
     } else {
-      fail(r, 1 - i, n < 0 ? errno : EPIPE);
-      return -1;
+      int again = write_failed(r, i, n);
+      if (again <= 0) return again;
     }
   }
   return 1;
