@@ -130,4 +130,23 @@ describe.each(['splice', 'stream'] as const)('drain with relay: %s', (relay) => 
     expect(proc.logs.filter((l) => l.msg === 'flow' && l.reason === 'shutdown')).toHaveLength(UDP_CLIENTS);
     expect(proc.logs.some((l) => l.msg === 'session' && l.reason === 'shutdown')).toBe(true);
   });
+
+  it('exits as soon as it has stopped: nothing keeps the process alive after the drain', async () => {
+    const backend = await echoPair();
+    const port = await freeDualPort();
+    proc = await spawnSluice(config(relay, port, backend.address));
+    const clients = await busyClients(port);
+    await expect.poll(() => clients.udpReplies(), { timeout: 5_000 }).toBeGreaterThan(0);
+    clients.stop();
+    const p = proc;
+    let stoppedAt = 0;
+    p.child.stdout?.on('data', (d: Buffer) => {
+      if (stoppedAt === 0 && d.toString().includes('"msg":"stopped"')) stoppedAt = performance.now();
+    });
+    p.kill('SIGTERM');
+    expect(await p.exited).toBe(0);
+    const after = performance.now() - stoppedAt;
+    // The exit follows the last log line: process teardown only (tens of ms), not a second or more.
+    expect({ logged: stoppedAt > 0, promptly: after < 1_000 }).toEqual({ logged: true, promptly: true });
+  });
 });
