@@ -17,15 +17,15 @@ napi_value js_udp_unlisten(napi_env env, napi_callback_info info) {
 }
 
 /*
- * udpFlow(listener, backendIp, backendPort, header?: Buffer) => flow id, or -errno. Only while
+ * udpFlow(listener, backendIp, backendPort, header?: Buffer, maxReplies = 0) => flow id, or -errno. Only while
  * JavaScript decides on a datagram from onDatagram: the flow is filed under that datagram's source.
  */
 napi_value js_udp_flow(napi_env env, napi_callback_info info) {
-  size_t argc = 4;
-  napi_value argv[4];
+  size_t argc = 5;
+  napi_value argv[5];
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   instance *in = get_instance(env);
-  int32_t l, port;
+  int32_t l, port, max_replies = 0;
   char ip[64];
   size_t iplen;
   CHECK(napi_get_value_int32(env, argv[0], &l));
@@ -66,6 +66,8 @@ napi_value js_udp_flow(napi_env env, napi_callback_info info) {
   }
   f->listener = l;
   f->max_payload = max_payload;
+  if (argc > 4) CHECK(napi_get_value_int32(env, argv[4], &max_replies));
+  f->max_replies = max_replies > 0 ? (uint32_t)max_replies : 0;
   memcpy(&f->client, in->src, in->src_len);
   f->client_len = in->src_len;
   make_ukey(&f->key, l, in->src);
@@ -112,6 +114,7 @@ napi_value js_udp_send(napi_env env, napi_callback_info info) {
   if (sendmsg(f->fd, &m, MSG_DONTWAIT) < 0) return int_value(env, -errno);
   f->dg_in++;
   f->bytes_in += len;
+  f->credits += f->max_replies;
   return int_value(env, 0);
 }
 
@@ -127,6 +130,7 @@ napi_value js_udp_info(napi_env env, napi_callback_info info) {
     s[3] = (double)f->bytes_out;
     s[4] = (double)f->drop_size;
     s[5] = (double)f->drop_full;
+    s[6] = (double)f->drop_amp;
   }
   napi_value result;
   CHECK(napi_get_boolean(env, f != NULL, &result));

@@ -189,8 +189,12 @@ typedef struct {
   char *header; /* PROXY v2 header sent before every payload */
   size_t header_len;
   size_t max_payload;
-  uint64_t dg_in, bytes_in, dg_out, bytes_out, drop_size, drop_full;
+  uint64_t dg_in, bytes_in, dg_out, bytes_out, drop_size, drop_full, drop_amp;
   int answered;
+  /* Replies allowed per datagram from the client (0: no cap), and those still allowed: each
+   * datagram forwarded adds max_replies, each reply sent takes one, replies beyond are dropped. */
+  uint32_t max_replies;
+  uint64_t credits;
 } udp_flow;
 
 /* Connections accepted per wake-up of one listening socket before yielding. */

@@ -138,6 +138,7 @@ static void flow_flush(instance *in, udp_flow *f, int k) {
         f->dg_in++;
         f->bytes_in += in->smsgs[j].msg_len - f->header_len;
       }
+      f->credits += (uint64_t)f->max_replies * (uint64_t)r;
       sent += r;
     } else if (errno == EINTR) {
       continue;
@@ -231,6 +232,13 @@ void on_udp_flow(instance *in, udp_flow *f) {
     }
     watched *ul = &in->ulisteners.e[f->listener];
     if (ul->fd < 0) return;
+    int got = n;
+    if (f->max_replies > 0 && (uint64_t)n > f->credits) {
+      /* More replies than the client's datagrams allow (amplification): the rest are dropped. */
+      n = (int)f->credits;
+      f->drop_amp += (uint64_t)(got - n);
+    }
+    f->credits -= f->max_replies > 0 ? (uint64_t)n : 0;
     for (int i = 0; i < n; i++) {
       struct msghdr *m = &in->smsgs[i].msg_hdr;
       memset(m, 0, sizeof *m);
@@ -262,6 +270,6 @@ void on_udp_flow(instance *in, udp_flow *f) {
       call_udp_event(in, id, UDP_ANSWERED);
       if (in->flows.items[id] != f || in->flows.gens[id] != gen) return;
     }
-    if (n < UDP_BATCH) return;
+    if (got < UDP_BATCH) return;
   }
 }

@@ -142,6 +142,11 @@ const udpSchema = z
     max_flows: count(1).default(100_000),
     /** Drop datagrams from source ports below 1024 (reflection attacks come from 53, 123, 19…). */
     drop_privileged_sources: z.boolean().default(true),
+    /**
+     * Reply datagrams a flow may send its client per datagram the client sent (0 = no cap):
+     * bounds what a backend, or a spoofed source, can make sluice send towards a client.
+     */
+    max_replies_per_datagram: count(0, 65_535).default(0),
   })
   .prefault({});
 

@@ -275,6 +275,7 @@ export class UdpListener implements Listener, FlowHost, DatagramOwner {
         pool,
         backend,
         this.#header(pool, ip, port),
+        this.#cfg.udp.max_replies_per_datagram,
       );
       this.#table.add(flow);
       pool.acquire(backend, flow);

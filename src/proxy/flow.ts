@@ -10,6 +10,7 @@ import {
   UDP_BYTES_OUT,
   UDP_DATAGRAMS_IN,
   UDP_DATAGRAMS_OUT,
+  UDP_DROPS_AMPLIFICATION,
   UDP_DROPS_FULL,
   UDP_DROPS_SIZE,
   UDP_REFUSED,
@@ -22,9 +23,12 @@ import type { Holder, Pool } from '../upstream/pool.js';
  * - `upstream_error`: the upstream socket could not be opened, or the backend answered
  *   {@link REFUSALS_TO_CLOSE} datagrams in a row with ICMP port unreachable (ECONNREFUSED).
  * - `backend_drained`: the backend was drained and its drain deadline passed.
+ * - `backend_down`: the backend failed its health checks or was ejected; the client's next
+ *   datagram starts a new flow on a ready backend.
  * - `shutdown`: the process was shutting down and `shutdown.drain_timeout` passed.
  */
-export type FlowCloseReason = 'idle_timeout' | 'upstream_error' | 'backend_drained' | 'shutdown';
+export type FlowCloseReason =
+  'idle_timeout' | 'upstream_error' | 'backend_drained' | 'backend_down' | 'shutdown';
 
 /**
  * ECONNREFUSED reports in a row (no reply between) after which a flow is closed, so that the
@@ -98,6 +102,10 @@ export class Flow implements Holder, UdpFlowOwner {
   #nativeId = -1;
   #dropsSize = 0;
   #dropsFull = 0;
+  #dropsAmplification = 0;
+  /** Replies allowed per datagram from the client (0: no cap), and those still allowed. */
+  readonly #maxReplies: number;
+  #credits = 0;
   readonly #header: Buffer | undefined;
   /** Reused [header, payload] list: dgram copies the list on send, so one array serves every datagram. */
   readonly #pair: Buffer[];
@@ -110,6 +118,7 @@ export class Flow implements Holder, UdpFlowOwner {
 
   /**
    * @param header PROXY v2 header sent before every payload, in the same datagram; undefined for none.
+   * @param maxReplies reply datagrams allowed per datagram from the client; 0 for no cap.
    */
   constructor(
     host: FlowHost,
@@ -118,8 +127,10 @@ export class Flow implements Holder, UdpFlowOwner {
     pool: Pool,
     backend: Backend,
     header: Buffer | undefined,
+    maxReplies = 0,
   ) {
     this.#host = host;
+    this.#maxReplies = maxReplies;
     this.key = key;
     this.replyAddress = client.replyAddress;
     this.clientIp = client.ip;
@@ -141,7 +152,8 @@ export class Flow implements Holder, UdpFlowOwner {
   start(): void {
     const native = this.#host.native;
     if (native !== undefined && isIP(this.backend.host) !== 0) {
-      const id = native.relay.udpFlow(this, native.id, this.backend.host, this.backend.port, this.#header);
+      const { host, port } = this.backend;
+      const id = native.relay.udpFlow(this, native.id, host, port, this.#header, this.#maxReplies);
       if (id < 0) {
         this.#connectFailed(errnoName(-id));
       } else {
@@ -192,10 +204,14 @@ export class Flow implements Holder, UdpFlowOwner {
     this.bytesOut = relayStats[UDP_BYTES_OUT]!;
     const size = relayStats[UDP_DROPS_SIZE]!;
     const full = relayStats[UDP_DROPS_FULL]!;
+    const amplification = relayStats[UDP_DROPS_AMPLIFICATION]!;
     if (size > this.#dropsSize) this.#host.drop('emsgsize', size - this.#dropsSize);
     if (full > this.#dropsFull) this.#host.drop('enobufs', full - this.#dropsFull);
+    if (amplification > this.#dropsAmplification)
+      this.#host.drop('amplification', amplification - this.#dropsAmplification);
     this.#dropsSize = size;
     this.#dropsFull = full;
+    this.#dropsAmplification = amplification;
   }
 
   /** A datagram from the client. */
@@ -206,6 +222,11 @@ export class Flow implements Holder, UdpFlowOwner {
     else if (this.#state === State.Closed) this.#host.drop('upstream_error');
     else if (this.#pending.length < MAX_PENDING) this.#pending.push(msg);
     else this.#host.drop('connecting_overflow');
+  }
+
+  /** @internal The backend is no longer ready (health): end, so the next datagram picks again. */
+  backendLost(): void {
+    this.close('backend_down');
   }
 
   /** Ends the flow now; `reason` (a {@link FlowCloseReason}) goes to the access line. */
@@ -268,6 +289,7 @@ export class Flow implements Holder, UdpFlowOwner {
       }
       this.datagramsIn++;
       this.bytesIn += msg.length;
+      this.#credits += this.#maxReplies;
     } catch (err) {
       this.#host.drop(errorCode(err).toLowerCase());
     }
@@ -305,6 +327,12 @@ export class Flow implements Holder, UdpFlowOwner {
       // One success per answering streak is enough for passive health; not one per datagram.
       this.#answered = true;
       this.#host.passive(this, true);
+    }
+    if (this.#maxReplies > 0) {
+      // More replies than the client's datagrams allow: a backend (or a spoofed source's
+      // backend) amplifying towards the client.
+      if (this.#credits === 0) return this.#host.drop('amplification');
+      this.#credits--;
     }
     try {
       // No callback, as in #send; a refused reply is an 'error' on the listener's socket.

@@ -22,7 +22,7 @@ interface Addon {
   ): void;
   udpListen(fd: number): number;
   udpUnlisten(id: number): void;
-  udpFlow(listener: number, ip: string, port: number, header: Buffer | undefined): number;
+  udpFlow(listener: number, ip: string, port: number, header: Buffer | undefined, maxReplies: number): number;
   udpSend(flow: number, payload: Buffer): number;
   udpInfo(flow: number): boolean;
   udpClose(flow: number): void;
@@ -66,6 +66,8 @@ export const UDP_BYTES_OUT = 3;
 /** Datagrams the PROXY header made too big (emsgsize), and those the kernel refused (enobufs). */
 export const UDP_DROPS_SIZE = 4;
 export const UDP_DROPS_FULL = 5;
+/** Replies beyond udp.max_replies_per_datagram (amplification). */
+export const UDP_DROPS_AMPLIFICATION = 6;
 
 /** A flow's backend refused (ICMP port unreachable), or answered again after refusals. */
 export const UDP_REFUSED = 1;
@@ -258,7 +260,8 @@ export class SpliceRelay {
 
   /**
    * A flow for the client whose datagram owner.datagram() is deciding on, through a socket
-   * connected to ip:port; `header` goes before every payload. The flow id, or -errno.
+   * connected to ip:port; `header` goes before every payload; at most `maxReplies` replies per
+   * datagram from the client (0: no cap). The flow id, or -errno.
    */
   udpFlow(
     owner: UdpFlowOwner,
@@ -266,8 +269,9 @@ export class SpliceRelay {
     ip: string,
     port: number,
     header: Buffer | undefined,
+    maxReplies = 0,
   ): number {
-    const id = this.#addon.udpFlow(listener, ip, port, header);
+    const id = this.#addon.udpFlow(listener, ip, port, header, maxReplies);
     if (id >= 0) flowOwners[id] = owner;
     return id;
   }

@@ -3,7 +3,7 @@ import { formatHostPort } from '../config/values.js';
 import type { Clock, Random, Timer } from '../util/clock.js';
 import { buildPicker } from './balancer/index.js';
 import type { PickContext, Picker } from './balancer/picker.js';
-import type { HealthVerdict } from './backend.js';
+import type { HealthVerdict, Readiness } from './backend.js';
 import { Backend } from './backend.js';
 import { WaitQueue } from './wait-queue.js';
 import type { QueueWaiter } from './wait-queue.js';
@@ -12,6 +12,11 @@ import type { QueueWaiter } from './wait-queue.js';
 export interface Holder {
   /** Ends the holder now (drain deadline, shutdown); `reason` goes to its access-log line. */
   close(reason: string): void;
+  /**
+   * Its backend stopped being ready for a health reason (active checks, passive ejection). A UDP
+   * flow ends, so that the client's next datagram picks again; a TCP session stays pinned.
+   */
+  backendLost?(): void;
 }
 
 /** What `pickFree` found: a backend with room, `full` (every candidate at its cap) or none ready. */
@@ -268,6 +273,7 @@ export class Pool {
     const panic = threshold > 0 && eligible.length > 0 && ready.length * 100 < threshold * eligible.length;
     const members = panic ? eligible : ready;
     this.#started = true;
+    const lost = [...this.#ready].filter((b) => !readySet.has(b) && isHealthLoss(b.readiness(now)));
     this.#ready = readySet;
     this.#members = panic ? new Set(eligible) : readySet;
     this.#picker = this.#build(members);
@@ -277,6 +283,7 @@ export class Pool {
       this.observer.panicChanged?.(panic, ready.length, eligible.length);
     }
     this.observer.readyChanged?.(this);
+    for (const b of lost) for (const h of [...(this.#holders.get(b) ?? [])]) h.backendLost?.();
     // A backend became ready, or the cap was raised by a reload: there may be room for many.
     if (this.#queue.size > 0) this.#queue.serve(true);
   }
@@ -347,6 +354,11 @@ export class Pool {
     this.#drainTimers.get(b)?.cancel();
     this.#drainTimers.delete(b);
   }
+}
+
+/** Not ready because of its health, not an operator's word or a reload. */
+function isHealthLoss(r: Readiness): boolean {
+  return r === 'unhealthy' || r === 'ejected';
 }
 
 function configMembers(cfg: PoolConfig): Member[] {

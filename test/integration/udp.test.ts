@@ -247,6 +247,47 @@ describe.each(['splice', 'stream'] as const)('relay: %s', (relay) => {
       }
     });
 
+    it('caps replies per client datagram with udp.max_replies_per_datagram, counting the rest as amplification', async () => {
+      // A backend that answers every datagram 100 times (an amplifier).
+      const amp = dgram.createSocket('udp4');
+      amp.on('message', (msg, rinfo) => {
+        for (let i = 0; i < 100; i++) amp.send(msg, rinfo.port, rinfo.address);
+      });
+      amp.bind(0, '127.0.0.1');
+      await once(amp, 'listening');
+      cleanup.push(() => void amp.close());
+      const h = await start({
+        backends: [`127.0.0.1:${amp.address().port}`],
+        udp: 'flow_idle: 10s, max_replies_per_datagram: 1',
+      });
+      const c = await client(h.target);
+      for (let i = 1; i <= 3; i++) {
+        c.send(`q${i}`);
+        await vi.waitFor(
+          async () =>
+            expect(
+              await h.metric('sluice_udp_dropped_total', { listener: 'u', reason: 'amplification' }),
+            ).toBe(99 * i),
+          WAIT,
+        );
+      }
+      expect(c.replies.map((r) => r.data.toString())).toEqual(['q1', 'q2', 'q3']);
+    });
+
+    it('relays every reply when max_replies_per_datagram is 0 (the default)', async () => {
+      const amp = dgram.createSocket('udp4');
+      amp.on('message', (msg, rinfo) => {
+        for (let i = 0; i < 100; i++) amp.send(msg, rinfo.port, rinfo.address);
+      });
+      amp.bind(0, '127.0.0.1');
+      await once(amp, 'listening');
+      cleanup.push(() => void amp.close());
+      const h = await start({ backends: [`127.0.0.1:${amp.address().port}`] });
+      const c = await client(h.target);
+      c.send('q');
+      await vi.waitFor(() => expect(c.replies.length).toBe(100), WAIT);
+    });
+
     it('sizes the receive queue by who reads it: 4 MiB for the splice relay, 512 KiB for Node', async () => {
       const a = await udpBackend('a');
       const h = await start({ backends: [a.address] });
@@ -359,7 +400,7 @@ describe.each(['splice', 'stream'] as const)('relay: %s', (relay) => {
       expect(h.passive.at(-1)).toEqual({ backend: live.address, ok: true });
     });
 
-    it('keeps flows on a backend marked down (no retry semantics in UDP) but gives it no new flows', async () => {
+    it('ends the flows of a backend marked down: the next datagram picks a ready backend', async () => {
       const [a, b] = await Promise.all([udpBackend('a'), udpBackend('b')]);
       const h = await start({ backends: [a.address, b.address] });
       const c1 = await client(h.target);
@@ -370,13 +411,17 @@ describe.each(['splice', 'stream'] as const)('relay: %s', (relay) => {
       if (down === undefined) throw new Error('backend missing');
       down.ejectedUntil = systemClock.now() + 60_000;
       h.pool.rebuild();
+      // Its flow ended at once (reason backend_down): the same client's next datagram is a new
+      // flow, on the backend still ready.
+      expect(h.flowLines().map((l) => l.reason)).toEqual(['backend_down']);
       c1.send('2');
       await vi.waitFor(() => expect(c1.replies.length).toBe(2), WAIT);
-      expect(onA.received).toHaveLength(2);
+      expect(onA.received).toHaveLength(1);
+      expect(other.received).toHaveLength(1);
       const c2 = await client(h.target);
       c2.send('3');
       await vi.waitFor(() => expect(c2.replies.length).toBe(1), WAIT);
-      expect(other.received).toHaveLength(1);
+      expect(other.received).toHaveLength(2);
     });
 
     it('holds a few datagrams while the upstream socket connects and counts the rest as connecting_overflow', async () => {

@@ -13,7 +13,7 @@ export interface NginxHttp {
 
 /** Fails with a clear message when a binary a test needs is missing (.ci/run installs it). */
 export function requireBinary(name: string, pkg: string): string {
-  const r = spawnSync('sh', ['-c', `command -v ${name}`], { encoding: 'utf8' });
+  const r = spawnSync('sh', ['-c', `PATH="$PATH:/usr/sbin:/sbin" command -v ${name}`], { encoding: 'utf8' });
   const path = r.stdout.trim();
   if (r.status !== 0 || path === '')
     throw new Error(
