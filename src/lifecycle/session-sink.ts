@@ -1,10 +1,9 @@
-import type { Counter } from 'prom-client';
 import { formatHostPort } from '../config/values.js';
 import type { CloseReason } from '../proxy/close-reason.js';
 import type { Session } from '../proxy/session.js';
 import type { SessionEvents } from '../proxy/session-context.js';
 import type { Logger } from '../telemetry/logger.js';
-import type { Metrics, RejectReason } from '../telemetry/metrics.js';
+import type { Metrics, RejectReason, Tally } from '../telemetry/metrics.js';
 import type { Backend } from '../upstream/backend.js';
 import type { Pool } from '../upstream/pool.js';
 
@@ -40,8 +39,8 @@ function closeRejectReason(reason: CloseReason): RejectReason | undefined {
 }
 
 /**
- * Where one listener's sessions report: Prometheus counters (labelled children fetched once),
- * the access log, and passive health. Built at the composition root.
+ * Where one listener's sessions report: Prometheus counters (tallied in plain numbers, summed at
+ * scrape time), the access log, and passive health. Built at the composition root.
  */
 export class SessionSink implements SessionEvents<Session> {
   readonly #name: string;
@@ -49,19 +48,20 @@ export class SessionSink implements SessionEvents<Session> {
   readonly #bytesUp;
   readonly #bytesDown;
   readonly #spliced;
-  readonly #closed = new Map<CloseReason, Counter.Internal>();
+  readonly #closed = new Map<CloseReason, Tally>();
 
   constructor(listener: string, deps: SessionSinkDeps) {
     this.#name = listener;
     this.#deps = deps;
-    this.#bytesUp = deps.metrics.bytes.labels(listener, 'upstream');
-    this.#bytesDown = deps.metrics.bytes.labels(listener, 'downstream');
-    this.#spliced = deps.metrics.splicedSessions.labels(listener);
+    const m = deps.metrics;
+    this.#bytesUp = m.tally(m.bytes, { listener, direction: 'upstream' });
+    this.#bytesDown = m.tally(m.bytes, { listener, direction: 'downstream' });
+    this.#spliced = m.tally(m.splicedSessions, { listener });
   }
 
   bytes(toUpstream: number, toDownstream: number): void {
-    if (toUpstream > 0) this.#bytesUp.inc(toUpstream);
-    if (toDownstream > 0) this.#bytesDown.inc(toDownstream);
+    this.#bytesUp.n += toUpstream;
+    this.#bytesDown.n += toDownstream;
   }
 
   connectFailed(pool: Pool, backend: Backend, code: string): void {
@@ -77,7 +77,7 @@ export class SessionSink implements SessionEvents<Session> {
   }
 
   spliced(): void {
-    this.#spliced.inc();
+    this.#spliced.n++;
   }
 
   tlvsDropped(pool: Pool): void {
@@ -87,7 +87,7 @@ export class SessionSink implements SessionEvents<Session> {
   closed(session: Session, reason: CloseReason): void {
     const counted = closeRejectReason(reason);
     if (counted !== undefined) this.#deps.metrics.listenerRejected.labels(this.#name, counted).inc();
-    this.#closedCounter(reason).inc();
+    this.#closedCounter(reason).n++;
     if (!this.#deps.accessLog()) return;
     this.#deps.logger.info(
       {
@@ -108,11 +108,12 @@ export class SessionSink implements SessionEvents<Session> {
     );
   }
 
-  /** The labelled child of sluice_sessions_closed_total, fetched once per reason. */
-  #closedCounter(reason: CloseReason): Counter.Internal {
+  /** The tally of sluice_sessions_closed_total for `reason`, made once per reason. */
+  #closedCounter(reason: CloseReason): Tally {
     let c = this.#closed.get(reason);
     if (c === undefined) {
-      c = this.#deps.metrics.sessionsClosed.labels(this.#name, reason);
+      const m = this.#deps.metrics;
+      c = m.tally(m.sessionsClosed, { listener: this.#name, reason });
       this.#closed.set(reason, c);
     }
     return c;

@@ -76,7 +76,7 @@ export class TcpListener implements Listener, PrefaceHost, AcceptOwner {
     this.logger = deps.logger.child({ listener: cfg.name });
     this.#context = this.#sessionContext(deps.sessionEvents(cfg.name, this.logger));
     this.#admission = new Admission(cfg);
-    this.#accepted = deps.metrics.listenerConnections.labels(cfg.name);
+    this.#accepted = deps.metrics.tally(deps.metrics.listenerConnections, { listener: cfg.name });
     this.#preface = PrefacePlan.needed(cfg) ? new PrefacePlan(cfg) : undefined;
     this.#server = net.createServer(SERVER_OPTIONS, (s) => this.#onConnection(s));
     this.#server.on('error', (err: NodeJS.ErrnoException) => this.#acceptFailed(err.code ?? 'EIO'));
@@ -228,7 +228,7 @@ export class TcpListener implements Listener, PrefaceHost, AcceptOwner {
   }
 
   #admit(session: Session): void {
-    this.#accepted.inc();
+    this.#accepted.n++;
     this.sessions.add(session);
     if (this.#deps.overload?.active === true) return this.reject(session, 'overload');
     const max = this.#cfg.limits.max_connections;

@@ -15,6 +15,18 @@ export type RejectReason =
   | 'queue_full'
   | 'queue_timeout';
 
+/**
+ * A labelled counter child counted in a plain number on the connection path: a session adds to
+ * it for the price of a field increment, and the counter takes the sum when it is scraped.
+ */
+export class Tally {
+  n = 0;
+  readonly labels: Record<string, string>;
+  constructor(labels: Record<string, string>) {
+    this.labels = labels;
+  }
+}
+
 /** Read at scrape time: the live numbers are never pushed on the connection path. */
 export interface MetricsSource {
   backends(): Iterable<{ pool: string; address: string; up: boolean; local: number; remote: number }>;
@@ -55,12 +67,37 @@ export class Metrics {
   readonly splicedSessions: Counter<'listener'>;
   readonly poolPanic: Gauge<'pool'>;
   readonly poolPanics: Counter<'pool'>;
+  /** Tallies by the counter they add to at scrape time. */
+  readonly #tallies = new Map<Counter<string>, Tally[]>();
+
+  /** A plain-number child of `counter` with these labels (see Tally). */
+  tally<L extends string>(counter: Counter<L>, labels: Record<L, string>): Tally {
+    const t = new Tally(labels);
+    this.#tallies.get(counter)?.push(t);
+    return t;
+  }
 
   constructor(source: MetricsSource, opts: { defaultMetrics?: boolean } = {}) {
     const r = this.registry;
     if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: r, prefix: 'sluice_' });
-    const counter = <L extends string>(name: string, help: string, labelNames: readonly L[]): Counter<L> =>
-      new Counter({ name, help, labelNames, registers: [r] });
+    const counter = <L extends string>(name: string, help: string, labelNames: readonly L[]): Counter<L> => {
+      const tallies: Tally[] = [];
+      const c = new Counter<L>({
+        name,
+        help,
+        labelNames,
+        registers: [r],
+        collect() {
+          for (const t of tallies) {
+            if (t.n === 0) continue;
+            this.inc(t.labels as Partial<Record<L, string>>, t.n);
+            t.n = 0;
+          }
+        },
+      });
+      this.#tallies.set(c, tallies);
+      return c;
+    };
     this.listenerConnections = counter('sluice_listener_connections_total', 'Connections accepted', [
       'listener',
     ]);
