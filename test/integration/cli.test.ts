@@ -66,6 +66,35 @@ pools:
     expect(r.stderr).toContain('cannot read the file (ENOENT)');
   });
 
+  it.each([
+    [
+      'an alias bomb',
+      `listeners:\n  - &a0 [x, x, x, x, x, x, x, x, x, x]\n${Array.from(
+        { length: 9 },
+        (_, i) => `  - &a${i + 1} [${Array(10).fill(`*a${i}`).join(', ')}]\n`,
+      ).join('')}pools: []\n`,
+      'line 7: too many values once aliases are expanded (more than 1,000,000)',
+    ],
+    [
+      'a nest 100,000 deep',
+      `listeners: ${'['.repeat(100_000)}${']'.repeat(100_000)}\n`,
+      'line 1: nesting too deep (more than 64 levels of lists and mappings)',
+    ],
+    [
+      'a file over 1 MiB',
+      `# ${'x'.repeat(1024 * 1024)}\n`,
+      'the file is larger than 1 MiB, the most a config file may be',
+    ],
+  ])('refuses %s with exit 78 and the usual problem lines', async (_what, text, problem) => {
+    const path = tempFile('hostile.yaml', text);
+    const r = await runCli(['validate', '-c', path]);
+    expect(r.code).toBe(78);
+    const lines = r.stderr.trimEnd().split('\n');
+    expect(lines[0]).toBe(`sluice: invalid configuration in ${path}:`);
+    expect(lines.slice(1).some((l) => l.startsWith('  ') && l.endsWith(problem))).toBe(true);
+    expect(r.stderr).not.toMatch(/\n\s+at |call stack|resource exhaustion/i);
+  });
+
   it('refuses to run a bad config with exit 78', async () => {
     const r = await runCli(['run', '-c', tempFile('bad.yaml', 'listeners: []\npools: []\n')]);
     expect(r.code).toBe(78);
