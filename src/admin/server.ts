@@ -4,6 +4,7 @@ import { timingSafeEqual } from 'node:crypto';
 import type { AdminApi } from './api.js';
 import { listenError } from '../listener/bind-error.js';
 import { formatHostPort } from '../config/values.js';
+import { isLoopbackHost } from '../util/cidr.js';
 import { isMutating, route } from './route.js';
 import type { Page } from './route.js';
 import type { Logger } from '../telemetry/logger.js';
@@ -72,6 +73,10 @@ export class AdminServer {
     this.boundAddress = servedBy;
   }
 
+  /**
+   * Binds `host:port`. Without a token on an address that is not loopback, logs a warning (the
+   * config allowed it explicitly). Call setTokenFile first.
+   */
   listen(host: string, port: number): Promise<void> {
     if (this.#disabled) return Promise.resolve();
     return new Promise((resolve, reject) => {
@@ -82,6 +87,12 @@ export class AdminServer {
         this.#server.on('error', (err) => this.#logger.error({ err }, 'admin server error'));
         const a = this.#server.address();
         this.boundAddress = a !== null && typeof a === 'object' ? formatHostPort(a.address, a.port) : '';
+        // Validation lets this through only with admin.allow_unauthenticated_remote: say so at every start.
+        if (this.#token === undefined && !isLoopbackHost(host))
+          this.#logger.warn(
+            { admin: this.boundAddress, key: 'admin.allow_unauthenticated_remote' },
+            'admin API reachable from the network without a token',
+          );
         resolve();
       });
     });

@@ -260,3 +260,32 @@ describe('hostile YAML', () => {
     ).toEqual(['listeners[0]: expected object, got a list']);
   });
 });
+
+describe('admin address and token', () => {
+  const withAdmin = (admin: string): string => `${minimal}admin: ${admin}\n`;
+  const REMOTE = 'is not loopback: set admin.token_file (or admin.allow_unauthenticated_remote: true';
+
+  it.each(['0.0.0.0:9090', '"[::]:9090"', '10.1.2.3:9090', 'admin.internal:9090', '"127.1:9090"'])(
+    'refuses %s without a token, naming admin.listen and admin.token_file',
+    (listen) => {
+      const got = problems(withAdmin(`{ listen: ${listen} }`));
+      expect(got).toHaveLength(1);
+      expect(got[0]).toMatch(/^admin\.listen: \S+ /);
+      expect(got[0]).toContain(REMOTE);
+    },
+  );
+
+  it.each(['127.0.0.1:9090', '127.9.9.9:0', '"[::1]:9090"', 'localhost:9090', '"[::ffff:127.0.0.1]:9090"'])(
+    'needs no token on loopback (%s)',
+    (listen) => {
+      expect(problems(withAdmin(`{ listen: ${listen} }`))).toEqual([]);
+    },
+  );
+
+  it('takes a remote address with a token, or when told to serve it without one', () => {
+    expect(problems(withAdmin('{ listen: 0.0.0.0:9090, token_file: /etc/sluice/token }'))).toEqual([]);
+    const open = parseConfigText(withAdmin('{ listen: 0.0.0.0:9090, allow_unauthenticated_remote: true }'));
+    expect(open.admin.allow_unauthenticated_remote).toBe(true);
+    expect(parseConfigText(minimal).admin.allow_unauthenticated_remote).toBe(false);
+  });
+});
