@@ -121,6 +121,23 @@ describe.each(['splice', 'stream'] as const)('TCP engine (relay: %s)', (relay) =
     expect(got.toString()).toBe('still talking after your FIN');
   });
 
+  it('writes access lines at log level warn: access_log alone decides', async () => {
+    const echo = await server(echoServer());
+    const rt = await lb(
+      `log: { level: warn, access_log: true }\nlisteners: [{ name: t, bind: "127.0.0.1:0", pool: p }]\n${poolYaml([echo.address])}`,
+    );
+    expect(await exchange(rt.port('t'), 'hello')).toBe('hello');
+    await waitFor(() => rt.logs.find('session').length === 1, 2000, 'the access line');
+    expect(rt.logs.find('session')[0]).toMatchObject({
+      level: 'info',
+      listener: 't',
+      bytes_in: 5,
+      bytes_out: 5,
+    });
+    // The other info lines (listener bound, sluice ready) still follow log.level.
+    expect(rt.logs.lines.filter((l) => l.level === 'info' && l.msg !== 'session')).toEqual([]);
+  });
+
   it('retries a refused backend on another one before any byte is sent', async () => {
     const dead = await closedPort();
     const live = await server(nameServer('L'));
