@@ -4,6 +4,9 @@ import { timingSafeEqual } from 'node:crypto';
 import type { AdminApi } from './api.js';
 import { listenError } from '../listener/bind-error.js';
 import { formatHostPort } from '../config/values.js';
+import { isLoopbackHost } from '../util/cidr.js';
+import { isMutating, route } from './route.js';
+import type { Page } from './route.js';
 import type { Logger } from '../telemetry/logger.js';
 
 /**
@@ -70,6 +73,10 @@ export class AdminServer {
     this.boundAddress = servedBy;
   }
 
+  /**
+   * Binds `host:port`. Without a token on an address that is not loopback, logs a warning (the
+   * config allowed it explicitly). Call setTokenFile first.
+   */
   listen(host: string, port: number): Promise<void> {
     if (this.#disabled) return Promise.resolve();
     return new Promise((resolve, reject) => {
@@ -80,6 +87,12 @@ export class AdminServer {
         this.#server.on('error', (err) => this.#logger.error({ err }, 'admin server error'));
         const a = this.#server.address();
         this.boundAddress = a !== null && typeof a === 'object' ? formatHostPort(a.address, a.port) : '';
+        // Validation lets this through only with admin.allow_unauthenticated_remote: say so at every start.
+        if (this.#token === undefined && !isLoopbackHost(host))
+          this.#logger.warn(
+            { admin: this.boundAddress, key: 'admin.allow_unauthenticated_remote' },
+            'admin API reachable from the network without a token',
+          );
         resolve();
       });
     });
@@ -94,77 +107,62 @@ export class AdminServer {
   }
 
   async #handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
-    const url = new URL(req.url ?? '/', 'http://admin');
-    const path = url.pathname;
-    const method = req.method ?? 'GET';
+    const r = route(req.method ?? 'GET', req.url ?? '/');
     res.setHeader('Cache-Control', 'no-store');
     res.setHeader('X-Content-Type-Options', 'nosniff');
-
-    if (method === 'GET' || method === 'HEAD') {
-      switch (path) {
-        case '/healthz':
-          return sendText(res, 200, 'ok\n');
-        case '/readyz': {
-          const r = this.#api.readiness();
-          return sendText(res, r.ready ? 200 : 503, `${r.reason}\n`);
-        }
-        case '/metrics': {
-          const m = await this.#api.metricsText();
-          res.writeHead(200, { 'Content-Type': m.contentType });
-          res.end(m.body);
-          return;
-        }
-        case '/api/v1/pools':
-          return send(res, 200, await this.#api.poolsJson());
-        case '/api/v1/listeners':
-          return send(res, 200, await this.#api.listenersJson());
-        case '/api/v1/history':
-          return send(res, 200, await this.#api.historyJson());
-        case '/': {
-          const page = await this.#api.statusPage();
-          res.writeHead(200, {
-            'Content-Type': 'text/html; charset=utf-8',
-            'Content-Security-Policy':
-              "default-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; connect-src 'self'",
-          });
-          res.end(page);
-          return;
-        }
-      }
-    }
-    const action = /^\/api\/v1\/pools\/([^/]+)\/backends\/([^/]+)\/(drain|enable|disable)$/.exec(path);
-    if (action !== null || path === '/api/v1/reload') {
-      if (method !== 'POST') return send(res, 405, { error: 'use POST' }, { Allow: 'POST' });
-      if (!this.#authorized(req)) return send(res, 401, { error: 'missing or wrong bearer token' });
-      if (path === '/api/v1/reload') {
-        const r = await this.#api.reload();
+    if (r.kind === 'refused')
+      return send(res, r.status, { error: r.error }, r.allow === undefined ? {} : { Allow: r.allow });
+    if (isMutating(r) && !this.#authorized(req))
+      return send(res, 401, { error: 'missing or wrong bearer token' });
+    switch (r.kind) {
+      case 'page':
+        return this.#page(res, r.page);
+      case 'reload': {
+        const done = await this.#api.reload();
         return send(
           res,
-          r.ok ? 200 : 400,
-          r.ok ? { result: 'success' } : { result: 'failure', errors: r.errors },
+          done.ok ? 200 : 400,
+          done.ok ? { result: 'success' } : { result: 'failure', errors: done.errors },
         );
       }
-      const [, pool = '', address = '', verb = 'enable'] = action ?? [];
-      const r = await this.#api.setAdmin(
-        decodeURIComponent(pool),
-        decodeURIComponent(address),
-        verb as 'drain' | 'enable' | 'disable',
-      );
-      return r === undefined ? send(res, 404, { error: 'no such pool or backend' }) : send(res, 200, r);
+      case 'backend': {
+        const b = await this.#api.setAdmin(r.pool, r.address, r.verb);
+        return b === undefined ? send(res, 404, { error: 'no such pool or backend' }) : send(res, 200, b);
+      }
     }
-    if (
-      [
-        '/healthz',
-        '/readyz',
-        '/metrics',
-        '/api/v1/pools',
-        '/api/v1/listeners',
-        '/api/v1/history',
-        '/',
-      ].includes(path)
-    )
-      return send(res, 405, { error: 'use GET' }, { Allow: 'GET, HEAD' });
-    return send(res, 404, { error: 'not found' });
+  }
+
+  async #page(res: http.ServerResponse, page: Page): Promise<void> {
+    switch (page) {
+      case 'healthz':
+        return sendText(res, 200, 'ok\n');
+      case 'readyz': {
+        const r = this.#api.readiness();
+        return sendText(res, r.ready ? 200 : 503, `${r.reason}\n`);
+      }
+      case 'metrics': {
+        const m = await this.#api.metricsText();
+        res.writeHead(200, { 'Content-Type': m.contentType });
+        res.end(m.body);
+        return;
+      }
+      case 'pools':
+        return send(res, 200, await this.#api.poolsJson());
+      case 'listeners':
+        return send(res, 200, await this.#api.listenersJson());
+      case 'history':
+        return send(res, 200, await this.#api.historyJson());
+      case 'status': {
+        const html = await this.#api.statusPage();
+        res.writeHead(200, {
+          'Content-Type': 'text/html; charset=utf-8',
+          'Content-Security-Policy':
+            "default-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; connect-src 'self'",
+        });
+        res.end(html);
+        return;
+      }
+    }
   }
 
   #authorized(req: http.IncomingMessage): boolean {

@@ -46,6 +46,11 @@ const adminSchema = z
   .strictObject({
     listen: hostPort(true).default({ host: '127.0.0.1', port: 9090 }),
     token_file: nonEmpty.optional(),
+    /**
+     * Serve a non-loopback `listen` without `token_file`: anyone who reaches the port can drain
+     * backends and reload. Refused unless set (validate.ts), and warned about at start.
+     */
+    allow_unauthenticated_remote: z.boolean().default(false),
   })
   .prefault({});
 

@@ -5,6 +5,7 @@ import { isPrime } from '../util/prime.js';
 import { formatHostPort } from './values.js';
 import { isIP } from 'node:net';
 import { probeSettingsProblem } from './probe-settings.js';
+import { isLoopbackHost } from '../util/cidr.js';
 
 /** One problem in a config file, named by its key path, e.g. `listeners[0].bind`. */
 export interface ConfigProblem {
@@ -149,7 +150,23 @@ function crossCheck(cfg: Config): ConfigProblem[] {
   });
   if (cfg.state.store === 'redis' && cfg.state.redis.sentinels && !cfg.state.redis.name)
     problems.push({ path: 'state.redis.name', message: 'required with sentinels' });
+  const admin = adminProblem(cfg.admin);
+  if (admin !== undefined) problems.push(admin);
   return problems;
+}
+
+/**
+ * The admin API drains backends and reloads the config: an address the network reaches needs
+ * the bearer token, unless the operator says otherwise in so many words. Loopback needs none.
+ */
+function adminProblem(admin: Config['admin']): ConfigProblem | undefined {
+  if (admin.token_file !== undefined || admin.allow_unauthenticated_remote) return undefined;
+  if (isLoopbackHost(admin.listen.host)) return undefined;
+  const where = formatHostPort(admin.listen.host, admin.listen.port);
+  return {
+    path: 'admin.listen',
+    message: `${where} is not loopback: set admin.token_file (or admin.allow_unauthenticated_remote: true to serve it without a token)`,
+  };
 }
 
 /** Parses and checks a config object. Throws ConfigError listing every problem found. */

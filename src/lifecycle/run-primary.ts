@@ -1,5 +1,5 @@
-import { readFile } from 'node:fs/promises';
-import { parseConfigText } from '../config/load.js';
+import { parseConfigText, readConfigText } from '../config/load.js';
+import { ConfigError } from '../config/validate.js';
 import type { Config } from '../config/schema.js';
 import { EXIT_CONFIG, UserError } from '../util/exit.js';
 import { Primary } from './primary.js';
@@ -16,11 +16,10 @@ export async function runPrimary(configPath: string, cfg: Config, workers: numbe
   // The text the workers will run; parsed again because the file may have changed since the CLI read it.
   let text: string;
   try {
-    text = await readFile(configPath, 'utf8');
+    text = await readConfigText(configPath);
   } catch (err) {
-    throw new UserError(
-      `${configPath}: cannot read the file (${(err as NodeJS.ErrnoException).code ?? 'EIO'})`,
-    );
+    if (!(err instanceof ConfigError)) throw err;
+    throw new UserError(err.message, EXIT_CONFIG);
   }
   const primary = new Primary(configPath, text, parseConfigText(text), workers);
   await primary.start();

@@ -3,13 +3,14 @@ import type { CloseReason } from '../proxy/close-reason.js';
 import type { Session } from '../proxy/session.js';
 import type { SessionEvents } from '../proxy/session-context.js';
 import type { Logger } from '../telemetry/logger.js';
+import { accessLogger } from '../telemetry/logger.js';
 import type { Metrics, RejectReason, Tally } from '../telemetry/metrics.js';
 import type { Backend } from '../upstream/backend.js';
 import type { Pool } from '../upstream/pool.js';
 
 export interface SessionSinkDeps {
   readonly metrics: Metrics;
-  /** The listener's logger (access lines carry its name). */
+  /** The listener's logger (access lines carry its name, at info whatever its level: see accessLogger). */
   readonly logger: Logger;
   /** Read per session, so a reload that turns access logs on or off applies at once. */
   readonly accessLog: () => boolean;
@@ -49,6 +50,7 @@ export class SessionSink implements SessionEvents<Session> {
   readonly #bytesDown;
   readonly #spliced;
   readonly #closed = new Map<CloseReason, Tally>();
+  readonly #access: Logger;
 
   constructor(listener: string, deps: SessionSinkDeps) {
     this.#name = listener;
@@ -57,6 +59,7 @@ export class SessionSink implements SessionEvents<Session> {
     this.#bytesUp = m.tally(m.bytes, { listener, direction: 'upstream' });
     this.#bytesDown = m.tally(m.bytes, { listener, direction: 'downstream' });
     this.#spliced = m.tally(m.splicedSessions, { listener });
+    this.#access = accessLogger(deps.logger);
   }
 
   bytes(toUpstream: number, toDownstream: number): void {
@@ -89,7 +92,7 @@ export class SessionSink implements SessionEvents<Session> {
     if (counted !== undefined) this.#deps.metrics.listenerRejected.labels(this.#name, counted).inc();
     this.#closedCounter(reason).n++;
     if (!this.#deps.accessLog()) return;
-    this.#deps.logger.info(
+    this.#access.info(
       {
         id: session.id,
         pool: session.pool?.name,

@@ -1,6 +1,5 @@
-import { readFile } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
-import { parseConfigText } from '../config/load.js';
+import { parseConfigText, readConfigText } from '../config/load.js';
 import type { Config } from '../config/schema.js';
 import { ConfigError } from '../config/validate.js';
 import type { ConfigProblem } from '../config/validate.js';
@@ -92,13 +91,8 @@ export function workerShare(cfg: Config, n: number): Config {
 export async function readWorkerConfig(
   path: string,
 ): Promise<{ text: string; cfg: Config } | { errors: string[] }> {
-  let text: string;
   try {
-    text = await readFile(path, 'utf8');
-  } catch (err) {
-    return { errors: [`${path}: cannot read the file (${(err as NodeJS.ErrnoException).code ?? 'EIO'})`] };
-  }
-  try {
+    const text = await readConfigText(path);
     const cfg = parseConfigText(text);
     const problems = workerConfigProblems(cfg);
     if (problems.length > 0) throw new ConfigError(problems);

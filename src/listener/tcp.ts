@@ -4,6 +4,7 @@ import { formatHostPort } from '../config/values.js';
 import type { PrefaceHost } from '../proxy/preface.js';
 import { PrefacePlan } from '../proxy/preface.js';
 import { Session } from '../proxy/session.js';
+import { SOCKET_HIGH_WATER_MARK } from '../proxy/socket-options.js';
 import type { SessionContext, SessionEvents } from '../proxy/session-context.js';
 import type { AcceptOwner, SpliceRelay } from '../relay/binding.js';
 import { streamFd } from '../relay/node-handle.js';
@@ -23,7 +24,7 @@ const SERVER_OPTIONS: net.ServerOpts = {
   // No SO_KEEPALIVE: timeouts.idle reaps dead peers, and the setsockopt calls cost about a sixth
   // of the CPU per connection (bench connrate: 150 → 125 CPU-ms per 1k connections).
   keepAlive: false,
-  highWaterMark: 256 * 1024,
+  highWaterMark: SOCKET_HIGH_WATER_MARK,
 };
 
 /** The close reason of a session the listener turned away. */

@@ -6,6 +6,7 @@ import { formatHostPort } from '../config/values.js';
 import { Flow, type FlowHost } from '../proxy/flow.js';
 import { FlowTable } from '../proxy/flow-table.js';
 import type { Logger } from '../telemetry/logger.js';
+import { accessLogger } from '../telemetry/logger.js';
 import type { Backend } from '../upstream/backend.js';
 import type { Pool } from '../upstream/pool.js';
 import { normalizeIp } from '../util/cidr.js';
@@ -45,6 +46,8 @@ export class UdpListener implements Listener, FlowHost, DatagramOwner {
   static reusePort = false;
   readonly name: string;
   readonly logger: Logger;
+  /** Flow lines: written when access_log is on, whatever the log level (see accessLogger). */
+  readonly #access: Logger;
   readonly downstream: dgram.Socket;
   /** Address actually bound (port 0 in the config picks a free one); '' before listen. */
   boundAddress = '';
@@ -77,6 +80,7 @@ export class UdpListener implements Listener, FlowHost, DatagramOwner {
     this.#cfg = cfg;
     this.#deps = deps;
     this.logger = deps.logger.child({ listener: cfg.name });
+    this.#access = accessLogger(this.logger);
     this.#admission = new Admission(cfg);
     this.#table = new FlowTable(cfg.udp.flow_idle, deps.sweeper.tickMs);
     const m = deps.metrics;
@@ -314,7 +318,7 @@ export class UdpListener implements Listener, FlowHost, DatagramOwner {
   }
 
   #accessLine(flow: Flow, reason: string): void {
-    this.logger.info(
+    this.#access.info(
       {
         pool: flow.pool.name,
         client: formatHostPort(flow.clientIp, flow.clientPort),

@@ -105,6 +105,7 @@ export class PrefacePlan {
         return true;
       }
       applyHeader(session, r.header);
+      session.proxyHeaderBytes = r.length;
       p.buf = p.buf.subarray(r.length);
       p.needHeader = false;
       if (!host.allowed(session.clientIp)) {

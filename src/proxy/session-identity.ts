@@ -23,6 +23,12 @@ export abstract class SessionIdentity implements PickContext {
   alpn: readonly string[] = [];
   /** Client bytes read during the preface (PROXY header stripped), replayed upstream first. */
   pending: Buffer | undefined;
+  /**
+   * Length of the PROXY header read from a trusted client. The carriers count every byte read
+   * from the client; the header is not payload (the backend never gets it), so the session takes
+   * it off what it reports as bytes_in.
+   */
+  proxyHeaderBytes = 0;
   /** TLVs received in a trusted PROXY v2 header, for relaying. */
   receivedTlvs: readonly Tlv[] = [];
   /** Refuse a PROXY signature at the start of the client's bytes (untrusted source on a PROXY-in listener). */

@@ -84,7 +84,7 @@ export class Session
     return this.#errorCode;
   }
 
-  /** Bytes the client sent (after any PROXY header) and bytes it received. */
+  /** Bytes the client sent (its payload: a PROXY header it sent is not counted) and bytes it received. */
   get bytesIn(): number {
     return this.#countedUp;
   }
@@ -354,7 +354,9 @@ export class Session
   }
 
   #flushBytes(): void {
-    const { up, down } = this.#sample;
+    const { down } = this.#sample;
+    // Payload only: a trusted client's PROXY header was read, but it is not sent on.
+    const up = Math.max(0, this.#sample.up - this.proxyHeaderBytes);
     if (up !== this.#countedUp || down !== this.#countedDown) {
       this.ctx.events.bytes(up - this.#countedUp, down - this.#countedDown);
       this.#countedUp = up;

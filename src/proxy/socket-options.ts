@@ -1,12 +1,25 @@
 import type net from 'node:net';
 
 /**
- * Both legs buffer up to 256 KiB before a write says "wait" (the listener sets the same on
- * accepted sockets): with the 64 KiB default, every 64 KiB read would pause and resume the other
- * side. net.Socket passes `highWaterMark` to its Duplex, though its type does not list it.
+ * What each of a session's four stream buffers (the client's and the upstream's, readable and
+ * writable) holds before it says "wait" on the stream relay: 16 KiB, as HAProxy's buffers.
+ *
+ * A write that returns false pauses the other side; a paused socket still takes one more read
+ * (up to 64 KiB, libuv's read size) before its readable buffer is past this mark and reading
+ * stops. So a direction whose destination does not read holds less than 2 × (16 + 64) KiB in
+ * this process, and the rest waits in the kernel and in TCP flow control. While both peers
+ * read, the marks do not matter: a socket that flows buffers nothing, and a write the kernel
+ * takes at once returns true whatever the mark (the kernel's socket buffers, megabytes when
+ * autotuned, are what keeps bulk transfers going).
+ */
+export const SOCKET_HIGH_WATER_MARK = 16 * 1024;
+
+/**
+ * Options of the upstream socket (the listener gives accepted sockets the same mark).
+ * net.Socket passes `highWaterMark` to its Duplex, though its type does not list it.
  */
 export const UPSTREAM_SOCKET_OPTIONS: net.SocketConstructorOpts & { highWaterMark: number } = {
-  highWaterMark: 256 * 1024,
+  highWaterMark: SOCKET_HIGH_WATER_MARK,
   allowHalfOpen: true,
   noDelay: true,
   // No SO_KEEPALIVE: timeouts.idle reaps dead peers, and the setsockopt calls cost about a sixth

@@ -138,3 +138,13 @@ export class CidrSet {
 export function normalizeIp(ip: string): string {
   return ip.startsWith('::ffff:') && isIPv4(ip.slice(7)) ? ip.slice(7) : ip;
 }
+
+const LOOPBACK = CidrSet.parse(['127.0.0.0/8', '::1/128']);
+
+/**
+ * True for a bind address only this host can reach: 127.0.0.0/8, ::1 (v4-mapped forms too), or
+ * the name `localhost`. Any other name may resolve to an address the network reaches.
+ */
+export function isLoopbackHost(host: string): boolean {
+  return /^localhost\.?$/i.test(host) || LOOPBACK.has(host);
+}

@@ -1,6 +1,6 @@
 import net from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { connect, echoServer, readAll, untilClosed, waitFor } from '../support/net.js';
+import { closedPort, connect, echoServer, readAll, untilClosed, waitFor } from '../support/net.js';
 import type { TestServer } from '../support/net.js';
 import type { SluiceProcess } from '../support/process.js';
 import { runCli, spawnSluice, tempFile } from '../support/process.js';
@@ -66,6 +66,49 @@ pools:
     expect(r.stderr).toContain('cannot read the file (ENOENT)');
   });
 
+  it.each([
+    [
+      'an alias bomb',
+      `listeners:\n  - &a0 [x, x, x, x, x, x, x, x, x, x]\n${Array.from(
+        { length: 9 },
+        (_, i) => `  - &a${i + 1} [${Array(10).fill(`*a${i}`).join(', ')}]\n`,
+      ).join('')}pools: []\n`,
+      'line 7: too many values once aliases are expanded (more than 1,000,000)',
+    ],
+    [
+      'a nest 100,000 deep',
+      `listeners: ${'['.repeat(100_000)}${']'.repeat(100_000)}\n`,
+      'line 1: nesting too deep (more than 64 levels of lists and mappings)',
+    ],
+    [
+      'a file over 1 MiB',
+      `# ${'x'.repeat(1024 * 1024)}\n`,
+      'the file is larger than 1 MiB, the most a config file may be',
+    ],
+  ])('refuses %s with exit 78 and the usual problem lines', async (_what, text, problem) => {
+    const path = tempFile('hostile.yaml', text);
+    const r = await runCli(['validate', '-c', path]);
+    expect(r.code).toBe(78);
+    const lines = r.stderr.trimEnd().split('\n');
+    expect(lines[0]).toBe(`sluice: invalid configuration in ${path}:`);
+    expect(lines.slice(1).some((l) => l.startsWith('  ') && l.endsWith(problem))).toBe(true);
+    expect(r.stderr).not.toMatch(/\n\s+at |call stack|resource exhaustion/i);
+  });
+
+  it('refuses an admin address the network reaches without a token, naming both keys', async () => {
+    const text = config('127.0.0.1:9').replace(
+      'admin: { listen: "127.0.0.1:0" }',
+      'admin: { listen: "0.0.0.0:9090" }',
+    );
+    const r = await runCli(['validate', '-c', tempFile('open-admin.yaml', text)]);
+    expect(r.code).toBe(78);
+    expect(r.stderr).toContain(
+      '  admin.listen: 0.0.0.0:9090 is not loopback: set admin.token_file (or admin.allow_unauthenticated_remote: true to serve it without a token)',
+    );
+    const allowed = text.replace('"0.0.0.0:9090"', '"0.0.0.0:9090", allow_unauthenticated_remote: true');
+    expect((await runCli(['validate', '-c', tempFile('allowed.yaml', allowed)])).code).toBe(0);
+  });
+
   it('refuses to run a bad config with exit 78', async () => {
     const r = await runCli(['run', '-c', tempFile('bad.yaml', 'listeners: []\npools: []\n')]);
     expect(r.code).toBe(78);
@@ -126,6 +169,35 @@ describe('sluice run', () => {
     expect(await p.exited).toBe(0);
     s.destroy();
   });
+
+  // A host name counts as reachable from the network, whatever it resolves to: 127.1 is one that
+  // resolves to 127.0.0.1, so these runs bind nothing outside loopback.
+  it.each([1, 2])(
+    'warns at start when told to serve the admin API without a token (workers: %i)',
+    async (workers) => {
+      const echo = await echoServer();
+      servers.push(echo);
+      // Several workers share the listener's port: it must be named (port 0 cannot be shared).
+      const text = config(echo.address, `workers: ${workers}\n`)
+        .replace(
+          'admin: { listen: "127.0.0.1:0" }',
+          'admin: { listen: "127.1:0", allow_unauthenticated_remote: true }',
+        )
+        .replace('bind: "127.0.0.1:0"', `bind: "127.0.0.1:${await closedPort()}"`);
+      const p = await spawnSluice(text);
+      procs.push(p);
+      const warn = await p.waitForLog(
+        (l) => l.msg === 'admin API reachable from the network without a token',
+      );
+      expect(warn).toMatchObject({
+        level: 'warn',
+        admin: expect.stringMatching(/^127\.0\.0\.1:\d+$/) as string,
+      });
+      expect((await fetch(`${p.adminUrl}/healthz`)).status).toBe(200);
+      // Only the process that binds the admin port warns: the primary, not its workers.
+      expect(p.logs.filter((l) => l.msg === warn.msg)).toHaveLength(1);
+    },
+  );
 
   it('prints the version', async () => {
     const r = await runCli(['--version']);

@@ -217,6 +217,70 @@ pools: [{ name: p, proxy_protocol: v2, health: { active: { type: none } }, backe
   });
 });
 
+describe.each(['splice', 'stream'] as const)('PROXY header in, counted (relay: %s)', (relay) => {
+  /** A backend that keeps what it receives and closes once the client has. */
+  async function recorder(): Promise<TestServer & { received: () => Buffer }> {
+    const chunks: Buffer[] = [];
+    const srv = await startServer((s) => {
+      s.on('data', (c: Buffer) => chunks.push(c));
+      s.on('end', () => s.end());
+    });
+    scope.defer(() => srv.close());
+    return Object.assign(srv, { received: () => Buffer.concat(chunks) });
+  }
+
+  const v1 = Buffer.from('PROXY TCP4 192.0.2.1 198.51.100.2 1 2\r\n');
+  const v2 = encodeProxyV2({
+    command: 'proxy',
+    transport: 'stream',
+    source: { ip: '192.0.2.1', port: 1 },
+    destination: { ip: '198.51.100.2', port: 2 },
+    tlvs: [],
+  }).header;
+
+  it.each([
+    ['v1', v1],
+    ['v2', v2],
+  ])(
+    'counts the payload after a %s header, not the header, in bytes_in and the byte counter',
+    async (_v, header) => {
+      const backend = await recorder();
+      const rt = await lb(`relay: ${relay}
+listeners: [{ name: t, bind: "127.0.0.1:0", pool: p, proxy_protocol_in: { trusted: [127.0.0.1/32] } }]
+pools: [{ name: p, health: { active: { type: none } }, backends: [{ address: "${backend.address}" }] }]`);
+      const s = await connect(rt.port('t'));
+      const closed = untilClosed(s);
+      s.end(Buffer.concat([header, Buffer.from('hello')]));
+      await closed;
+      await waitFor(() => rt.logs.find('session').length === 1, 5000, 'the access line');
+      expect(backend.received().toString()).toBe('hello');
+      expect(rt.logs.find('session')[0]).toMatchObject({ client: '192.0.2.1:1', bytes_in: 5 });
+      expect(await rt.metric('sluice_bytes_total', { listener: 't', direction: 'upstream' })).toBe(5);
+    },
+  );
+});
+
+describe('preface deadline', () => {
+  it('is never early: a stalled ClientHello is closed no sooner than timeouts.preface after connecting', async () => {
+    const rt = await lb(`listeners:
+  - { name: t, bind: "127.0.0.1:0", pool: p, tls: { routes: [] }, timeouts: { preface: 1s } }
+pools: [{ name: p, health: { active: { type: none } }, backends: [{ address: "127.0.0.1:9" }] }]`);
+    // Let the sweeper's last tick grow old first: a deadline taken from that tick rather than
+    // from the clock would fire early by as much.
+    await new Promise((r) => setTimeout(r, 700));
+    const connected = performance.now();
+    const s = net.connect({ port: rt.port('t'), host: '127.0.0.1' });
+    s.write(Buffer.from([0x16, 0x03, 0x01, 0x02, 0x00, 0x01])); // a TLS record header, then nothing
+    await untilClosed(s);
+    const elapsed = performance.now() - connected;
+    expect(elapsed).toBeGreaterThanOrEqual(1000);
+    // Late by at most a tick (250 ms here); the margin is for a busy machine.
+    expect(elapsed).toBeLessThan(5000);
+    await waitFor(() => rt.logs.find('session').length === 1);
+    expect(rt.logs.find('session')[0]?.reason).toBe('preface_timeout');
+  });
+});
+
 describe('TLS passthrough with SNI routing', () => {
   let cert: TestCert;
   beforeAll(() => {

@@ -10,6 +10,7 @@ import { parseProxyHeader, type ProxyHeader } from '../../src/protocol/proxy-par
 import { REFUSALS_TO_CLOSE } from '../../src/proxy/flow.js';
 import { loadSpliceRelay } from '../../src/relay/binding.js';
 import { createLogger } from '../../src/telemetry/logger.js';
+import type { LogLevel } from '../../src/telemetry/logger.js';
 import { Metrics } from '../../src/telemetry/metrics.js';
 import type { Backend } from '../../src/upstream/backend.js';
 import { Pool } from '../../src/upstream/pool.js';
@@ -130,6 +131,8 @@ interface Options {
   /** Changes the parsed pool config (to reach states the config validation refuses). */
   patchPool?: (p: PoolConfig) => PoolConfig;
   overload?: { active: boolean };
+  /** The process's log.level (flow lines are written whatever it is). */
+  logLevel?: LogLevel;
 }
 
 async function start(o: Options): Promise<Harness> {
@@ -168,7 +171,7 @@ pools:
   const passive: Harness['passive'] = [];
   const listener = new UdpListener(listenerCfg, {
     metrics,
-    logger: createLogger('info', sink),
+    logger: createLogger(o.logLevel ?? 'info', sink),
     sweeper,
     accessLog: true,
     splice: harnessRelay === 'splice' ? spliceRelay() : undefined,
@@ -337,6 +340,22 @@ describe.each(['splice', 'stream'] as const)('relay: %s', (relay) => {
       c.send('two');
       await vi.waitFor(() => expect(c.replies.length).toBe(2), WAIT);
       expect(await h.metric('sluice_listener_connections_total', { listener: 'u' })).toBe(2);
+    });
+
+    it('writes flow lines at log level warn: access_log alone decides', async () => {
+      const a = await udpBackend('a');
+      const h = await start({ backends: [a.address], udp: 'flow_idle: 200ms', logLevel: 'warn' });
+      const c = await client(h.target);
+      c.send('one');
+      await vi.waitFor(() => expect(c.replies.length).toBe(1), WAIT);
+      await vi.waitFor(() => expect(h.flowLines()).toHaveLength(1), WAIT);
+      expect(h.flowLines()[0]).toMatchObject({
+        level: 'info',
+        listener: 'u',
+        bytes_in: 3,
+        reason: 'idle_timeout',
+      });
+      expect(h.lines.filter((l) => l.level === 'info' && l.msg !== 'flow')).toEqual([]);
     });
 
     it('caps the table at max_flows: a new client is dropped and counted, the existing flow keeps working', async () => {

@@ -56,15 +56,17 @@ export interface SluiceProcess {
 
 /**
  * Starts `sluice run -c` on YAML text and waits for "sluice ready". `wrap` is a command put in
- * front of node, e.g. `['prlimit', '--nofile=256:256', '--']` to run it with fewer descriptors.
+ * front of node, e.g. `['prlimit', '--nofile=256:256', '--']` to run it with fewer descriptors;
+ * `nodeArgs` go to node itself, e.g. `['--expose-gc']`.
  */
 export async function spawnSluice(
   yaml: string,
   timeoutMs = 15_000,
   wrap: readonly string[] = [],
+  nodeArgs: readonly string[] = [],
 ): Promise<SluiceProcess> {
   const path = tempFile('sluice.yaml', yaml);
-  const argv = [...wrap, process.execPath, SLUICE, 'run', '-c', path];
+  const argv = [...wrap, process.execPath, ...nodeArgs, SLUICE, 'run', '-c', path];
   const child = spawn(argv[0] ?? process.execPath, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
   const logs: Record<string, unknown>[] = [];
   const waiters = new Set<() => void>();

@@ -206,3 +206,86 @@ pools:
     expect(got.length).toBeGreaterThanOrEqual(3);
   });
 });
+
+/** `&a0 [x ×10]`, then `depth` more levels of `&aN [*aN-1 ×10]` under listeners: 10^(depth+1) values. */
+function aliasBomb(depth: number): string {
+  let text = 'listeners:\n  - &a0 [x, x, x, x, x, x, x, x, x, x]\n';
+  for (let i = 1; i <= depth; i++)
+    text += `  - &a${i} [${Array(10)
+      .fill(`*a${i - 1}`)
+      .join(', ')}]\n`;
+  return `${text}pools: [{ name: p, backends: [{ address: "10.0.0.1:1" }] }]\n`;
+}
+
+describe('hostile YAML', () => {
+  it('refuses an alias bomb as a config problem, by line', () => {
+    expect(problems(aliasBomb(9))).toEqual([
+      'line 7: too many values once aliases are expanded (more than 1,000,000)',
+    ]);
+  });
+
+  it('refuses a nest too deep for the parser with a plain message', () => {
+    const got = problems(`listeners: ${'['.repeat(100_000)}${']'.repeat(100_000)}\n`);
+    expect(got).toEqual(['line 1: nesting too deep (more than 64 levels of lists and mappings)']);
+  });
+
+  it('refuses a nest deeper than 64 levels that the parser would take', () => {
+    expect(problems(`listeners: ${'['.repeat(65)}${']'.repeat(65)}\n`)).toEqual([
+      'line 1: nesting too deep (more than 64 levels of lists and mappings)',
+    ]);
+  });
+
+  it('refuses more than 1,000 aliases (converting them costs their number squared)', () => {
+    let text = 'x:\n';
+    for (let i = 0; i < 1001; i++) text += `  - &a${i} v\n`;
+    text += 'y:\n';
+    for (let i = 0; i < 1001; i++) text += `  - *a${i}\n`;
+    expect(problems(text)).toEqual(['line 2004: more than 1000 aliases']);
+  });
+
+  it('still takes anchors that a real config uses: one health block shared by 100 pools', () => {
+    let text = `listeners: [{ name: l, bind: "127.0.0.1:1", pool: p0 }]\npools:\n`;
+    text +=
+      '  - { name: p0, health: &health { active: { type: none } }, backends: [{ address: "10.0.0.1:1" }] }\n';
+    for (let i = 1; i < 100; i++)
+      text += `  - { name: p${i}, health: *health, backends: [{ address: "10.0.0.1:1" }] }\n`;
+    const cfg = parseConfigText(text);
+    expect(cfg.pools).toHaveLength(100);
+    expect(cfg.pools.every((p) => p.health.active.type === 'none')).toBe(true);
+  });
+
+  it('takes an anchor that refers to itself as the value it is (no endless walk)', () => {
+    expect(
+      problems('listeners: &l [*l]\npools: [{ name: p, backends: [{ address: "10.0.0.1:1" }] }]\n'),
+    ).toEqual(['listeners[0]: expected object, got a list']);
+  });
+});
+
+describe('admin address and token', () => {
+  const withAdmin = (admin: string): string => `${minimal}admin: ${admin}\n`;
+  const REMOTE = 'is not loopback: set admin.token_file (or admin.allow_unauthenticated_remote: true';
+
+  it.each(['0.0.0.0:9090', '"[::]:9090"', '10.1.2.3:9090', 'admin.internal:9090', '"127.1:9090"'])(
+    'refuses %s without a token, naming admin.listen and admin.token_file',
+    (listen) => {
+      const got = problems(withAdmin(`{ listen: ${listen} }`));
+      expect(got).toHaveLength(1);
+      expect(got[0]).toMatch(/^admin\.listen: \S+ /);
+      expect(got[0]).toContain(REMOTE);
+    },
+  );
+
+  it.each(['127.0.0.1:9090', '127.9.9.9:0', '"[::1]:9090"', 'localhost:9090', '"[::ffff:127.0.0.1]:9090"'])(
+    'needs no token on loopback (%s)',
+    (listen) => {
+      expect(problems(withAdmin(`{ listen: ${listen} }`))).toEqual([]);
+    },
+  );
+
+  it('takes a remote address with a token, or when told to serve it without one', () => {
+    expect(problems(withAdmin('{ listen: 0.0.0.0:9090, token_file: /etc/sluice/token }'))).toEqual([]);
+    const open = parseConfigText(withAdmin('{ listen: 0.0.0.0:9090, allow_unauthenticated_remote: true }'));
+    expect(open.admin.allow_unauthenticated_remote).toBe(true);
+    expect(parseConfigText(minimal).admin.allow_unauthenticated_remote).toBe(false);
+  });
+});
