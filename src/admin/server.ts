@@ -1,5 +1,5 @@
 import http from 'node:http';
-import { readFileSync } from 'node:fs';
+import { closeSync, openSync, readSync } from 'node:fs';
 import { timingSafeEqual } from 'node:crypto';
 import type { AdminApi } from './api.js';
 import { listenError } from '../listener/bind-error.js';
@@ -51,8 +51,10 @@ export class AdminServer {
     }
     let text: string;
     try {
-      text = readFileSync(path, 'utf8').trim();
+      text = readToken(path);
     } catch (err) {
+      if (err instanceof TokenTooLarge)
+        throw new Error(`admin.token_file: ${path} is over ${MAX_TOKEN_BYTES} bytes`, { cause: err });
       throw new Error(
         `admin.token_file: cannot read ${path} (${(err as NodeJS.ErrnoException).code ?? 'EIO'})`,
         {
@@ -190,4 +192,24 @@ function send(
 function sendText(res: http.ServerResponse, status: number, text: string): void {
   res.writeHead(status, { 'Content-Type': 'text/plain; charset=utf-8' });
   res.end(text);
+}
+
+/** A bearer token is a line, not a file: a path such as /dev/zero must not hang the start. */
+const MAX_TOKEN_BYTES = 4096;
+
+class TokenTooLarge extends Error {}
+
+/** Reads at most MAX_TOKEN_BYTES of the token file; throws TokenTooLarge when there is more. */
+function readToken(path: string): string {
+  const fd = openSync(path, 'r');
+  try {
+    const buf = Buffer.alloc(MAX_TOKEN_BYTES + 1);
+    let n = 0;
+    for (let got = -1; got !== 0 && n < buf.length; n += got)
+      got = readSync(fd, buf, n, buf.length - n, null);
+    if (n > MAX_TOKEN_BYTES) throw new TokenTooLarge();
+    return buf.subarray(0, n).toString('utf8').trim();
+  } finally {
+    closeSync(fd);
+  }
 }

@@ -109,6 +109,16 @@ pools:
     expect((await runCli(['validate', '-c', tempFile('allowed.yaml', allowed)])).code).toBe(0);
   });
 
+  it('refuses a token file that is not a token (/dev/zero) at once, with a one-line cause', async () => {
+    const text = config('127.0.0.1:9').replace(
+      'admin: { listen: "127.0.0.1:0" }',
+      'admin: { listen: "127.0.0.1:0", token_file: /dev/zero }',
+    );
+    const r = await runCli(['run', '-c', tempFile('zero-token.yaml', text)], 10_000);
+    expect(r.code).toBe(1);
+    expect(r.stderr.trim()).toBe('sluice: admin.token_file: /dev/zero is over 4096 bytes');
+  });
+
   it('refuses to run a bad config with exit 78', async () => {
     const r = await runCli(['run', '-c', tempFile('bad.yaml', 'listeners: []\npools: []\n')]);
     expect(r.code).toBe(78);
