@@ -4,7 +4,7 @@ import type { YAMLError } from 'yaml';
 import type { Config } from './schema.js';
 import type { ConfigProblem } from './validate.js';
 import { ConfigError, validateConfig } from './validate.js';
-import { NESTING_TOO_DEEP, YAML_BOUNDS, yamlBoundsProblem } from './yaml-bounds.js';
+import { NESTING_TOO_DEEP, YAML_BOUNDS, yamlStructureProblems } from './yaml-bounds.js';
 
 /**
  * The largest config file read: 1 MiB, some 25,000 static backends, where a real config is a few
@@ -17,10 +17,11 @@ export const MAX_CONFIG_BYTES = 1024 * 1024;
 /** Parses YAML (JSON is valid YAML) text into a checked Config. Throws ConfigError. */
 export function parseConfigText(text: string): Config {
   const lines = new LineCounter();
-  const doc = parseDocument(text, { prettyErrors: true, uniqueKeys: true, lineCounter: lines });
+  // Repeated keys are found by yamlStructureProblems, in linear time (see there).
+  const doc = parseDocument(text, { prettyErrors: true, uniqueKeys: false, lineCounter: lines });
   if (doc.errors.length > 0) throw new ConfigError(syntaxProblems(doc.errors));
-  const bounds = yamlBoundsProblem(doc, lines);
-  if (bounds !== undefined) throw new ConfigError([bounds]);
+  const structure = yamlStructureProblems(doc, lines);
+  if (structure.length > 0) throw new ConfigError(listed(structure));
   let value: unknown;
   try {
     // The bounds above hold expansion far below this; the package's own alias check stays as a
@@ -51,9 +52,17 @@ function syntaxProblems(errors: readonly YAMLError[]): ConfigProblem[] {
     seen.add(key);
     out.push(p);
   }
-  if (out.length <= MAX_SYNTAX_PROBLEMS) return out;
-  const more = { path: '(syntax)', message: `${out.length - MAX_SYNTAX_PROBLEMS} more errors not listed` };
-  return [...out.slice(0, MAX_SYNTAX_PROBLEMS), more];
+  return listed(out);
+}
+
+/** At most MAX_SYNTAX_PROBLEMS problems, then a count of the rest. */
+function listed(problems: readonly ConfigProblem[]): ConfigProblem[] {
+  if (problems.length <= MAX_SYNTAX_PROBLEMS) return [...problems];
+  const more = {
+    path: '(syntax)',
+    message: `${problems.length - MAX_SYNTAX_PROBLEMS} more errors not listed`,
+  };
+  return [...problems.slice(0, MAX_SYNTAX_PROBLEMS), more];
 }
 
 /** One YAML syntax error as a problem: `line N: message`, without the package's code excerpt. */

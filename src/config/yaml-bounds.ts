@@ -1,5 +1,5 @@
 import type { Document, LineCounter } from 'yaml';
-import { isAlias, isCollection, isPair } from 'yaml';
+import { isAlias, isCollection, isMap, isPair, isScalar } from 'yaml';
 import type { ConfigProblem } from './validate.js';
 
 /**
@@ -63,6 +63,8 @@ class BoundsWalk {
   readonly #sizes = new Map<Item, number>();
   readonly #stack: Frame[] = [];
   #aliases = 0;
+  /** Keys repeated within one mapping, with where they start (the walk goes on past them). */
+  readonly #duplicates: { at: number; problem: ConfigProblem }[] = [];
 
   constructor(lines: LineCounter) {
     this.#lines = lines;
@@ -106,8 +108,34 @@ class BoundsWalk {
   }
 
   #push(node: Item, depth: number): void {
+    if (isMap(node)) this.#checkKeys(node.items);
     // A pair is not a value of its own: its key and value are.
     this.#stack.push({ node, depth, children: childrenOf(node), next: 0, size: isPair(node) ? 0 : 1 });
+  }
+
+  /**
+   * Repeated keys in one mapping, found with a set: the yaml package's own check (`uniqueKeys`)
+   * compares each key with every key before it, so a mapping of 100,000 keys cost minutes.
+   * Scalar keys compare by value, as that check does (`1` and `"1"` differ); other keys by node.
+   */
+  #checkKeys(pairs: readonly Item[]): void {
+    const seen = new Set<unknown>();
+    for (const pair of pairs) {
+      if (!isPair(pair)) continue;
+      const key = isScalar(pair.key) ? pair.key.value : pair.key;
+      if (!seen.has(key)) {
+        seen.add(key);
+        continue;
+      }
+      const node = pair.key ?? pair;
+      const at = (node as { range?: readonly number[] }).range?.[0] ?? 0;
+      this.#duplicates.push({ at, problem: { path: this.#at(node), message: 'Map keys must be unique' } });
+    }
+  }
+
+  /** The repeated keys found, in the order of the file. */
+  duplicates(): ConfigProblem[] {
+    return this.#duplicates.sort((a, b) => a.at - b.at).map((d) => d.problem);
   }
 
   #tooMany(node: Item): ConfigProblem {
@@ -126,7 +154,12 @@ class BoundsWalk {
   }
 }
 
-/** The first of YAML_BOUNDS that `doc` crosses, named by line; undefined when it keeps them all. */
-export function yamlBoundsProblem(doc: Document, lines: LineCounter): ConfigProblem | undefined {
-  return new BoundsWalk(lines).run(doc.contents);
+/**
+ * The first of YAML_BOUNDS that `doc` crosses, named by line, or else every key repeated within a
+ * mapping; empty when the document keeps them all.
+ */
+export function yamlStructureProblems(doc: Document, lines: LineCounter): ConfigProblem[] {
+  const walk = new BoundsWalk(lines);
+  const bound = walk.run(doc.contents);
+  return bound === undefined ? walk.duplicates() : [bound];
 }

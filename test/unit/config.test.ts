@@ -254,6 +254,52 @@ describe('hostile YAML', () => {
     expect(cfg.pools.every((p) => p.health.active.type === 'none')).toBe(true);
   });
 
+  it('names every key repeated within one mapping, by line', () => {
+    const text = `listeners:
+  - name: a
+    name: b
+    bind: "127.0.0.1:1"
+    pool: p
+pools: [{ name: p, backends: [{ address: "10.0.0.1:1", address: "10.0.0.2:1" }] }]
+pools: []
+`;
+    expect(problems(text)).toEqual([
+      'line 3: Map keys must be unique',
+      'line 6: Map keys must be unique',
+      'line 7: Map keys must be unique',
+    ]);
+  });
+
+  it('compares keys by value and type, as YAML does: 1 and "1" are two keys', () => {
+    expect(
+      problems(`${minimal}x: { 1: a, "1": b }
+`),
+    ).toEqual(['x: unknown key']);
+    expect(
+      problems(`${minimal}x: { 1: a, 1: b }
+`),
+    ).toEqual(['line 3: Map keys must be unique']);
+  });
+
+  it('lists at most 20 repeated keys, then how many more', () => {
+    const got = problems(`x:
+${'  k: v\n'.repeat(26)}`);
+    expect(got).toHaveLength(21);
+    expect(got.at(-1)).toBe('(syntax): 5 more errors not listed');
+  });
+
+  it(
+    'checks a mapping of 50,000 keys in linear work (a pairwise check would take a minute)',
+    { timeout: 30_000 },
+    () => {
+      let text = minimal;
+      for (let i = 0; i < 50_000; i++) text += `k${i}: v\n`;
+      const got = problems(text);
+      expect(got).toHaveLength(50_000);
+      expect(got[0]).toBe('k0: unknown key');
+    },
+  );
+
   it('takes an anchor that refers to itself as the value it is (no endless walk)', () => {
     expect(
       problems('listeners: &l [*l]\npools: [{ name: p, backends: [{ address: "10.0.0.1:1" }] }]\n'),
