@@ -1,4 +1,4 @@
-import type { Target } from './balancer/picker.js';
+import type { LoadWatcher, Target } from './balancer/picker.js';
 
 /** Why a backend is not taking new sessions; `ready` when it is. */
 export type Readiness =
@@ -42,15 +42,11 @@ export class Backend implements Target {
   /** Has been ready at least once: only such a backend takes sessions in a pool's panic mode. */
   wasReady = false;
 
-  /** Sessions and flows open on this process. */
-  local = 0;
-  /** Sessions and flows open on other replicas, as last read from the state store. */
-  remote = 0;
-  /**
-   * Sessions and flows open on the other worker processes of this host, pushed by the primary
-   * about every 250 ms (0 with one worker). Kept apart from `remote`, which the store sync owns.
-   */
-  siblings = 0;
+  /** Told of every change of `load` (the pool's least-connections picker; see Target). */
+  loadWatcher: LoadWatcher | undefined;
+  #local = 0;
+  #remote = 0;
+  #siblings = 0;
 
   constructor(
     pool: string,
@@ -70,8 +66,44 @@ export class Backend implements Target {
     this.health = health;
   }
 
+  /** Sessions and flows open on this process. */
+  get local(): number {
+    return this.#local;
+  }
+
+  set local(n: number) {
+    if (n === this.#local) return;
+    this.#local = n;
+    this.loadWatcher?.loadChanged(this);
+  }
+
+  /** Sessions and flows open on other replicas, as last read from the state store. */
+  get remote(): number {
+    return this.#remote;
+  }
+
+  set remote(n: number) {
+    if (n === this.#remote) return;
+    this.#remote = n;
+    this.loadWatcher?.loadChanged(this);
+  }
+
+  /**
+   * Sessions and flows open on the other worker processes of this host, pushed by the primary
+   * about every 250 ms (0 with one worker). Kept apart from `remote`, which the store sync owns.
+   */
+  get siblings(): number {
+    return this.#siblings;
+  }
+
+  set siblings(n: number) {
+    if (n === this.#siblings) return;
+    this.#siblings = n;
+    this.loadWatcher?.loadChanged(this);
+  }
+
   get load(): number {
-    return this.local + this.siblings + this.remote;
+    return this.#local + this.#siblings + this.#remote;
   }
 
   readiness(now: number): Readiness {

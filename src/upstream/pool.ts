@@ -301,6 +301,8 @@ export class Pool {
   }
 
   #build(ready: readonly Backend[]): Picker<Backend> {
+    // The picker being replaced may have watched loads; the new one sets its own watch.
+    for (const b of this.#backends.values()) b.loadWatcher = undefined;
     return buildPicker(this.#cfg.algorithm, ready, {
       hashKey: this.#cfg.hash_key,
       random: this.#random,
@@ -335,6 +337,7 @@ export class Pool {
 
   #forget(b: Backend): void {
     this.#cancelDrain(b);
+    b.loadWatcher = undefined;
     this.#backends.delete(b.address);
     this.observer.removed?.(b);
   }

@@ -44,7 +44,7 @@ export function disruption(
  */
 export function itIsConsistent(build: Build): void {
   it('sends the same key to the same backend in separately built pickers', () => {
-    const pool = targets(10).map((t, i) => ({ ...t, weight: 1 + (i % 3) }));
+    const pool = targets(10).map((t, i) => target(t.address, 1 + (i % 3)));
     expect(assignment(build(copies(pool), options('source-ip', 2)))).toEqual(
       assignment(build(pool, options())),
     );

@@ -1,13 +1,40 @@
-import type { HashKey, PickContext, PickerOptions, Target } from '../../src/upstream/balancer/picker.js';
+import type {
+  HashKey,
+  LoadWatcher,
+  PickContext,
+  PickerOptions,
+  Target,
+} from '../../src/upstream/balancer/picker.js';
 import { seededRandom } from '../../src/util/clock.js';
 
-/** A target whose load a test moves, as the pool does when sessions open and close. */
-export interface TestTarget extends Target {
-  load: number;
+/**
+ * A target whose load a test moves, as the pool does when sessions open and close; like a
+ * Backend, it tells its load watcher of every change.
+ */
+export class TestTarget implements Target {
+  readonly address: string;
+  readonly weight: number;
+  loadWatcher: LoadWatcher | undefined;
+  #load: number;
+
+  constructor(address: string, weight: number, load: number) {
+    this.address = address;
+    this.weight = weight;
+    this.#load = load;
+  }
+
+  get load(): number {
+    return this.#load;
+  }
+
+  set load(n: number) {
+    this.#load = n;
+    this.loadWatcher?.loadChanged(this);
+  }
 }
 
 export function target(address: string, weight = 1, load = 0): TestTarget {
-  return { address, weight, load };
+  return new TestTarget(address, weight, load);
 }
 
 /** `n` targets at 10.0.0.1:8080, 10.0.0.2:8080, … */

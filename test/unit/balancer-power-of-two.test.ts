@@ -10,7 +10,7 @@ describe('PowerOfTwoPicker', () => {
   });
 
   it('never picks the most loaded, and picks the least loaded about twice as often as its share', () => {
-    const pool = targets(10).map((t, i) => ({ ...t, load: i * 10 }));
+    const pool = targets(10).map((t, i) => target(t.address, 1, i * 10));
     const picker = new PowerOfTwoPicker(pool, options('source-ip', 3));
     const counts = tally(Array.from({ length: 10_000 }, (_, i) => picker.pick(client(i), undefined)));
     expect(counts.get(pool[9]!.address)).toBeUndefined();

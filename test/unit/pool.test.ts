@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { parseConfigText } from '../../src/config/load.js';
 import type { PoolConfig } from '../../src/config/schema.js';
+import type { Backend } from '../../src/upstream/backend.js';
 import { Pool } from '../../src/upstream/pool.js';
 import { ManualClock, seededRandom } from '../../src/util/clock.js';
 
@@ -106,6 +107,34 @@ describe('pool', () => {
     expect(closed).toEqual([]);
     pool.setAdmin(b, 'enabled');
     expect(share(pool, b.address)).toBeGreaterThan(0.3);
+  });
+
+  it("least-connections sees every count that moves: local, the sibling workers' and the cluster's", () => {
+    const backends = ['10.0.0.1:80', '10.0.0.2:80', '10.0.0.3:80'];
+    const pool = new Pool(
+      poolConfig('algorithm: least-connections', backends),
+      new ManualClock(),
+      seededRandom(2),
+    );
+    const [a, b, c] = backends.map((addr) => pool.get(addr)!) as [Backend, Backend, Backend];
+    const next = (): string | undefined => pool.pick(ctx, undefined)?.address;
+    // Other replicas hold 5 sessions on a and on b (a state-store sync): c is the least loaded.
+    a.remote = 5;
+    b.remote = 5;
+    expect(next()).toBe(c.address);
+    // 7 sessions here on c, 1 on b in a sibling worker: a (5) < b (6) < c (7).
+    for (let i = 0; i < 7; i++) pool.acquire(c, { close: () => undefined });
+    b.siblings = 1;
+    expect(next()).toBe(a.address);
+    a.remote = 9;
+    expect(next()).toBe(b.address);
+    // A rebuild (a taken out) builds a new picker, which hears of every change in turn.
+    pool.setAdmin(a, 'disabled');
+    expect(a.loadWatcher).toBeUndefined();
+    b.remote = 100;
+    expect(next()).toBe(c.address);
+    b.remote = 0;
+    expect(next()).toBe(b.address);
   });
 });
 

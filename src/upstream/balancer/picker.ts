@@ -8,6 +8,16 @@ export interface Target {
   readonly weight: number;
   /** Open sessions and flows: this process's plus other replicas' as last synced. Read at pick time. */
   readonly load: number;
+  /**
+   * Told of every change of `load`: a picker that keeps loads in an index (least-connections)
+   * sets itself here when built, and a target whose load moves calls it after each change.
+   */
+  loadWatcher?: LoadWatcher | undefined;
+}
+
+/** What a target tells when its `load` changed. */
+export interface LoadWatcher {
+  loadChanged(target: Target): void;
 }
 
 /** Who is asking: the client as seen after a trusted PROXY header, and the SNI when one was peeked. */
