@@ -36,6 +36,16 @@ export interface RedisStoreOptions {
 }
 
 const DEFAULT_BACKOFF: Backoff = { baseMs: 100, maxMs: 2000 };
+
+/**
+ * The reconnect backoff for a replica syncing every `heartbeatMs`: doubling from 100 ms, capped at
+ * one heartbeat (and at 2 s), so that once Redis is back (a restart, or Sentinel naming a new
+ * primary) a replica is on it within one heartbeat, and its counts reach the others one heartbeat
+ * later.
+ */
+export function reconnectBackoff(heartbeatMs: number): Backoff {
+  return { baseMs: 100, maxMs: Math.max(100, Math.min(DEFAULT_BACKOFF.maxMs, heartbeatMs)) };
+}
 const DEFAULT_FACTS_TTL_MS = 7 * 24 * 3_600_000;
 
 /** Whole positive milliseconds, as PX and PEXPIRE require. */

@@ -1,6 +1,6 @@
 import type { ChildProcess } from 'node:child_process';
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -53,13 +53,13 @@ function inlineCommand(
   });
 }
 
-async function poll(what: string, check: () => Promise<boolean>): Promise<void> {
-  const deadline = Date.now() + 10_000;
+async function poll(what: string, check: () => Promise<boolean>, ms = 10_000): Promise<void> {
+  const deadline = Date.now() + ms;
   while (Date.now() < deadline) {
     if (await check()) return;
     await new Promise((r) => setTimeout(r, 20));
   }
-  throw new Error(`${what}: gave up after 10 s`);
+  throw new Error(`${what}: gave up after ${ms / 1000} s`);
 }
 
 const running = new Set<RedisServer>();
@@ -69,12 +69,23 @@ export class RedisServer {
   readonly port: number;
   readonly #dir: string;
   readonly #cluster: boolean;
+  readonly #extra: readonly string[];
+  /** A sentinel's config file: the process runs as a sentinel on it. */
+  readonly #sentinelConf: string | undefined;
   #proc: ChildProcess | undefined;
 
-  constructor(port: number, dir: string, cluster: boolean) {
+  constructor(
+    port: number,
+    dir: string,
+    cluster: boolean,
+    extra: readonly string[] = [],
+    sentinelConf?: string,
+  ) {
     this.port = port;
     this.#dir = dir;
     this.#cluster = cluster;
+    this.#extra = extra;
+    this.#sentinelConf = sentinelConf;
   }
 
   get url(): string {
@@ -83,8 +94,13 @@ export class RedisServer {
 
   /** Starts the process and waits until it answers PING (and, for a cluster, serves every slot). */
   async launch(): Promise<void> {
-    const args = ['--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'];
-    args.push('--dir', this.#dir, '--daemonize', 'no', '--protected-mode', 'no', '--loglevel', 'warning');
+    const args =
+      this.#sentinelConf !== undefined
+        ? [this.#sentinelConf, '--sentinel', '--loglevel', 'warning']
+        : ['--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'];
+    if (this.#sentinelConf === undefined)
+      args.push('--dir', this.#dir, '--daemonize', 'no', '--protected-mode', 'no', '--loglevel', 'warning');
+    args.push(...this.#extra);
     if (this.#cluster)
       args.push(
         '--cluster-enabled',
@@ -153,6 +169,88 @@ export async function startRedis(opts: { cluster?: boolean } = {}): Promise<Redi
   );
   await server.launch();
   return server;
+}
+
+/**
+ * A Sentinel setup on loopback: a primary, one replica and three sentinels (quorum 2) watching
+ * `name`, down after `downAfterMs` of silence. Every process is on its own free port and stopped by
+ * stopAllRedis().
+ */
+export interface SentinelSetup {
+  readonly name: string;
+  readonly primary: RedisServer;
+  readonly replica: RedisServer;
+  readonly sentinels: readonly RedisServer[];
+  /** The primary's port as the sentinels name it now (undefined when none answers). */
+  primaryPort(): Promise<number | undefined>;
+}
+
+export async function startSentinelSetup(name = 'sluice-test', downAfterMs = 1000): Promise<SentinelSetup> {
+  if (!existsSync(REDIS_SERVER)) throw new Error('redis-server not found: install the redis-server package');
+  const primary = await startRedis();
+  const replica = new RedisServer(await freePort(), mkdtempSync(join(tmpdir(), 'sluice-redis-')), false, [
+    '--replicaof',
+    '127.0.0.1',
+    String(primary.port),
+  ]);
+  await replica.launch();
+  await poll('replica in sync', async () => {
+    const info = await inlineCommand(replica.port, 'INFO replication', 200, (r) =>
+      r.includes('master_link_status'),
+    );
+    return info?.includes('master_link_status:up') ?? false;
+  });
+  const sentinels: RedisServer[] = [];
+  for (let i = 0; i < 3; i++) {
+    const dir = mkdtempSync(join(tmpdir(), 'sluice-sentinel-'));
+    const port = await freePort();
+    const conf = join(dir, 'sentinel.conf');
+    writeFileSync(
+      conf,
+      [
+        `port ${port}`,
+        'bind 127.0.0.1',
+        'protected-mode no',
+        `dir ${dir}`,
+        `sentinel monitor ${name} 127.0.0.1 ${primary.port} 2`,
+        `sentinel down-after-milliseconds ${name} ${downAfterMs}`,
+        `sentinel failover-timeout ${name} 10000`,
+        `sentinel parallel-syncs ${name} 1`,
+        '',
+      ].join('\n'),
+    );
+    const sentinel = new RedisServer(port, dir, false, [], conf);
+    await sentinel.launch();
+    sentinels.push(sentinel);
+  }
+  // Failover needs the sentinels to know the replica and each other (hello messages, every 2 s).
+  await poll(
+    'sentinels ready',
+    async () => {
+      for (const s of sentinels) {
+        const info = await inlineCommand(s.port, 'INFO sentinel', 200, (r) => r.includes('sentinels='));
+        if (!(info?.includes('slaves=1,sentinels=3') ?? false)) return false;
+      }
+      return true;
+    },
+    20_000,
+  );
+  return {
+    name,
+    primary,
+    replica,
+    sentinels,
+    async primaryPort() {
+      for (const s of sentinels) {
+        const reply = await inlineCommand(s.port, `SENTINEL get-master-addr-by-name ${name}`, 300, (r) =>
+          /\r\n[0-9]+\r\n$/.test(r),
+        );
+        const port = reply?.match(/\r\n([0-9]+)\r\n$/)?.[1];
+        if (port !== undefined) return Number(port);
+      }
+      return undefined;
+    },
+  };
 }
 
 /** Stops every server started by this process. */
