@@ -73,6 +73,12 @@ export class MemoryStore implements StateStore {
     return Promise.resolve(true);
   }
 
+  async leaseMany(names: readonly string[], owner: string, ttlMs: number): Promise<boolean[]> {
+    const out: boolean[] = [];
+    for (const name of names) out.push(await this.lease(name, owner, ttlMs));
+    return out;
+  }
+
   release(name: string, owner: string): Promise<void> {
     if (this.#leases.get(name)?.value === owner) this.#leases.delete(name);
     return Promise.resolve();

@@ -105,6 +105,27 @@ return 0
 `,
 );
 
+/**
+ * KEYS[1..n] leases. ARGV[1] owner, ARGV[2] ttl ms. LEASE for each key; returns n results (1/0).
+ */
+export const LEASE_MANY = script(
+  'lease-many',
+  -1,
+  `local out = {}
+for i = 1, #KEYS do
+  if redis.call('SET', KEYS[i], ARGV[1], 'NX', 'PX', ARGV[2]) then
+    out[i] = 1
+  elseif redis.call('GET', KEYS[i]) == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[i], ARGV[2])
+    out[i] = 1
+  else
+    out[i] = 0
+  end
+end
+return out
+`,
+);
+
 /** KEYS[1] lease. ARGV[1] owner. Deletes the lease only if `owner` holds it. */
 export const RELEASE = script(
   'release',

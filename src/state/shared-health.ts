@@ -134,27 +134,32 @@ export class SharedHealth implements HealthEvents {
 
   // ---- internals ----
 
-  /** Takes or renews the lease of every checked backend; true when every call was answered. */
+  /**
+   * Takes or renews the lease of every checked backend, in a few batched calls; true when the
+   * store answered. On no answer every backend keeps its current role until the next round or
+   * the fallback.
+   */
   async #elect(pools: readonly SyncedPool[]): Promise<boolean> {
     const { store, replicaId, leaseTtlMs } = this.#d;
-    const work: Promise<boolean>[] = [];
-    for (const { health } of pools) {
-      for (const b of health.watched()) {
-        const asked = store.lease(probeLease(b), replicaId, leaseTtlMs).then(
-          (won) => {
-            if (won) this.#held.add(b);
-            else this.#held.delete(b);
-            health.delegate(b, !won);
-            return true;
-          },
-          // Unknown outcome: keep the current role until the next round or the fallback.
-          () => false,
-        );
-        work.push(asked);
-      }
+    const watched: { health: PoolHealth; b: Backend }[] = [];
+    for (const { health } of pools) for (const b of health.watched()) watched.push({ health, b });
+    if (watched.length === 0) return true;
+    let won: boolean[];
+    try {
+      won = await store.leaseMany(
+        watched.map(({ b }) => probeLease(b)),
+        replicaId,
+        leaseTtlMs,
+      );
+    } catch {
+      return false;
     }
-    const answered = await Promise.all(work);
-    return answered.every(Boolean);
+    watched.forEach(({ health, b }, i) => {
+      if (won[i] === true) this.#held.add(b);
+      else this.#held.delete(b);
+      health.delegate(b, won[i] !== true);
+    });
+    return true;
   }
 
   /** The elected prober publishes its confirmed verdict when the shared one differs. */

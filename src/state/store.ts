@@ -38,6 +38,11 @@ export interface StateStore {
 
   /** Takes or renews a lease; true when `owner` holds `name` for the next `ttlMs`. */
   lease(name: string, owner: string, ttlMs: number): Promise<boolean>;
+  /**
+   * `lease` for many names in few round trips (one per LEASE_BATCH names): what each call would
+   * have answered, in order. Rejects when the store did not answer; then nothing is known.
+   */
+  leaseMany(names: readonly string[], owner: string, ttlMs: number): Promise<boolean[]>;
   /** Gives a lease up if `owner` still holds it. */
   release(name: string, owner: string): Promise<void>;
 

@@ -88,6 +88,20 @@ function contract(name: string, makePair: () => Promise<Pair>): void {
       expect(await b.lease('probe:K2', 'r2', 10_000)).toBe(true);
     });
 
+    it('leases many names at once, answering for each as lease() would, past one batch', async () => {
+      const names = Array.from({ length: 1203 }, (_, i) => `probe:M${i}`);
+      // b holds every third name first; a then asks for all of them.
+      const third = names.filter((_, i) => i % 3 === 0);
+      expect(await b.leaseMany(third, 'r2', 10_000)).toEqual(third.map(() => true));
+      const got = await a.leaseMany(names, 'r1', 10_000);
+      expect(got).toEqual(names.map((_, i) => i % 3 !== 0));
+      // Renewals by the holders, and single leases agree with the batch.
+      expect(await a.leaseMany(names.slice(1, 3), 'r1', 10_000)).toEqual([true, true]);
+      expect(await a.lease(names[0]!, 'r1', 10_000)).toBe(false);
+      expect(await b.lease(names[1]!, 'r2', 10_000)).toBe(false);
+      expect(await a.leaseMany([], 'r1', 10_000)).toEqual([]);
+    });
+
     it('releases a lease only for its owner', async () => {
       expect(await a.lease('l', 'r1', 10_000)).toBe(true);
       await b.release('l', 'r2');
