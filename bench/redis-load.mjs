@@ -1,0 +1,233 @@
+// What replicas cost the shared Redis: commands/s, bytes/s in and out, and Redis's own CPU, for
+// R replicas × B backends at one heartbeat. Every replica is a full sluice runtime (the same
+// StateSync, SharedHealth and RedisStore code as `sluice run`), R of them in this one process
+// ("light replicas"), against a redis-server of its own on a free loopback port.
+//
+// Worst case on purpose: every backend is actively checked (so each replica asks for its probe
+// lease every heartbeat) and holds one session on every replica (so every count is published
+// and read). The checks go to closed ports on 127.1.0.0/16 and fail at once: a check's result
+// changes what the prober writes only when a verdict changes, not the steady heartbeat load.
+//
+//   npm run build && node bench/redis-load.mjs [--replicas 1,3,10] [--backends 100,1000] [--seconds 10]
+//     [--heartbeat 1000] [--settle 12] [--json]
+// --settle: seconds between the replicas' start and the measurement (the first checks' verdicts
+// are a burst of writes that is not the steady load). Ten replicas of 10,000 backends do not fit
+// in one process here (the checks run out of descriptors).
+//
+// Prints one table (markdown) and, with --json, the raw figures. Loopback only; stops by itself.
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import { parseArgs } from 'node:util';
+import { parseConfigText } from '../dist/config/load.js';
+import { Runtime } from '../dist/lifecycle/runtime.js';
+import { createStore } from '../dist/state/create.js';
+import { createLogger } from '../dist/telemetry/logger.js';
+import { systemClock } from '../dist/util/clock.js';
+
+const { values } = parseArgs({
+  options: {
+    replicas: { type: 'string', default: '1,3,10' },
+    backends: { type: 'string', default: '100,1000' },
+    seconds: { type: 'string', default: '10' },
+    heartbeat: { type: 'string', default: '1000' },
+    settle: { type: 'string', default: '12' },
+    json: { type: 'boolean', default: false },
+  },
+});
+const REPLICAS = values.replicas.split(',').map(Number);
+const BACKENDS = values.backends.split(',').map(Number);
+const SECONDS = Number(values.seconds);
+const HEARTBEAT = Number(values.heartbeat);
+const SETTLE = Number(values.settle);
+
+async function freePort() {
+  const srv = net.createServer();
+  await new Promise((resolve) => srv.listen(0, '127.0.0.1', resolve));
+  const { port } = srv.address();
+  await new Promise((resolve) => srv.close(resolve));
+  return port;
+}
+
+/** One command to redis-server through redis-cli; its output. */
+function cli(port, ...args) {
+  return new Promise((resolve, reject) => {
+    const p = spawn('redis-cli', ['-p', String(port), ...args], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let out = '';
+    p.stdout.on('data', (d) => (out += d));
+    p.on('error', reject);
+    p.on('close', () => resolve(out));
+  });
+}
+
+async function info(port) {
+  const text = await cli(port, 'INFO', 'all');
+  const f = Object.fromEntries(
+    text
+      .split('\n')
+      .map((l) => l.trim().split(':'))
+      .filter((kv) => kv.length === 2),
+  );
+  return {
+    commands: Number(f.total_commands_processed),
+    bytesIn: Number(f.total_net_input_bytes),
+    bytesOut: Number(f.total_net_output_bytes),
+    cpu: Number(f.used_cpu_sys) + Number(f.used_cpu_user),
+    calls: Object.fromEntries(
+      Object.entries(f)
+        .filter(([k]) => k.startsWith('cmdstat_'))
+        .map(([k, v]) => [k.slice(8), Number(/calls=(\d+)/.exec(v)?.[1] ?? 0)]),
+    ),
+  };
+}
+
+async function startRedis() {
+  const port = await freePort();
+  const dir = mkdtempSync(join(tmpdir(), 'sluice-redisload-'));
+  const proc = spawn(
+    'redis-server',
+    ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir],
+    { stdio: 'ignore' },
+  );
+  for (let i = 0; i < 100; i++) {
+    if ((await cli(port, 'PING')).startsWith('PONG')) break;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return {
+    port,
+    stop: () => {
+      proc.kill('SIGKILL');
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+const address = (i) => `127.1.${Math.floor(i / 250)}.${(i % 250) + 1}:9`;
+
+function yaml(redisPort, prefix, replica, backends) {
+  return `admin: { listen: "127.0.0.1:0" }
+log: { level: error, access_log: false }
+state:
+  store: redis
+  redis: { url: "redis://127.0.0.1:${redisPort}/0", key_prefix: ${prefix} }
+  replica_id: ${replica}
+  heartbeat: ${HEARTBEAT}ms
+listeners:
+  - { name: app, protocol: tcp, bind: "127.0.0.1:0", pool: app }
+pools:
+  - name: app
+    algorithm: least-connections
+    health:
+      active: { type: tcp, interval: 10s, timeout: 1s }
+      passive: { consecutive_failures: 0 }
+      panic_threshold: 0
+    backends: [${Array.from({ length: backends }, (_, i) => `{ address: "${address(i)}" }`).join(', ')}]
+`;
+}
+
+/** What the replicas logged as errors (the store's failures), by context. */
+const errors = new Map();
+const errorSink = new Writable({
+  write(chunk, _enc, done) {
+    for (const line of chunk.toString().split('\n')) {
+      if (!line) continue;
+      const ctx = JSON.parse(line).context ?? 'other';
+      errors.set(ctx, (errors.get(ctx) ?? 0) + 1);
+    }
+    done();
+  },
+});
+
+async function replica(redisPort, prefix, id, backends) {
+  const config = parseConfigText(yaml(redisPort, prefix, id, backends));
+  const logger = createLogger('error', errorSink);
+  const runtime = new Runtime(config, {
+    logger,
+    clock: systemClock,
+    random: Math.random,
+    store: await createStore(config, logger),
+    reloadConfig: () => Promise.resolve(config),
+  });
+  await runtime.start();
+  // One session on every backend, as far as the counts go.
+  for (const { pool } of runtime.pools.entries()) for (const b of pool.backends()) b.local = 1;
+  return runtime;
+}
+
+/** Sync rounds that failed (a store call not answered in time), summed over the replicas. */
+async function syncFailures(runtimes) {
+  let n = 0;
+  for (const rt of runtimes) n += (await rt.metrics.stateSyncFailures.get()).values[0]?.value ?? 0;
+  return n;
+}
+
+const rows = [];
+for (const b of BACKENDS) {
+  for (const r of REPLICAS) {
+    const redis = await startRedis();
+    const prefix = `load-${r}-${b}`;
+    const runtimes = [];
+    try {
+      for (let i = 0; i < r; i++) runtimes.push(await replica(redis.port, prefix, `r${i}`, b));
+      // Elections settle and every backend's first check (10 s interval) publishes its verdict.
+      await new Promise((res) => setTimeout(res, Math.max(3 * HEARTBEAT, SETTLE * 1000)));
+      const failuresBefore = await syncFailures(runtimes);
+      errors.clear();
+      const before = await info(redis.port);
+      await new Promise((res) => setTimeout(res, SECONDS * 1000));
+      const after = await info(redis.port);
+      const failures = (await syncFailures(runtimes)) - failuresBefore;
+      const s = SECONDS;
+      const row = {
+        replicas: r,
+        backends: b,
+        commandsPerS: (after.commands - before.commands) / s,
+        kbInPerS: (after.bytesIn - before.bytesIn) / s / 1024,
+        kbOutPerS: (after.bytesOut - before.bytesOut) / s / 1024,
+        redisCpuPct: ((after.cpu - before.cpu) / s) * 100,
+        failedRounds: failures,
+        errors: Object.fromEntries(errors),
+        perCommand: Object.fromEntries(
+          Object.entries(after.calls)
+            .map(([k, v]) => [k, (v - (before.calls[k] ?? 0)) / s])
+            .filter(([, v]) => v > 0),
+        ),
+      };
+      rows.push(row);
+      console.error(JSON.stringify(row));
+    } finally {
+      for (const rt of runtimes) {
+        for (const l of rt.listeners.values()) await l.close();
+        await rt.stop();
+      }
+      redis.stop();
+    }
+  }
+}
+
+const fmt = (v, d = 0) => v.toLocaleString('en-US', { maximumFractionDigits: d, minimumFractionDigits: d });
+console.log(
+  `Redis load at heartbeat ${HEARTBEAT} ms, measured over ${SECONDS} s per row (node bench/redis-load.mjs).`,
+);
+console.log('');
+console.log(
+  '| replicas | backends | script calls/s | Redis commands/s (with those inside scripts) | KiB/s in | KiB/s out | Redis CPU % | failed sync rounds |',
+);
+console.log('|---:|---:|---:|---:|---:|---:|---:|---:|');
+for (const x of rows) {
+  const cells = [
+    fmt(x.perCommand.evalsha ?? 0),
+    fmt(x.commandsPerS),
+    fmt(x.kbInPerS, 1),
+    fmt(x.kbOutPerS, 1),
+    fmt(x.redisCpuPct, 1),
+  ];
+  // A row whose replicas could not complete their rounds measured an overloaded run, not Redis.
+  const shown = x.failedRounds > 0 ? cells.map(() => 'FAILED') : cells;
+  console.log(`| ${x.replicas} | ${fmt(x.backends)} | ${shown.join(' | ')} | ${x.failedRounds} |`);
+}
+if (values.json) console.log(JSON.stringify(rows));
+process.exit(0);
