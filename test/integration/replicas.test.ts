@@ -6,7 +6,7 @@ import { parseConfigText } from '../../src/config/load.js';
 import { RedisStore } from '../../src/state/redis.js';
 import { silentLogger } from '../../src/telemetry/logger.js';
 import type { TestServer } from '../support/net.js';
-import { closedPort, connect, echoServer, exchange, startServer, waitFor } from '../support/net.js';
+import { closedPort, echoServer, exchange, holdOpen, startServer, waitFor } from '../support/net.js';
 import { runCli, SLUICE, spawnSluice } from '../support/process.js';
 import type { SluiceProcess } from '../support/process.js';
 import type { RedisServer } from '../support/redis-server.js';
@@ -111,16 +111,8 @@ async function backendOf(adminUrl: string, pool: string, address: string): Promi
   return (await backendsOf(adminUrl, pool)).find((b) => b.address === address);
 }
 
-/** Opens `n` client sessions through a listener and keeps them open. */
-async function openSessions(port: number, n: number): Promise<net.Socket[]> {
-  const out: net.Socket[] = [];
-  for (let i = 0; i < n; i++) {
-    const s = await connect(port);
-    s.on('error', () => undefined);
-    out.push(s);
-  }
-  scope.defer(() => Promise.resolve(out.forEach((s) => s.destroy())));
-  return out;
+function openSessions(port: number, n: number): Promise<net.Socket[]> {
+  return holdOpen(port, n, (fn) => scope.defer(fn));
 }
 
 const prefix = (): string => `r-${randomUUID().slice(0, 8)}`;

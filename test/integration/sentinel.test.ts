@@ -4,7 +4,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { parseConfigText } from '../../src/config/load.js';
 import { createStore } from '../../src/state/create.js';
 import { silentLogger } from '../../src/telemetry/logger.js';
-import { connect, echoServer, exchange, waitFor } from '../support/net.js';
+import { echoServer, exchange, holdOpen, waitFor } from '../support/net.js';
 import { startSentinelSetup, stopAllRedis } from '../support/redis-server.js';
 import type { TestRuntime } from '../support/runtime.js';
 import { startRuntime } from '../support/runtime.js';
@@ -73,15 +73,8 @@ async function backendOf(adminUrl: string, address: string): Promise<BackendView
   return body.pools.find((p) => p.name === 'app')?.backends.find((b) => b.address === address);
 }
 
-async function hold(port: number, n: number): Promise<net.Socket[]> {
-  const out: net.Socket[] = [];
-  for (let i = 0; i < n; i++) {
-    const s = await connect(port);
-    s.on('error', () => undefined);
-    out.push(s);
-  }
-  scope.defer(() => Promise.resolve(out.forEach((s) => s.destroy())));
-  return out;
+function hold(port: number, n: number): Promise<net.Socket[]> {
+  return holdOpen(port, n, (fn) => scope.defer(fn));
 }
 
 describe('Redis Sentinel failover', () => {

@@ -1,7 +1,7 @@
 import dgram from 'node:dgram';
 import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
-import { Writable } from 'node:stream';
+import { LogSink } from '../support/log-sink.js';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { parseConfigText } from '../../src/config/load.js';
 import type { PoolConfig } from '../../src/config/schema.js';
@@ -151,14 +151,8 @@ pools:
     ${o.pool ?? ''}
     backends: [${o.backends.map((a) => `{ address: "${a}" }`).join(', ')}]
 `);
-  const lines: Record<string, unknown>[] = [];
-  const sink = new Writable({
-    write(chunk: Buffer, _enc, done) {
-      for (const l of chunk.toString().split('\n'))
-        if (l !== '') lines.push(JSON.parse(l) as Record<string, unknown>);
-      done();
-    },
-  });
+  const sink = new LogSink();
+  const lines = sink.lines;
   const poolCfg = cfg.pools[0];
   const listenerCfg = cfg.listeners[0];
   if (poolCfg === undefined || listenerCfg === undefined) throw new Error('config');

@@ -118,3 +118,22 @@ export async function waitFor<T>(
     await new Promise((r) => setTimeout(r, 20));
   }
 }
+
+/**
+ * Opens `n` client connections to `port` and keeps them open (the sessions stay counted); `defer`
+ * (a test scope's) destroys them at the end of the test.
+ */
+export async function holdOpen(
+  port: number,
+  n: number,
+  defer: (fn: () => Promise<void>) => void,
+): Promise<net.Socket[]> {
+  const out: net.Socket[] = [];
+  for (let i = 0; i < n; i++) {
+    const s = await connect(port);
+    s.on('error', () => undefined);
+    out.push(s);
+  }
+  defer(() => Promise.resolve(out.forEach((s) => s.destroy())));
+  return out;
+}

@@ -1,4 +1,3 @@
-import { Writable } from 'node:stream';
 import { parseConfigText } from '../../src/config/load.js';
 import type { Config } from '../../src/config/schema.js';
 import { Runtime } from '../../src/lifecycle/runtime.js';
@@ -6,25 +5,9 @@ import { MemoryStore } from '../../src/state/memory.js';
 import type { StateStore } from '../../src/state/store.js';
 import { createLogger } from '../../src/telemetry/logger.js';
 import { systemClock } from '../../src/util/clock.js';
+import { LogSink } from './log-sink.js';
 
-/** Collects JSON log lines in memory. */
-export class LogSink extends Writable {
-  readonly lines: Record<string, unknown>[] = [];
-  override _write(chunk: Buffer, _enc: BufferEncoding, cb: () => void): void {
-    for (const line of chunk.toString().split('\n')) {
-      if (line.trim() === '') continue;
-      try {
-        this.lines.push(JSON.parse(line) as Record<string, unknown>);
-      } catch {
-        // not JSON
-      }
-    }
-    cb();
-  }
-  find(msg: string): Record<string, unknown>[] {
-    return this.lines.filter((l) => l.msg === msg);
-  }
-}
+export { LogSink } from './log-sink.js';
 
 export interface TestRuntime {
   readonly runtime: Runtime;

@@ -1,18 +1,11 @@
-import { Writable } from 'node:stream';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { armExitBackstop } from '../../src/lifecycle/exit-backstop.js';
 import { createLogger } from '../../src/telemetry/logger.js';
+import { LogSink } from '../support/log-sink.js';
 
 function capture(): { logger: ReturnType<typeof createLogger>; lines: Record<string, unknown>[] } {
-  const lines: Record<string, unknown>[] = [];
-  const sink = new Writable({
-    write(chunk: Buffer, _enc, done) {
-      for (const l of chunk.toString().split('\n'))
-        if (l !== '') lines.push(JSON.parse(l) as Record<string, unknown>);
-      done();
-    },
-  });
-  return { logger: createLogger('info', sink), lines };
+  const sink = new LogSink();
+  return { logger: createLogger('info', sink), lines: sink.lines };
 }
 
 describe('armExitBackstop', () => {

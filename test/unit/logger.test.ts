@@ -1,21 +1,14 @@
-import { Writable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
 import type { LogLevel } from '../../src/telemetry/logger.js';
 import { accessLogger, createLogger } from '../../src/telemetry/logger.js';
+import { LogSink } from '../support/log-sink.js';
 
 function capture(level: LogLevel): {
   lines: Record<string, unknown>[];
   logger: ReturnType<typeof createLogger>;
 } {
-  const lines: Record<string, unknown>[] = [];
-  const sink = new Writable({
-    write(chunk: Buffer, _enc, done) {
-      for (const l of chunk.toString().split('\n'))
-        if (l !== '') lines.push(JSON.parse(l) as Record<string, unknown>);
-      done();
-    },
-  });
-  return { lines, logger: createLogger(level, sink) };
+  const sink = new LogSink();
+  return { lines: sink.lines, logger: createLogger(level, sink) };
 }
 
 describe('access logger', () => {
