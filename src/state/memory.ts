@@ -65,18 +65,16 @@ export class MemoryStore implements StateStore {
     return Promise.resolve();
   }
 
-  lease(name: string, owner: string, ttlMs: number): Promise<boolean> {
+  leaseMany(names: readonly string[], owner: string, ttlMs: number): Promise<boolean[]> {
     const now = this.#clock.now();
-    const held = this.#leases.get(name);
-    if (held && held.until > now && held.value !== owner) return Promise.resolve(false);
-    this.#leases.set(name, { value: owner, until: now + ttlMs });
-    return Promise.resolve(true);
-  }
-
-  async leaseMany(names: readonly string[], owner: string, ttlMs: number): Promise<boolean[]> {
-    const out: boolean[] = [];
-    for (const name of names) out.push(await this.lease(name, owner, ttlMs));
-    return out;
+    return Promise.resolve(
+      names.map((name) => {
+        const held = this.#leases.get(name);
+        if (held && held.until > now && held.value !== owner) return false;
+        this.#leases.set(name, { value: owner, until: now + ttlMs });
+        return true;
+      }),
+    );
   }
 
   release(name: string, owner: string): Promise<void> {

@@ -90,23 +90,8 @@ return 1
 );
 
 /**
- * KEYS[1] lease. ARGV[1] owner, ARGV[2] ttl ms. Takes a free lease (SET NX PX) or renews one the
- * owner already holds; returns 1 when `owner` holds it afterwards, else 0.
- */
-export const LEASE = script(
-  'lease',
-  1,
-  `if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-return 0
-`,
-);
-
-/**
- * KEYS[1..n] leases. ARGV[1] owner, ARGV[2] ttl ms. LEASE for each key; returns n results (1/0).
+ * KEYS[1..n] leases. ARGV[1] owner, ARGV[2] ttl ms. For each key: take it when free (SET NX PX),
+ * renew it when `owner` holds it; returns n results, 1 where `owner` holds the lease now.
  */
 export const LEASE_MANY = script(
   'lease-many',

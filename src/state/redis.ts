@@ -147,10 +147,6 @@ export class RedisStore implements StateStore {
     await this.#run(scripts.WITHDRAW, [this.keys.counts(replicaId), this.keys.replicas], [replicaId]);
   }
 
-  async lease(name: string, owner: string, ttlMs: number): Promise<boolean> {
-    return (await this.#run(scripts.LEASE, [this.keys.lease(name)], [owner, ttlArg(ttlMs)])) === 1;
-  }
-
   async leaseMany(names: readonly string[], owner: string, ttlMs: number): Promise<boolean[]> {
     const calls: Promise<unknown>[] = [];
     for (let i = 0; i < names.length; i += LEASE_BATCH) {

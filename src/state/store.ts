@@ -36,11 +36,10 @@ export interface StateStore {
   /** Removes this replica's counts at once (clean shutdown). */
   withdraw(replicaId: string): Promise<void>;
 
-  /** Takes or renews a lease; true when `owner` holds `name` for the next `ttlMs`. */
-  lease(name: string, owner: string, ttlMs: number): Promise<boolean>;
   /**
-   * `lease` for many names in few round trips (one per LEASE_BATCH names): what each call would
-   * have answered, in order. Rejects when the store did not answer; then nothing is known.
+   * Takes or renews a lease on each of `names`, in few round trips: in order, true where `owner`
+   * holds the name for the next `ttlMs` (it was free, expired, or already `owner`'s). Rejects when
+   * the store did not answer; then nothing is known.
    */
   leaseMany(names: readonly string[], owner: string, ttlMs: number): Promise<boolean[]>;
   /** Gives a lease up if `owner` still holds it. */

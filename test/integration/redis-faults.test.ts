@@ -80,7 +80,7 @@ function everyCall(store: RedisStore): (() => Promise<unknown>)[] {
     () => store.publishCounts('r1', new Map([[K, 1]]), 1000),
     () => store.readCounts('r1'),
     () => store.withdraw('r1'),
-    () => store.lease('l', 'r1', 1000),
+    () => store.leaseMany(['l'], 'r1', 1000),
     () => store.release('l', 'r1'),
     () => store.putFact(K, { healthy: true }),
     () => store.clearFact(K, 'healthy'),
@@ -147,7 +147,7 @@ describe('RedisStore when Redis fails', () => {
     await expectAllRejectFast(store);
     await redis.launch();
     await vi.waitFor(() => expect(store.isUp()).toBe(true), { timeout: 5000, interval: 20 });
-    expect(await store.lease('l', 'r1', 1000)).toBe(true);
+    expect(await store.leaseMany(['l'], 'r1', 1000)).toEqual([true]);
     expect(events).toEqual([true]);
   });
 
@@ -223,7 +223,7 @@ describe('RedisStore when Redis fails', () => {
     await store.publishCounts('r1', new Map([[K, 2]]), 10_000);
     await store.publishCounts('r2', new Map([[K, 1]]), 10_000);
     await store.publishCounts('r3', new Map(), 10_000);
-    await store.lease('probe', 'r1', 10_000);
+    await store.leaseMany(['probe'], 'r1', 10_000);
     await store.putFact(K, { admin: 'draining' });
     await store.clearFact(K, 'admin');
     await store.putFact(K, { healthy: true });

@@ -52,7 +52,6 @@ class FlakyStore implements StateStore {
     this.#gate(() => this.inner.publishCounts(r, c, t));
   readCounts = (r: string): Promise<Map<string, number>> => this.#gate(() => this.inner.readCounts(r));
   withdraw = (r: string): Promise<void> => this.#gate(() => this.inner.withdraw(r));
-  lease = (n: string, o: string, t: number): Promise<boolean> => this.#gate(() => this.inner.lease(n, o, t));
   leaseMany = (n: readonly string[], o: string, t: number): Promise<boolean[]> =>
     this.#gate(() => this.inner.leaseMany(n, o, t));
   release = (n: string, o: string): Promise<void> => this.#gate(() => this.inner.release(n, o));
