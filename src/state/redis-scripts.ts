@@ -120,21 +120,20 @@ return 0
 `,
 );
 
-/** KEYS[1] facts hash. ARGV[1] ttl ms, ARGV[2..] field, value pairs. */
-export const PUT_FIELDS = script(
-  'put-fields',
+/**
+ * KEYS[1] facts hash. ARGV[1] ttl ms, then (op, field, value) triplets applied in order: op `S`
+ * sets the field, `D` deletes it (value unused). Resets the TTL when the hash still exists.
+ */
+export const APPLY_FACTS = script(
+  'apply-facts',
   1,
-  `redis.call('HSET', KEYS[1], unpack(ARGV, 2))
-redis.call('PEXPIRE', KEYS[1], ARGV[1])
-return 1
-`,
-);
-
-/** KEYS[1] facts hash. ARGV[1] ttl ms, ARGV[2] field. Touches the TTL only if the key exists. */
-export const DELETE_FIELD = script(
-  'delete-field',
-  1,
-  `redis.call('HDEL', KEYS[1], ARGV[2])
+  `for i = 2, #ARGV, 3 do
+  if ARGV[i] == 'S' then
+    redis.call('HSET', KEYS[1], ARGV[i + 1], ARGV[i + 2])
+  else
+    redis.call('HDEL', KEYS[1], ARGV[i + 1])
+  end
+end
 if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 return 1
 `,

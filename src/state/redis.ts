@@ -41,6 +41,8 @@ const DEFAULT_BACKOFF: Backoff = { baseMs: 100, maxMs: 2000 };
  * millisecond, so a replica with 10,000 checked backends sends 20 calls per heartbeat, not 10,000.
  */
 const LEASE_BATCH = 500;
+/** Fact writes per script call (each a set or a delete of one field). */
+const FACT_OPS_BATCH = 500;
 
 /**
  * The reconnect backoff for a replica syncing every `heartbeatMs`: doubling from 100 ms, capped at
@@ -82,6 +84,10 @@ export class RedisStore implements StateStore {
   #closed = false;
   #revive: Timer | undefined;
   #revives = 0;
+  /** Fact writes (op, field, value) waiting for the batch in flight, and who waits for them. */
+  #factOps: string[] = [];
+  #factWaiters: { resolve: () => void; reject: (err: unknown) => void }[] = [];
+  #factsInFlight = false;
 
   constructor(opts: RedisStoreOptions) {
     this.#clock = opts.clock ?? systemClock;
@@ -165,14 +171,57 @@ export class RedisStore implements StateStore {
     await this.#run(scripts.RELEASE, [this.keys.lease(name)], [owner]);
   }
 
-  async putFact(key: string, fact: BackendFact): Promise<void> {
+  putFact(key: string, fact: BackendFact): Promise<void> {
     const fields = encodeFact(key, fact);
-    if (fields.length === 0) return;
-    await this.#run(scripts.PUT_FIELDS, [this.keys.facts], [this.#factsTtlMs, ...fields]);
+    if (fields.length === 0) return Promise.resolve();
+    const ops: string[] = [];
+    for (let i = 0; i + 1 < fields.length; i += 2) ops.push('S', fields[i]!, fields[i + 1]!);
+    return this.#writeFacts(ops);
   }
 
-  async clearFact(key: string, field: keyof BackendFact): Promise<void> {
-    await this.#run(scripts.DELETE_FIELD, [this.keys.facts], [this.#factsTtlMs, factField(key, field)]);
+  clearFact(key: string, field: keyof BackendFact): Promise<void> {
+    return this.#writeFacts(['D', factField(key, field), '']);
+  }
+
+  /**
+   * Fact writes go out in order, batched: a write made while none is in flight is sent at once;
+   * writes made meanwhile wait and go together when it is answered (many backends changing
+   * verdict at once make a few calls, not one each). A failed batch fails each of its writes.
+   */
+  #writeFacts(ops: readonly string[]): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.#factOps.push(...ops);
+      this.#factWaiters.push({ resolve, reject });
+      this.#sendFacts();
+    });
+  }
+
+  #sendFacts(): void {
+    if (this.#factsInFlight || this.#factWaiters.length === 0) return;
+    const ops = this.#factOps;
+    const waiters = this.#factWaiters;
+    this.#factOps = [];
+    this.#factWaiters = [];
+    this.#factsInFlight = true;
+    const calls: Promise<unknown>[] = [];
+    // Sent in order on one connection, so Redis applies them in order.
+    for (let i = 0; i < ops.length; i += 3 * FACT_OPS_BATCH)
+      calls.push(
+        this.#run(
+          scripts.APPLY_FACTS,
+          [this.keys.facts],
+          [this.#factsTtlMs, ...ops.slice(i, i + 3 * FACT_OPS_BATCH)],
+        ),
+      );
+    void Promise.all(calls)
+      .then(
+        () => waiters.forEach((w) => w.resolve()),
+        (err: unknown) => waiters.forEach((w) => w.reject(err)),
+      )
+      .finally(() => {
+        this.#factsInFlight = false;
+        this.#sendFacts();
+      });
   }
 
   async readFacts(): Promise<Map<string, BackendFact>> {

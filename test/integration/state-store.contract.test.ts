@@ -130,6 +130,22 @@ function contract(name: string, makePair: () => Promise<Pair>): void {
       expect(await lease(b, 'renewed', 'r2', 10_000)).toBe(false);
     });
 
+    it('applies many fact writes made at once in the order they were made', async () => {
+      const keys = Array.from({ length: 1500 }, (_, i) => backendKey('bulk', `10.9.${i >> 8}.${i & 255}:80`));
+      const writes: Promise<void>[] = [];
+      for (const [i, key] of keys.entries()) {
+        writes.push(a.putFact(key, { healthy: i % 2 === 0, admin: 'draining' }));
+        if (i % 3 === 0) writes.push(a.clearFact(key, 'admin'));
+        if (i % 5 === 0) writes.push(a.putFact(key, { healthy: true }));
+      }
+      await Promise.all(writes);
+      const facts = await b.readFacts();
+      for (const [i, key] of keys.entries()) {
+        const want = { healthy: i % 5 === 0 || i % 2 === 0, ...(i % 3 === 0 ? {} : { admin: 'draining' }) };
+        expect(facts.get(key)).toEqual(want);
+      }
+    });
+
     it('merges facts field by field and clears single fields', async () => {
       await a.putFact(K1, { healthy: true });
       await b.putFact(K1, { admin: 'draining' });
