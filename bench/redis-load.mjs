@@ -17,7 +17,6 @@
 // Prints one table (markdown) and, with --json, the raw figures. Loopback only; stops by itself.
 import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
-import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
@@ -27,6 +26,7 @@ import { Runtime } from '../dist/lifecycle/runtime.js';
 import { createStore } from '../dist/state/create.js';
 import { createLogger } from '../dist/telemetry/logger.js';
 import { systemClock } from '../dist/util/clock.js';
+import { freePort, sleep } from './lib/sys.mjs';
 
 const { values } = parseArgs({
   options: {
@@ -43,14 +43,6 @@ const BACKENDS = values.backends.split(',').map(Number);
 const SECONDS = Number(values.seconds);
 const HEARTBEAT = Number(values.heartbeat);
 const SETTLE = Number(values.settle);
-
-async function freePort() {
-  const srv = net.createServer();
-  await new Promise((resolve) => srv.listen(0, '127.0.0.1', resolve));
-  const { port } = srv.address();
-  await new Promise((resolve) => srv.close(resolve));
-  return port;
-}
 
 /** One command to redis-server through redis-cli; its output. */
 function cli(port, ...args) {
@@ -94,7 +86,7 @@ async function startRedis() {
   );
   for (let i = 0; i < 100; i++) {
     if ((await cli(port, 'PING')).startsWith('PONG')) break;
-    await new Promise((r) => setTimeout(r, 50));
+    await sleep(50);
   }
   return {
     port,
@@ -173,11 +165,11 @@ for (const b of BACKENDS) {
     try {
       for (let i = 0; i < r; i++) runtimes.push(await replica(redis.port, prefix, `r${i}`, b));
       // Elections settle and every backend's first check (10 s interval) publishes its verdict.
-      await new Promise((res) => setTimeout(res, Math.max(3 * HEARTBEAT, SETTLE * 1000)));
+      await sleep(Math.max(3 * HEARTBEAT, SETTLE * 1000));
       const failuresBefore = await syncFailures(runtimes);
       errors.clear();
       const before = await info(redis.port);
-      await new Promise((res) => setTimeout(res, SECONDS * 1000));
+      await sleep(SECONDS * 1000);
       const after = await info(redis.port);
       const failures = (await syncFailures(runtimes)) - failuresBefore;
       const s = SECONDS;

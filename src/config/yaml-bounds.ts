@@ -115,7 +115,7 @@ class BoundsWalk {
 
   /**
    * Repeated keys in one mapping, found with a set: the yaml package's own check (`uniqueKeys`)
-   * compares each key with every key before it, so a mapping of 100,000 keys cost minutes.
+   * compares each key with every key before it: 1 MiB holding one mapping of 60,000 keys took 35 s.
    * Scalar keys compare by value, as that check does (`1` and `"1"` differ); other keys by node.
    */
   #checkKeys(pairs: readonly Item[]): void {

@@ -36,6 +36,7 @@ export interface RedisStoreOptions {
 }
 
 const DEFAULT_BACKOFF: Backoff = { baseMs: 100, maxMs: 2000 };
+const DEFAULT_FACTS_TTL_MS = 7 * 24 * 3_600_000;
 /**
  * Leases per script call in leaseMany: a few hundred keep one call's time in Redis well under a
  * millisecond, so a replica with 10,000 checked backends sends 20 calls per heartbeat, not 10,000.
@@ -53,7 +54,6 @@ const FACT_OPS_BATCH = 500;
 export function reconnectBackoff(heartbeatMs: number): Backoff {
   return { baseMs: 100, maxMs: Math.max(100, Math.min(DEFAULT_BACKOFF.maxMs, heartbeatMs)) };
 }
-const DEFAULT_FACTS_TTL_MS = 7 * 24 * 3_600_000;
 
 /** Whole positive milliseconds, as PX and PEXPIRE require. */
 function ttlArg(ms: number): number {
