@@ -122,6 +122,8 @@ export function mergeSamples(views: readonly WorkerView[]): Sample[] {
 
 interface MetricJson {
   name: string;
+  help?: string;
+  type?: string;
   aggregator?: string;
   values: { labels: Record<string, string | number>; value: number }[];
 }
@@ -130,6 +132,12 @@ function parseMetrics(body: unknown): MetricJson[] | undefined {
   if (!Array.isArray(body)) return undefined;
   const ok = body.every((m) => isRecord(m) && typeof m.name === 'string' && Array.isArray(m.values));
   return ok ? (body as MetricJson[]) : undefined;
+}
+
+/** One worker's answer to a question, with the worker's number (1-based). */
+export interface WorkerAnswer {
+  worker: number;
+  body: unknown;
 }
 
 /**
@@ -144,18 +152,29 @@ const AGGREGATOR: Readonly<Record<string, string>> = {
 
 /**
  * The host's metrics from every worker's `registry.getMetricsAsJSON()`: counters and gauges
- * summed (so sluice_listener_connections_total is the host's total), with the exceptions above.
+ * summed (so sluice_listener_connections_total is the host's total), with the exceptions above,
+ * plus each worker's own accepted count (sluice_worker_connections_total{worker,listener}).
  * Metrics named in `ownedByPrimary` are left out for the primary's registry to provide.
  */
 export function aggregateMetrics(
-  answers: readonly unknown[],
+  answers: readonly WorkerAnswer[],
   sharedStore: boolean,
   ownedByPrimary: ReadonlySet<string>,
 ): Registry {
   const arrays: MetricJson[][] = [];
-  for (const a of answers) {
-    const metrics = parseMetrics(a);
+  const perWorker: MetricJson = {
+    name: 'sluice_worker_connections_total',
+    help: 'Connections accepted, per worker process and listener (how evenly the kernel spreads them)',
+    type: 'counter',
+    aggregator: 'sum',
+    values: [],
+  };
+  for (const { worker, body } of answers) {
+    const metrics = parseMetrics(body);
     if (metrics === undefined) continue;
+    const accepted = metrics.find((m) => m.name === 'sluice_listener_connections_total');
+    for (const v of accepted?.values ?? [])
+      perWorker.values.push({ labels: { ...v.labels, worker }, value: v.value });
     arrays.push(
       metrics
         .filter((m) => !ownedByPrimary.has(m.name))
@@ -172,6 +191,7 @@ export function aggregateMetrics(
         }),
     );
   }
+  arrays.push([perWorker]);
   return AggregatorRegistry.aggregate(arrays);
 }
 

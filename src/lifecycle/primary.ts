@@ -17,7 +17,7 @@ import {
   parseView,
   reloadRefusals,
 } from './primary-merge.js';
-import type { WorkerView } from './primary-merge.js';
+import type { WorkerAnswer, WorkerView } from './primary-merge.js';
 import { PrimaryMetrics } from './primary-metrics.js';
 import { probeListeners } from './primary-probe.js';
 import { SdNotify } from './sd-notify.js';
@@ -260,7 +260,7 @@ export class Primary implements AdminSource {
   }
 
   async metricsText(): Promise<{ contentType: string; body: string }> {
-    const answers = await this.#ask({ op: 'metrics' });
+    const answers = await this.#askEach({ op: 'metrics' });
     const owned = new Set(['sluice_config_reloads_total']);
     const host = aggregateMetrics(answers, this.#cfg.state.store !== 'memory', owned);
     const merged = Registry.merge([host, this.#metrics.registry]);
@@ -350,7 +350,12 @@ export class Primary implements AdminSource {
 
   /** The same question to every live worker, answers in worker order (silent ones left out). */
   async #ask(body: Parameters<WorkerSlot['request']>[0]): Promise<unknown[]> {
+    return (await this.#askEach(body)).map((a) => a.body);
+  }
+
+  /** The answers of the workers that answered in time, each with its worker's number. */
+  async #askEach(body: Parameters<WorkerSlot['request']>[0]): Promise<WorkerAnswer[]> {
     const answers = await Promise.all(this.#slots.map((s) => s.request(body, ASK_TIMEOUT_MS)));
-    return answers.filter((a) => a !== undefined);
+    return answers.flatMap((a, i) => (a === undefined ? [] : [{ worker: this.#slots[i]!.index, body: a }]));
   }
 }

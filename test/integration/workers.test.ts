@@ -117,6 +117,12 @@ describe('workers: 2', () => {
     expect(total).toBe(made);
     const text = await (await fetch(`${p.adminUrl}/metrics`)).text();
     expect(metric(text, 'sluice_workers_ready')).toBe(2);
+    // Each worker's own share, labelled by worker: both took some, and they add up to the total.
+    const share = [1, 2].map((w) =>
+      metric(text, `sluice_worker_connections_total{listener="web",worker="${w}"}`),
+    );
+    expect(share.every((n) => (n ?? 0) > 0)).toBe(true);
+    expect((share[0] ?? 0) + (share[1] ?? 0)).toBe(made);
   });
 
   it('pools merge the workers: held sessions are summed', async () => {
