@@ -295,6 +295,7 @@ export async function startSluice(
   for (const r of routes)
     if ((r.proto ?? 'tcp') === 'tcp') await waitTcp(port[r.name], 5000, HOST, () => exited);
   return peer(name, child.pid, port, {
+    admin: `http://${HOST}:${admin}`,
     logFile: join(dir, `${name}.log`),
     processes: () => tree(child.pid).filter(alive).length,
   });

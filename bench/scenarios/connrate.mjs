@@ -24,12 +24,24 @@ export const what = `wrk -t1 -c50 -d4s -H 'Connection: close' through each proxy
 
 const LABELS = [...TCP_ROWS, 'sluice (access log)'];
 
-/** One connection-rate run through `port`, recorded under `label`. Shared with other scenarios. */
-export async function measureConnRate(s, rep, label, pid, port) {
+/**
+ * One connection-rate run through `port`, recorded under `label`. Shared with other scenarios.
+ * With `perWorker` (a function reading each worker's accepted-connection count), the run also
+ * records the busiest worker's share of the connections it accepted during the run.
+ */
+export async function measureConnRate(s, rep, label, pid, port, perWorker = undefined) {
+  const before = await perWorker?.();
   const r = await withCpu(pid, () => wrk(port, { close: true }));
+  const after = await perWorker?.();
   // CPU-ms per 1,000 connections = CPU-s per 1,000,000.
   const values = { cps: r.rps, ...cpuPer('cpu', r.cpu, r.requests / 1e6) };
-  measured(s, rep, label, 'conn/s', r, values, { cps: r.rps, cpu_ms_per_1k: values.cpu });
+  if (before !== undefined && after !== undefined) {
+    const took = after.map((n, i) => n - (before[i] ?? 0));
+    const total = took.reduce((a, b) => a + b, 0);
+    if (total > 0) values.share = (100 * Math.max(...took)) / total;
+  }
+  const shown = { cps: r.rps, cpu_ms_per_1k: values.cpu, busiest_worker_pct: values.share };
+  measured(s, rep, label, 'conn/s', r, values, shown);
 }
 
 export async function run({ dir, reps }) {

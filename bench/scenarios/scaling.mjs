@@ -18,7 +18,7 @@ import { cpuPer, measured, newSamples, rotate, startPeers, stopAll, warmUp } fro
 export const id = 'scaling';
 export const title = 'Scaling to 2 cores (connection rate and 4-stream throughput)';
 export const what =
-  'Connection rate as in the connection-rate scenario, and iperf3 -P 4 as in the throughput scenario, with the proxies allowed two cores: HAProxy `nbthread 2`, nginx `worker_processes 2`, sluice `workers: 2`. On a 2-core machine the load generator and backend compete for the same cores, so expect well under 2×. "errors" = wrk and iperf3 errors, summed over all runs.';
+  'Connection rate as in the connection-rate scenario, and iperf3 -P 4 as in the throughput scenario, with the proxies allowed two cores: HAProxy `nbthread 2`, nginx `worker_processes 2`, sluice `workers: 2`. On a 2-core machine the load generator and backend compete for the same cores, so expect well under 2×. "busiest worker %" = the share of a run\'s new connections taken by the worker that took most (50 % is an even spread; from `sluice_worker_connections_total`). "errors" = wrk and iperf3 errors, summed over all runs.';
 
 const LABELS = [
   'haproxy 1 thread',
@@ -37,6 +37,16 @@ async function sluiceTwoWorkers(dir, routes) {
       `skipped: \`workers: 2\` started and answered /readyz, but sluice runs as ${n} process (no worker processes under PID ${p.pid}), so it would measure one core`,
     );
   }
+  // Each worker's accepted connections (the primary's sluice_worker_connections_total).
+  p.workerCounts = async () => {
+    const text = await (await fetch(`${p.admin}/metrics`)).text();
+    const counts = [];
+    for (const m of text.matchAll(
+      /^sluice_worker_connections_total\{listener="http",worker="(\d+)"\} (\S+)$/gm,
+    ))
+      counts[Number(m[1]) - 1] = Number(m[2]);
+    return counts;
+  };
   return p;
 }
 
@@ -63,7 +73,7 @@ export async function run({ dir, reps }) {
     await sleep(1000);
     for (let rep = 0; rep < reps; rep++) {
       for (const p of rotate(peers, rep)) {
-        await measureConnRate(s, rep, p.label, p.pid, p.port.http);
+        await measureConnRate(s, rep, p.label, p.pid, p.port.http, p.workerCounts);
         await sleep(1000);
         const r = await withCpu(p.pid, () => iperf(p.port.iperf, { streams: 4 }));
         const values = { gbps: r.bps / 1e9, ...cpuPer('cpuGB', r.cpu, r.bytes / 1e9) };
@@ -77,6 +87,7 @@ export async function run({ dir, reps }) {
   const metrics = [
     { key: 'cps', label: 'conn/s', digits: 0 },
     { key: 'cpu', label: 'CPU-ms/1k conn', digits: 1 },
+    { key: 'share', label: 'busiest worker %', digits: 1 },
     { key: 'gbps', label: '-P4 Gbit/s' },
     { key: 'cpuGB', label: '-P4 CPU-s/GB' },
     ERRORS,
