@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { Command, CommanderError } from 'commander';
 import { loadConfigFile } from '../config/load.js';
-import { ConfigError } from '../config/validate.js';
+import { ConfigError, configWarnings } from '../config/validate.js';
 import { workerConfigProblems } from '../lifecycle/workers.js';
 import { adminCall, printStatus } from './admin-client.js';
 import { addRegisterCommand } from './register.js';
@@ -42,7 +42,8 @@ export function buildProgram(): Command {
     .description('check a configuration file; exit 0, or 78 with every problem listed')
     .requiredOption('-c, --config <file>', 'configuration file (YAML or JSON)')
     .action(async (opts: { config: string }) => {
-      await loadOrExit(opts.config);
+      const cfg = await loadOrExit(opts.config);
+      for (const w of configWarnings(cfg)) process.stderr.write(`sluice: warning: ${w.path}: ${w.message}\n`);
       process.stdout.write(`${opts.config}: configuration is valid\n`);
     });
 

@@ -120,9 +120,19 @@ const accessSchema = z
   })
   .prefault({});
 
+/**
+ * Whose connections a limit counts: `local`, this process's own (with workers, each worker
+ * enforces its share of a listener's limit); `cluster`, every replica's that shares the state
+ * store, through grants taken from the store each heartbeat (see state/limit-sync.ts and
+ * docs/replicas.md#cluster-wide-limits).
+ */
+const limitScope = z.enum(['local', 'cluster']).default('local');
+
 const limitsSchema = z
   .strictObject({
     max_connections: count(0).default(10_000),
+    /** Whose open sessions `max_connections` counts (TCP listeners only). */
+    max_connections_scope: limitScope,
     per_source_connections: count(0).default(0),
     per_source_rate: count(0).default(0),
   })
@@ -240,8 +250,10 @@ const poolSchema = z.strictObject({
     .prefault({}),
   slow_start: duration.default(0),
   drain_timeout: duration.optional(),
-  /** Open TCP sessions per backend on this process; 0 = no cap. Full backends are skipped. */
+  /** Open TCP sessions per backend (see the scope below); 0 = no cap. Full backends are skipped. */
   max_connections_per_backend: count(0).default(0),
+  /** Whose sessions that cap counts: this process's (`local`) or every replica's (`cluster`). */
+  max_connections_per_backend_scope: limitScope,
   /** Sessions that may wait when every ready backend is full (FIFO); 0 = refuse at once. */
   max_queue: count(0).default(100),
   /** Longest wait in that queue before the session is closed (reason queue_timeout). */

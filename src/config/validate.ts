@@ -134,6 +134,11 @@ function crossCheck(cfg: Config): ConfigProblem[] {
     });
     if (l.tls && l.protocol !== 'tcp')
       problems.push({ path: `listeners[${i}].tls`, message: 'only for tcp listeners' });
+    if (l.protocol === 'udp' && l.limits.max_connections_scope === 'cluster')
+      problems.push({
+        path: `listeners[${i}].limits.max_connections_scope`,
+        message: 'only for tcp listeners (udp.max_flows caps the flows of a udp listener)',
+      });
     const pool = cfg.pools.find((p) => p.name === l.pool);
     if (l.protocol === 'udp' && pool?.proxy_protocol === 'v1')
       problems.push({
@@ -167,6 +172,36 @@ function adminProblem(admin: Config['admin']): ConfigProblem | undefined {
     path: 'admin.listen',
     message: `${where} is not loopback: set admin.token_file (or admin.allow_unauthenticated_remote: true to serve it without a token)`,
   };
+}
+
+/**
+ * What a valid config may not mean what its author expects: `sluice validate` prints these (exit
+ * 0) and `sluice run` logs them at start and reload.
+ */
+export function configWarnings(cfg: Config): ConfigProblem[] {
+  const warnings: ConfigProblem[] = [];
+  const scoped = (path: string, max: number, what: string): void => {
+    if (max === 0) warnings.push({ path, message: `cluster has no effect: ${what} is 0 (no limit)` });
+    else if (cfg.state.store === 'memory')
+      warnings.push({
+        path,
+        message:
+          "cluster with state.store: memory: no other replica shares the count, so the limit is this host's (split over its workers)",
+      });
+  };
+  cfg.listeners.forEach((l, i) => {
+    if (l.protocol === 'tcp' && l.limits.max_connections_scope === 'cluster')
+      scoped(`listeners[${i}].limits.max_connections_scope`, l.limits.max_connections, 'max_connections');
+  });
+  cfg.pools.forEach((p, i) => {
+    if (p.max_connections_per_backend_scope === 'cluster')
+      scoped(
+        `pools[${i}].max_connections_per_backend_scope`,
+        p.max_connections_per_backend,
+        'max_connections_per_backend',
+      );
+  });
+  return warnings;
 }
 
 /** Parses and checks a config object. Throws ConfigError listing every problem found. */

@@ -8,7 +8,7 @@ import { backendJson, backendSamples, poolJson } from '../admin/views.js';
 import type { Config, ListenerConfig } from '../config/schema.js';
 import { TcpListener } from '../listener/tcp.js';
 import { ListenerSet } from './listener-set.js';
-import { ConfigError } from '../config/validate.js';
+import { ConfigError, configWarnings } from '../config/validate.js';
 import { UdpListener } from '../listener/udp.js';
 import type { Listener, TcpListenerDeps } from '../listener/listener.js';
 import { SessionSink } from './session-sink.js';
@@ -19,6 +19,7 @@ import { Metrics } from '../telemetry/metrics.js';
 import type { Backend } from '../upstream/backend.js';
 import type { Pool } from '../upstream/pool.js';
 import { PoolSet } from './pool-set.js';
+import { hasSharedLimits, sharedLimits } from './shared-limits.js';
 import { OverloadGuard } from './overload.js';
 import type { Clock, Random } from '../util/clock.js';
 import { Sweeper } from '../util/sweeper.js';
@@ -114,6 +115,7 @@ export class Runtime implements AdminApi {
       storeUp: () => deps.store.isUp(),
       syncLagSeconds: () => this.#sync.lagSeconds(),
       probers: () => this.#sync.probers(),
+      limits: () => ({ fallback: this.#sync.limitFallback, caps: this.#sync.limitCaps() }),
       splice: () => loadedSpliceRelay()?.counts(),
     });
     this.#sync = new StateSync({
@@ -123,6 +125,8 @@ export class Runtime implements AdminApi {
       replicaId: this.replicaId,
       heartbeat: cfg.state.heartbeat,
       pools: () => this.pools.entries(),
+      limits: () => sharedLimits(this.listeners.values(), this.pools.values()),
+      onCaps: () => this.pools.values().forEach((p) => p.capsChanged()),
       onFailure: () => this.metrics.stateSyncFailures.inc(),
     });
     this.admin = new AdminServer(this, deps.logger);
@@ -153,8 +157,11 @@ export class Runtime implements AdminApi {
     await this.listeners.apply(cfg.listeners);
     this.overload.start();
     this.#logBound(cfg.listeners.map((l) => l.name));
+    this.#logWarnings(cfg);
     await this.#deps.store.start();
     this.#sync.start();
+    // Cluster-scoped limits admit nothing before their first grant: take it before saying ready.
+    if (hasSharedLimits(cfg)) await this.#sync.syncNow();
     this.#history = new History(this.metrics.listenerConnections, this.metrics.bytes);
     this.#ready = true;
     this.logger.info(
@@ -313,7 +320,15 @@ export class Runtime implements AdminApi {
     this.metrics.configReloads.labels('success').inc();
     this.#logBound([...plan.added, ...plan.rebound]);
     this.logger.info({ ...plan, restart_needed_for: restartOnly }, 'config reloaded');
+    this.#logWarnings(next);
+    // A limit that became cluster-wide admits nothing until it is granted: claim it now.
+    if (hasSharedLimits(next)) void this.#sync.syncNow();
     return { ok: true };
+  }
+
+  /** What `sluice validate` warns about, once per start or reload. */
+  #logWarnings(cfg: Config): void {
+    for (const w of configWarnings(cfg)) this.logger.warn({ key: w.path }, `config: ${w.message}`);
   }
 
   #logBound(names: readonly string[]): void {

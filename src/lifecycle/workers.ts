@@ -66,21 +66,34 @@ function share(limit: number, n: number): number {
  * enforces its share of them. The kernel hashes connections over the workers, so the host-wide
  * totals hold approximately (a worker may refuse a little early when its share is used up while
  * another's is not; rounding up lets the total exceed the limit by at most n - 1).
+ *
+ * Cluster-scoped limits (`max_connections_scope`, `max_connections_per_backend_scope: cluster`)
+ * count every process that shares the state store. With Redis each worker is a replica of its
+ * own there, so they keep the whole limit and the workers take grants from it like any replica.
+ * With the memory store each worker's store is its own: the host is the whole fleet, and each
+ * worker takes its share as above (for a pool's cap too, which is otherwise per process).
  */
 export function workerShare(cfg: Config, n: number): Config {
   if (n <= 1) return cfg;
+  const split = (limit: number, scope: 'local' | 'cluster'): number =>
+    scope === 'cluster' && cfg.state.store === 'redis' ? limit : share(limit, n);
   return {
     ...cfg,
     listeners: cfg.listeners.map((l) => ({
       ...l,
       limits: {
         ...l.limits,
-        max_connections: share(l.limits.max_connections, n),
+        max_connections: split(l.limits.max_connections, l.limits.max_connections_scope),
         per_source_connections: share(l.limits.per_source_connections, n),
         per_source_rate: share(l.limits.per_source_rate, n),
       },
       udp: { ...l.udp, max_flows: share(l.udp.max_flows, n) },
     })),
+    pools: cfg.pools.map((p) =>
+      p.max_connections_per_backend_scope === 'cluster' && cfg.state.store === 'memory'
+        ? { ...p, max_connections_per_backend: share(p.max_connections_per_backend, n) }
+        : p,
+    ),
   };
 }
 

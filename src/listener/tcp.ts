@@ -42,6 +42,13 @@ function rejectCloseReason(
   }
 }
 
+/** The listener caps its sessions across the replicas. */
+export function clusterLimited(cfg: ListenerConfig): boolean {
+  return (
+    cfg.protocol === 'tcp' && cfg.limits.max_connections > 0 && cfg.limits.max_connections_scope === 'cluster'
+  );
+}
+
 /**
  * A TCP listener: accepts (through the splice relay, or a net.Server), applies the ACL and limits
  * on the client address, and routes each connection to a pool, where a Session takes it. Reload
@@ -67,6 +74,14 @@ export class TcpListener implements Listener, PrefaceHost, AcceptOwner {
   #preface: PrefacePlan | undefined;
   /** Address actually bound (port 0 in the config picks a free one). */
   boundAddress = '';
+  /**
+   * Under a cluster-scoped `limits.max_connections`: the most sessions this process may hold now,
+   * set by the state sync (its grant, or its local share while the store is out); 0 until the
+   * first grant.
+   */
+  clusterCap = 0;
+  /** Sessions admitted past `max_connections` since start (the state sync sizes its holds on it). */
+  admitted = 0;
   /** The splice relay accepting this listener's connections, and its acceptor id. */
   #acceptor: { relay: SpliceRelay; id: number } | undefined;
 
@@ -168,6 +183,8 @@ export class TcpListener implements Listener, PrefaceHost, AcceptOwner {
 
   /** Applies a new config with the same bind address (reload). Open sessions keep their backend. */
   update(cfg: ListenerConfig): void {
+    // A limit becoming cluster-wide starts from no grant (the old cap is not covered by the store).
+    if (!clusterLimited(this.#cfg) && clusterLimited(cfg)) this.clusterCap = 0;
     this.#cfg = cfg;
     this.#admission = new Admission(cfg);
     this.#preface = PrefacePlan.needed(cfg) ? new PrefacePlan(cfg) : undefined;
@@ -232,8 +249,10 @@ export class TcpListener implements Listener, PrefaceHost, AcceptOwner {
     this.#accepted.n++;
     this.sessions.add(session);
     if (this.#deps.overload?.active === true) return this.reject(session, 'overload');
-    const max = this.#cfg.limits.max_connections;
-    if (max > 0 && this.sessions.size > max) return this.reject(session, 'max_connections');
+    const { max_connections: max, max_connections_scope: scope } = this.#cfg.limits;
+    if (max > 0 && this.sessions.size > (scope === 'cluster' ? this.clusterCap : max))
+      return this.reject(session, 'max_connections');
+    this.admitted++;
     if (this.#preface !== undefined) return this.#preface.begin(session, this);
     if (!this.allowed(session.clientIp)) return this.reject(session, 'acl');
     if (this.admitSource(session)) this.route(session, this.#cfg.pool);

@@ -1,5 +1,7 @@
 import type { Clock } from '../util/clock.js';
 import { systemClock } from '../util/clock.js';
+import { fairShare, grantOf } from './limit-grants.js';
+import type { LimitAnswer, LimitClaim, LimitGrant, LimitRound } from './limit-grants.js';
 import type { BackendFact, StateStore } from './store.js';
 
 interface Expiring<T> {
@@ -15,6 +17,12 @@ export class MemoryStore implements StateStore {
   readonly kind = 'memory';
   readonly #clock: Clock;
   readonly #counts = new Map<string, Expiring<ReadonlyMap<string, number>>>();
+  /** Live replicas: id → until (Redis's `replicas` zset), kept by publishing counts or claims. */
+  readonly #live = new Map<string, number>();
+  /** Per replica: until when its grants are held at their holds (its claims were lost). */
+  readonly #settling = new Map<string, number>();
+  /** Per replica: limit key → its open connections and grant (see limit-grants.ts). */
+  readonly #claims = new Map<string, Expiring<ReadonlyMap<string, { open: number; granted: number }>>>();
   readonly #leases = new Map<string, Expiring<string>>();
   readonly #facts = new Map<string, BackendFact>();
   readonly #registry = new Map<string, Map<string, number>>();
@@ -40,7 +48,9 @@ export class MemoryStore implements StateStore {
   }
 
   publishCounts(replicaId: string, counts: ReadonlyMap<string, number>, ttlMs: number): Promise<void> {
-    this.#counts.set(replicaId, { value: new Map(counts), until: this.#clock.now() + ttlMs });
+    const until = this.#clock.now() + ttlMs;
+    this.#counts.set(replicaId, { value: new Map(counts), until });
+    this.#live.set(replicaId, Math.max(until, this.#live.get(replicaId) ?? 0));
     return Promise.resolve();
   }
 
@@ -62,7 +72,46 @@ export class MemoryStore implements StateStore {
 
   withdraw(replicaId: string): Promise<void> {
     this.#counts.delete(replicaId);
+    this.#claims.delete(replicaId);
+    this.#settling.delete(replicaId);
+    this.#live.delete(replicaId);
     return Promise.resolve();
+  }
+
+  /** One synchronous step for every claim: atomic, as the Redis script is. */
+  claimLimits(replicaId: string, claims: readonly LimitClaim[], round: LimitRound): Promise<LimitAnswer> {
+    const now = this.#clock.now();
+    this.#live.set(replicaId, Math.max(now + round.ttlMs, this.#live.get(replicaId) ?? 0));
+    for (const [replica, until] of this.#live) if (until <= now) this.#live.delete(replica);
+    for (const [replica, entry] of this.#claims) if (entry.until <= now) this.#claims.delete(replica);
+    const live = [...this.#live.keys()].sort();
+    const n = Math.max(live.length, round.replicasHint);
+    const rank = live.indexOf(replicaId);
+    const before = this.#claims.get(replicaId)?.value;
+    if (
+      claims.some((c) => c.renew && before?.has(c.key) !== true) &&
+      (this.#settling.get(replicaId) ?? 0) <= now
+    )
+      this.#settling.set(replicaId, now + round.ttlMs);
+    const lost = (this.#settling.get(replicaId) ?? 0) > now;
+    const mine = new Map<string, { open: number; granted: number }>();
+    const grants = claims.map((claim): LimitGrant => {
+      let othersOpen = 0;
+      let othersGranted = 0;
+      for (const [replica, entry] of this.#claims) {
+        const c = replica === replicaId || !this.#live.has(replica) ? undefined : entry.value.get(claim.key);
+        if (c === undefined) continue;
+        othersOpen += c.open;
+        othersGranted += c.granted;
+      }
+      const share = fairShare(claim.limit, claim.open, othersOpen, n, rank);
+      const grant = grantOf(claim, share, othersGranted, round.grow && !lost);
+      mine.set(claim.key, { open: claim.open, granted: grant });
+      return { grant, share };
+    });
+    if (mine.size > 0) this.#claims.set(replicaId, { value: mine, until: now + round.ttlMs });
+    else this.#claims.delete(replicaId);
+    return Promise.resolve({ replicas: live.length, lost, grants });
   }
 
   leaseMany(names: readonly string[], owner: string, ttlMs: number): Promise<boolean[]> {

@@ -1,4 +1,5 @@
 import type { AdminState } from '../upstream/backend.js';
+import type { LimitAnswer, LimitGrant } from './limit-grants.js';
 import type { BackendFact } from './store.js';
 
 /**
@@ -8,6 +9,8 @@ import type { BackendFact } from './store.js';
  * | key                         | type   | content                                  | TTL                                 |
  * |-----------------------------|--------|------------------------------------------|-------------------------------------|
  * | `{p}:counts:<replica>`      | hash   | backend key → open sessions (> 0)        | publish ttl, reset on each publish  |
+ * | `{p}:limits:<replica>`      | hash   | limit key → `open:grant:stamp`           | claim ttl, reset on each claim      |
+ * | `{p}:settle:<replica>`      | string | present while its grants are held        | claim ttl from the loss found       |
  * | `{p}:replicas`              | zset   | replica id → expiry (Redis TIME, ms)     | ≥ the longest member's ttl          |
  * | `{p}:lease:<name>`          | string | owner                                    | lease ttl (PX), renewed by owner    |
  * | `{p}:facts`                 | hash   | `<backend key>#<fact>` → value           | facts ttl, reset on each write      |
@@ -32,6 +35,20 @@ export class RedisKeys {
 
   counts(replicaId: string): string {
     return `${this.countsPrefix}${replicaId}`;
+  }
+
+  /** Prefix of the per-replica limit claims (see limit-grants.ts); the claim script appends the id. */
+  get limitsPrefix(): string {
+    return `${this.#base}limits:`;
+  }
+
+  limits(replicaId: string): string {
+    return `${this.limitsPrefix}${replicaId}`;
+  }
+
+  /** Present while a replica settles after the store lost its claims (see CLAIM_LIMITS). */
+  settle(replicaId: string): string {
+    return `${this.#base}settle:${replicaId}`;
   }
 
   get replicas(): string {
@@ -81,6 +98,20 @@ export function sumCounts(reply: unknown): Map<string, number> {
     if (Number.isSafeInteger(n) && n > 0) sum.set(key, (sum.get(key) ?? 0) + n);
   }
   return sum;
+}
+
+/**
+ * The answer of CLAIM_LIMITS: live replicas, the lost flag, then a grant and a fair share per
+ * claim. A malformed reply is an error (the caller keeps its holds), never a made-up grant.
+ */
+export function decodeLimitAnswer(reply: unknown, claims: number): LimitAnswer {
+  const flat = Array.isArray(reply) ? reply : [];
+  const nums = flat.map((v: unknown) => (typeof v === 'number' ? v : Number(v)));
+  if (nums.length !== 2 + 2 * claims || !nums.every((n) => Number.isSafeInteger(n) && n >= 0))
+    throw new Error('unexpected reply from Redis: expected the live replicas and a grant per claim');
+  const grants: LimitGrant[] = [];
+  for (let i = 2; i < nums.length; i += 2) grants.push({ grant: nums[i] ?? 0, share: nums[i + 1] ?? 0 });
+  return { replicas: nums[0] ?? 1, lost: nums[1] === 1, grants };
 }
 
 const FACT_FIELDS = ['healthy', 'admin', 'ejectedUntil'] as const satisfies readonly (keyof BackendFact)[];

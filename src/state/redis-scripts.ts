@@ -79,11 +79,11 @@ return out
 `,
 );
 
-/** KEYS[1] counts hash, KEYS[2] replica index. ARGV[1] replica id. */
+/** KEYS[1] counts hash, KEYS[2] replica index, KEYS[3] limits hash, KEYS[4] settle marker. ARGV[1] replica id. */
 export const WITHDRAW = script(
   'withdraw',
-  2,
-  `redis.call('DEL', KEYS[1])
+  4,
+  `redis.call('DEL', KEYS[1], KEYS[3], KEYS[4])
 redis.call('ZREM', KEYS[2], ARGV[1])
 return 1
 `,
@@ -158,5 +158,120 @@ export const REGISTERED = script(
   `${NOW}
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
+`,
+);
+
+/** Deletes the fields of a limits hash whose claim carries another stamp than `stamp`. */
+const PRUNE_STAMPS = `local function prune(key, stamp)
+  local all = redis.call('HGETALL', key)
+  local stale = {}
+  for i = 1, #all, 2 do
+    if string.match(all[i + 1], ':([^:]*)$') ~= stamp then stale[#stale + 1] = all[i] end
+  end
+  for i = 1, #stale, 1000 do
+    redis.call('HDEL', key, unpack(stale, i, math.min(i + 999, #stale)))
+  end
+end
+`;
+
+/**
+ * Cluster-wide limits (see limit-grants.ts: this is fairShare and grantOf).
+ * KEYS[1] this replica's limits hash, KEYS[2] replica index zset, KEYS[3] this replica's settle
+ * marker. ARGV[1] replica id, ARGV[2] ttl ms, ARGV[3] limits key prefix, ARGV[4] replicas hint,
+ * ARGV[5] stamp of this round, ARGV[6] '1' when this call holds the whole round (then claims of
+ * other rounds are dropped here), ARGV[7] '1' when grants may grow beyond their holds,
+ * ARGV[8..] (limit key, limit, open, hold, renew '1'|'0') quintuples.
+ * Marks the replica live, reads every other live replica's claim on each key, and records this
+ * replica's open count and grant: `open:grant:stamp`. A claim to renew that is missing means the
+ * store lost its data: the replica then settles for a TTL (the marker), its grants held at their
+ * holds. Returns the live replicas, 1 while settling (else 0), then per claim its grant and its
+ * fair share.
+ */
+export const CLAIM_LIMITS = script(
+  'claim-limits',
+  3,
+  `${NOW}${KEEP_ALIVE}${PRUNE_STAMPS}
+local ttl = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+redis.call('ZADD', KEYS[2], now + ttl, ARGV[1])
+keep_alive(KEYS[2], ttl)
+local live = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. now, '+inf')
+table.sort(live)
+local rank = 0
+for i, id in ipairs(live) do
+  if id == ARGV[1] then rank = i - 1 end
+end
+local n = math.max(#live, tonumber(ARGV[4]))
+local fields, open_sum, granted_sum = {}, {}, {}
+for i = 8, #ARGV, 5 do
+  fields[#fields + 1] = ARGV[i]
+  open_sum[#fields] = 0
+  granted_sum[#fields] = 0
+end
+local settling = redis.call('EXISTS', KEYS[3]) == 1
+if #fields > 0 then
+  local mine = redis.call('HMGET', KEYS[1], unpack(fields))
+  for j = 1, #fields do
+    if ARGV[8 + (j - 1) * 5 + 4] == '1' and not mine[j] then settling = true end
+  end
+  for _, id in ipairs(live) do
+    if id ~= ARGV[1] then
+      local values = redis.call('HMGET', ARGV[3] .. id, unpack(fields))
+      for j = 1, #fields do
+        local v = values[j]
+        if v then
+          local o, g = string.match(v, '^(%d+):(%d+):')
+          if o then
+            open_sum[j] = open_sum[j] + tonumber(o)
+            granted_sum[j] = granted_sum[j] + tonumber(g)
+          end
+        end
+      end
+    end
+  end
+end
+local out = { #live, 0 }
+if settling then
+  out[2] = 1
+  if redis.call('EXISTS', KEYS[3]) == 0 then redis.call('SET', KEYS[3], '1', 'PX', ttl) end
+end
+local set = {}
+for j = 1, #fields do
+  local a = 8 + (j - 1) * 5
+  local limit, open, hold = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+  local share = 0
+  local free = limit - open - open_sum[j]
+  if free > 0 then
+    share = math.floor(free / n)
+    if rank < free % n then share = share + 1 end
+  end
+  local grant = hold
+  if ARGV[7] == '1' and not settling then
+    grant = math.max(hold, math.min(limit - granted_sum[j], open + share))
+  end
+  out[#out + 1] = grant
+  out[#out + 1] = share
+  set[#set + 1] = fields[j]
+  set[#set + 1] = string.format('%d:%d:%s', open, grant, ARGV[5])
+end
+for i = 1, #set, 1000 do
+  redis.call('HSET', KEYS[1], unpack(set, i, math.min(i + 999, #set)))
+end
+if ARGV[6] == '1' then prune(KEYS[1], ARGV[5]) end
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('PEXPIRE', KEYS[1], ttl) end
+return out
+`,
+);
+
+/**
+ * KEYS[1] a replica's limits hash. ARGV[1] stamp. After a round of claims sent in several calls
+ * (all answered), drops the claims that round did not make.
+ */
+export const PRUNE_LIMITS = script(
+  'prune-limits',
+  1,
+  `${PRUNE_STAMPS}
+prune(KEYS[1], ARGV[1])
+return 1
 `,
 );

@@ -4,6 +4,7 @@ import { systemClock, systemRandom } from '../util/clock.js';
 import {
   RedisKeys,
   decodeFacts,
+  decodeLimitAnswer,
   encodeCounts,
   encodeFact,
   factField,
@@ -15,6 +16,7 @@ import { backoff, createClient } from './redis-connect.js';
 import * as scripts from './redis-scripts.js';
 import type { Script } from './redis-scripts.js';
 import { StoreStatus, classify, replyCode } from './redis-status.js';
+import type { LimitAnswer, LimitClaim, LimitGrant, LimitRound } from './limit-grants.js';
 import type { BackendFact, StateStore } from './store.js';
 
 /** What the Redis store needs besides its config section. */
@@ -44,6 +46,11 @@ const DEFAULT_FACTS_TTL_MS = 7 * 24 * 3_600_000;
 const LEASE_BATCH = 500;
 /** Fact writes per script call (each a set or a delete of one field). */
 const FACT_OPS_BATCH = 500;
+/**
+ * Limit claims per script call: each reads that many fields of every live replica's claims, so a
+ * few hundred keep one call's time in Redis short whatever the number of cluster-scoped limits.
+ */
+const LIMIT_BATCH = 500;
 
 /**
  * The reconnect backoff for a replica syncing every `heartbeatMs`: doubling from 100 ms, capped at
@@ -53,6 +60,11 @@ const FACT_OPS_BATCH = 500;
  */
 export function reconnectBackoff(heartbeatMs: number): Backoff {
   return { baseMs: 100, maxMs: Math.max(100, Math.min(DEFAULT_BACKOFF.maxMs, heartbeatMs)) };
+}
+
+/** A whole count of connections, never negative (what the claim script parses). */
+function connections(n: number): number {
+  return Number.isFinite(n) ? Math.max(0, Math.floor(n)) : 0;
 }
 
 /** Whole positive milliseconds, as PX and PEXPIRE require. */
@@ -88,12 +100,16 @@ export class RedisStore implements StateStore {
   #factOps: string[] = [];
   #factWaiters: { resolve: () => void; reject: (err: unknown) => void }[] = [];
   #factsInFlight = false;
+  /** Tells this process's rounds of claims apart from each other and from an earlier process's. */
+  readonly #stampBase: string;
+  #claimRounds = 0;
 
   constructor(opts: RedisStoreOptions) {
     this.#clock = opts.clock ?? systemClock;
     const random = opts.random ?? systemRandom;
     const b = opts.backoff ?? DEFAULT_BACKOFF;
     this.#retry = backoff(b, random);
+    this.#stampBase = Math.floor(random() * 2 ** 32).toString(36);
     this.#timeoutMs = opts.config.command_timeout;
     this.#factsTtlMs = opts.factsTtlMs ?? DEFAULT_FACTS_TTL_MS;
     this.keys = new RedisKeys(opts.config.key_prefix);
@@ -150,7 +166,59 @@ export class RedisStore implements StateStore {
   }
 
   async withdraw(replicaId: string): Promise<void> {
-    await this.#run(scripts.WITHDRAW, [this.keys.counts(replicaId), this.keys.replicas], [replicaId]);
+    const keys = [
+      this.keys.counts(replicaId),
+      this.keys.replicas,
+      this.keys.limits(replicaId),
+      this.keys.settle(replicaId),
+    ];
+    await this.#run(scripts.WITHDRAW, keys, [replicaId]);
+  }
+
+  /**
+   * Claims go 500 per script call, each atomic for its keys (a key's grant depends on that key
+   * alone). A round that takes several calls writes its claims with a stamp of its own and drops
+   * the older ones only once every call has been answered, so a claim is never missing while a
+   * grant made under it may still be in use.
+   */
+  async claimLimits(
+    replicaId: string,
+    claims: readonly LimitClaim[],
+    round: LimitRound,
+  ): Promise<LimitAnswer> {
+    const stamp = `${this.#stampBase}.${++this.#claimRounds}`;
+    const own = this.keys.limits(replicaId);
+    const whole = claims.length <= LIMIT_BATCH;
+    const head = [
+      replicaId,
+      ttlArg(round.ttlMs),
+      this.keys.limitsPrefix,
+      Math.max(1, Math.floor(round.replicasHint)),
+      stamp,
+      whole ? '1' : '0',
+      round.grow ? '1' : '0',
+    ];
+    const calls: Promise<LimitAnswer>[] = [];
+    for (let i = 0; i === 0 || i < claims.length; i += LIMIT_BATCH) {
+      const batch = claims.slice(i, i + LIMIT_BATCH);
+      const args: (string | number)[] = [...head];
+      for (const c of batch)
+        args.push(c.key, connections(c.limit), connections(c.open), connections(c.hold), c.renew ? '1' : '0');
+      const call = this.#run(
+        scripts.CLAIM_LIMITS,
+        [own, this.keys.replicas, this.keys.settle(replicaId)],
+        args,
+      );
+      calls.push(call.then((reply) => decodeLimitAnswer(reply, batch.length)));
+    }
+    const answers = await Promise.all(calls);
+    if (!whole) await this.#run(scripts.PRUNE_LIMITS, [own], [stamp]);
+    const grants: LimitGrant[] = answers.flatMap((a) => a.grants);
+    return {
+      replicas: Math.max(1, ...answers.map((a) => a.replicas)),
+      lost: answers.some((a) => a.lost),
+      grants,
+    };
   }
 
   async leaseMany(names: readonly string[], owner: string, ttlMs: number): Promise<boolean[]> {

@@ -6,6 +6,9 @@
  * Keys: a backend is named `pool/address` (see backendKey), e.g. `ingress/10.0.1.5:8443`.
  */
 import type { AdminState } from '../upstream/backend.js';
+import type { LimitAnswer, LimitClaim, LimitRound } from './limit-grants.js';
+
+export type { LimitAnswer, LimitClaim, LimitGrant, LimitRound } from './limit-grants.js';
 
 /** What replicas share about one backend, beyond connection counts. */
 export interface BackendFact {
@@ -33,8 +36,18 @@ export interface StateStore {
   publishCounts(replicaId: string, counts: ReadonlyMap<string, number>, ttlMs: number): Promise<void>;
   /** Sum of every live replica's published counts per backend key, leaving out `exceptReplica`. */
   readCounts(exceptReplica: string): Promise<Map<string, number>>;
-  /** Removes this replica's counts at once (clean shutdown). */
+  /** Removes this replica's counts and limit claims at once (clean shutdown). */
   withdraw(replicaId: string): Promise<void>;
+
+  /**
+   * Cluster-wide limits (see limit-grants.ts): replaces this replica's claims with `claims` (a
+   * key claimed before and not now is dropped) and answers each with its grant, computed
+   * atomically per key against the other live replicas' claims (grantOf). The claims live
+   * `round.ttlMs` unless made again, and keep this replica live as its published counts do.
+   * Rejects when the store did not answer; then no grant is known (the call may still have been
+   * applied).
+   */
+  claimLimits(replicaId: string, claims: readonly LimitClaim[], round: LimitRound): Promise<LimitAnswer>;
 
   /**
    * Takes or renews a lease on each of `names`, in few round trips: in order, true where `owner`

@@ -1,6 +1,8 @@
 import type { Logger } from '../telemetry/logger.js';
 import type { Backend } from '../upstream/backend.js';
 import type { Clock, Timer } from '../util/clock.js';
+import { LimitSync } from './limit-sync.js';
+import type { SharedLimit } from './limit-sync.js';
 import { RegistrySync } from './registry-sync.js';
 import type { SyncedPool } from './shared-health.js';
 import { SharedHealth } from './shared-health.js';
@@ -8,6 +10,7 @@ import type { AdminState } from '../upstream/backend.js';
 import type { StateStore } from './store.js';
 
 export type { SyncedPool } from './shared-health.js';
+export type { SharedLimit } from './limit-sync.js';
 
 /** Heartbeats without a successful round after which the shared view is dropped. */
 export const STALE_HEARTBEATS = 3;
@@ -23,6 +26,10 @@ export interface StateSyncOptions {
   readonly heartbeat: number;
   /** The pools of the running config, read at every round (reload changes them). */
   readonly pools: () => readonly SyncedPool[];
+  /** The cluster-scoped limits of the running config, read at every round (none by default). */
+  readonly limits?: () => readonly SharedLimit[];
+  /** Cluster-scoped caps were set: sessions waiting for a slot may try again. */
+  readonly onCaps?: () => void;
   /** Epoch milliseconds; default Date.now. */
   readonly wallClock?: () => number;
   /** A round failed (for `sluice_state_sync_failures_total`). */
@@ -41,7 +48,8 @@ export interface StateSyncOptions {
  *   `backend.remote` (0 when absent). `local` is never negative and Backend objects survive a
  *   reload, so a reload neither loses nor doubles a count.
  * - elects probers, shares verdicts, ejections and admin states (see SharedHealth);
- * - reads registry discovery (see RegistrySync).
+ * - reads registry discovery (see RegistrySync);
+ * - claims grants for the cluster-scoped limits (see LimitSync).
  *
  * When rounds fail for {@link STALE_HEARTBEATS} heartbeats, `remote` drops to 0 (a dead store
  * must not keep counting sessions that may have ended) and every checker resumes here; the
@@ -52,6 +60,7 @@ export class StateSync {
   readonly #o: StateSyncOptions;
   readonly #health: SharedHealth;
   readonly #registry: RegistrySync;
+  readonly #limits: LimitSync;
   readonly #logger: Logger;
   #timer: Timer | undefined;
   #round: Promise<void> | undefined;
@@ -82,6 +91,25 @@ export class StateSync {
     this.#registry = new RegistrySync(options.store, options.clock, (pool, backends) =>
       this.#logger.info({ pool: pool.name, backends }, 'registry discovery updated the pool'),
     );
+    this.#limits = new LimitSync({
+      store: options.store,
+      clock: options.clock,
+      logger: options.logger,
+      replicaId: options.replicaId,
+      ttlMs: STALE_HEARTBEATS * options.heartbeat,
+      limits: options.limits ?? (() => []),
+      ...(options.onCaps !== undefined ? { onCaps: options.onCaps } : {}),
+    });
+  }
+
+  /** Cluster-scoped limits: true while they are enforced on local shares (the store is out). */
+  get limitFallback(): boolean {
+    return this.#limits.fallback;
+  }
+
+  /** Every cluster-scoped limit with what this process may hold under it now. */
+  limitCaps(): Iterable<{ kind: string; name: string; cap: number }> {
+    return this.#limits.caps();
   }
 
   /** Health events for the pools' checkers and passive health (verdicts and ejections). */
@@ -96,6 +124,7 @@ export class StateSync {
     const now = this.#o.clock.now();
     this.#lastOk = now;
     this.#countsOk = now;
+    this.#limits.start();
     this.#schedule(0);
   }
 
@@ -104,6 +133,7 @@ export class StateSync {
     this.#stopped = true;
     this.#timer?.cancel();
     this.#timer = undefined;
+    this.#limits.stop();
     await this.#round;
     await this.#health.releaseAll();
   }
@@ -147,6 +177,7 @@ export class StateSync {
       this.#syncCounts(pools),
       this.#health.sync(pools),
       this.#registry.sync(pools.map((p) => p.pool)),
+      this.#limits.sync(),
     ]);
     const failed = steps.filter((s): s is PromiseRejectedResult => s.status === 'rejected');
     const now = this.#o.clock.now();

@@ -36,6 +36,11 @@ export interface MetricsSource {
   syncLagSeconds?(): number;
   /** Checked backends and whether this replica runs their active checks. */
   probers?(): Iterable<{ pool: string; backend: string; probing: boolean }>;
+  /**
+   * Cluster-scoped limits: whether they run on local shares (the store out), and what this
+   * process may hold under each now (absent: none).
+   */
+  limits?(): { fallback: boolean; caps: Iterable<{ kind: string; name: string; cap: number }> };
   /** The overload guard's state (absent: never overloaded). */
   overloaded?(): boolean;
   /** The splice relay's live sessions and pipes (absent: not loaded). */
@@ -230,6 +235,25 @@ export class Metrics {
         this.reset();
         for (const p of source.probers?.() ?? [])
           this.set({ pool: p.pool, backend: p.backend }, p.probing ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: 'sluice_limit_fallback',
+      help: '1 while cluster-scoped limits are enforced on local shares (limit / live replicas): the state store has not answered for 3 heartbeats',
+      registers: [r],
+      aggregator: 'max',
+      collect() {
+        this.set(source.limits?.().fallback === true ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: 'sluice_limit_cap',
+      help: 'Connections this process may hold now under each cluster-scoped limit (its grant, or its local share while falling back)',
+      labelNames: ['limit', 'name'],
+      registers: [r],
+      collect() {
+        this.reset();
+        for (const c of source.limits?.().caps ?? []) this.set({ limit: c.kind, name: c.name }, c.cap);
       },
     });
     new Gauge({

@@ -42,6 +42,15 @@ export class Backend implements Target {
   /** Has been ready at least once: only such a backend takes sessions in a pool's panic mode. */
   wasReady = false;
 
+  /**
+   * Under a cluster-scoped `max_connections_per_backend`: the most sessions this process may hold
+   * on the backend now, set by the state sync (its grant, or its local share while the store is
+   * out); 0 until the first grant.
+   */
+  clusterCap = 0;
+  /** Sessions and flows placed on this backend since start (the state sync sizes its holds on it). */
+  placed = 0;
+
   /** Told of every change of `load` (the pool's least-connections picker; see Target). */
   loadWatcher: LoadWatcher | undefined;
   #local = 0;

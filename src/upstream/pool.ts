@@ -116,6 +116,10 @@ export class Pool {
 
   /** Applies a new config for this pool (reload): algorithm, weights, static members. */
   update(cfg: PoolConfig): void {
+    // A cap becoming cluster-wide starts from no grant: whatever cap a backend held before is
+    // not covered by the store any more.
+    if (!clusterCapped(this.#cfg) && clusterCapped(cfg))
+      for (const b of this.#backends.values()) b.clusterCap = 0;
     this.#cfg = cfg;
     this.setMembers('config', configMembers(cfg));
     this.rebuild();
@@ -170,25 +174,35 @@ export class Pool {
   }
 
   /**
-   * Like `pick`, but skips backends at `max_connections_per_backend` (counted on this process):
-   * the picker's choice is kept when it has room, otherwise the picker is asked again with the
-   * full ones excluded, so each algorithm's own order decides who comes next (for hash
-   * algorithms, the next point on the ring or table: affinity yields to the cap, as with
-   * bounded load). At most one pick per ready backend.
+   * Like `pick`, but skips backends at `max_connections_per_backend`: the picker's choice is kept
+   * when it has room, otherwise the picker is asked again with the full ones excluded, so each
+   * algorithm's own order decides who comes next (for hash algorithms, the next point on the
+   * ring or table: affinity yields to the cap, as with bounded load). At most one pick per ready
+   * backend. The cap counts this process's sessions; under the cluster scope, against the share
+   * of the cap this process holds now (`backend.clusterCap`).
    */
   pickFree(ctx: PickContext, tried: ReadonlySet<Backend> | undefined): FreePick {
     const max = this.#cfg.max_connections_per_backend;
     const first = this.#picker.pick(ctx, tried);
-    if (max <= 0 || first === undefined || first.local < max) return first;
+    if (max <= 0 || first === undefined || this.#hasRoom(first, max)) return first;
     const skip = new Set(tried);
     skip.add(first);
     for (let i = 1; i < this.#members.size; i++) {
       const next = this.#picker.pick(ctx, skip);
       if (next === undefined) break;
-      if (next.local < max) return next;
+      if (this.#hasRoom(next, max)) return next;
       skip.add(next);
     }
     return 'full';
+  }
+
+  #hasRoom(b: Backend, max: number): boolean {
+    return b.local < (this.#cfg.max_connections_per_backend_scope === 'cluster' ? b.clusterCap : max);
+  }
+
+  /** Cluster-scoped caps were set (some may have grown): waiting sessions try again. */
+  capsChanged(): void {
+    if (this.#queue.size > 0) this.#queue.serve(true);
   }
 
   /** Sessions waiting for a slot. */
@@ -212,6 +226,7 @@ export class Pool {
     if (set === undefined) this.#holders.set(b, (set = new Set()));
     set.add(h);
     b.local++;
+    b.placed++;
   }
 
   release(b: Backend, h: Holder): void {
@@ -357,6 +372,11 @@ export class Pool {
     this.#drainTimers.get(b)?.cancel();
     this.#drainTimers.delete(b);
   }
+}
+
+/** The pool caps sessions per backend across the replicas. */
+export function clusterCapped(cfg: PoolConfig): boolean {
+  return cfg.max_connections_per_backend > 0 && cfg.max_connections_per_backend_scope === 'cluster';
 }
 
 /** Not ready because of its health, not an operator's word or a reload. */

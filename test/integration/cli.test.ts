@@ -109,6 +109,32 @@ pools:
     expect((await runCli(['validate', '-c', tempFile('allowed.yaml', allowed)])).code).toBe(0);
   });
 
+  it('checks the scope of cluster-wide limits: exit 78 on a udp listener, a warning with the memory store', async () => {
+    const udp = `listeners:
+  - { name: d, protocol: udp, bind: "127.0.0.1:0", pool: p, limits: { max_connections_scope: cluster } }
+pools: [{ name: p, health: { active: { type: none } }, backends: [{ address: "127.0.0.1:9" }] }]
+`;
+    const bad = await runCli(['validate', '-c', tempFile('udp-scope.yaml', udp)]);
+    expect(bad.code).toBe(78);
+    expect(bad.stderr).toContain(
+      '  listeners[0].limits.max_connections_scope: only for tcp listeners (udp.max_flows caps the flows of a udp listener)',
+    );
+    const memory = config('127.0.0.1:9').replace(
+      'pools: [{ name: p,',
+      'pools: [{ name: p, max_connections_per_backend: 30, max_connections_per_backend_scope: cluster,',
+    );
+    const warned = await runCli(['validate', '-c', tempFile('memory-scope.yaml', memory)]);
+    expect(warned.code).toBe(0);
+    expect(warned.stderr).toBe(
+      "sluice: warning: pools[0].max_connections_per_backend_scope: cluster with state.store: memory: no other replica shares the count, so the limit is this host's (split over its workers)\n",
+    );
+    const redis = `${memory}state: { store: redis }\n`;
+    expect(await runCli(['validate', '-c', tempFile('redis-scope.yaml', redis)])).toMatchObject({
+      code: 0,
+      stderr: '',
+    });
+  });
+
   it('refuses a token file that is not a token (/dev/zero) at once, with a one-line cause', async () => {
     const text = config('127.0.0.1:9').replace(
       'admin: { listen: "127.0.0.1:0" }',

@@ -3,7 +3,7 @@ import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } 
 import { MemoryStore } from '../../src/state/memory.js';
 import type { RedisConfig } from '../../src/state/redis-connect.js';
 import { RedisStore } from '../../src/state/redis.js';
-import type { StateStore } from '../../src/state/store.js';
+import type { LimitClaim, LimitRound, StateStore } from '../../src/state/store.js';
 import { backendKey } from '../../src/state/store.js';
 import { silentLogger } from '../../src/telemetry/logger.js';
 import type { RedisServer } from '../support/redis-server.js';
@@ -27,6 +27,19 @@ const lease = async (
   owner: string,
   ttlMs: number,
 ): Promise<boolean | undefined> => (await s.leaseMany([name], owner, ttlMs))[0];
+
+/** A claim on limit `key`; the hold defaults to the open count. */
+const claim = (key: string, limit: number, open: number, hold = open, renew = false): LimitClaim => ({
+  key,
+  limit,
+  open,
+  hold,
+  renew,
+});
+/** A round of claims that may grow, splitting over at least `hint` replicas. */
+const round = (hint: number, ttlMs = 5000, grow = true): LimitRound => ({ replicasHint: hint, grow, ttlMs });
+const LB = 'backend:ingress/10.0.1.5:8443';
+const LL = 'listener:https';
 
 /** The behaviour every StateStore promises, run against each implementation. */
 function contract(name: string, makePair: () => Promise<Pair>): void {
@@ -86,6 +99,162 @@ function contract(name: string, makePair: () => Promise<Pair>): void {
       await a.withdraw('r1');
       expect(await b.readCounts('x')).toEqual(map({ [K1]: 1 }));
       await a.withdraw('never-published');
+    });
+
+    it('grants limit claims within the limit: a fair share each, never below the hold', async () => {
+      // Alone, a replica's fair share is everything free.
+      expect(await a.claimLimits('r1', [claim(LB, 30, 0)], round(1))).toEqual({
+        replicas: 1,
+        lost: false,
+        grants: [{ grant: 30, share: 30 }],
+      });
+      // Two more join: r1 holds all 30, nothing is left to grant them.
+      expect(await b.claimLimits('r2', [claim(LB, 30, 0)], round(1))).toEqual({
+        replicas: 2,
+        lost: false,
+        grants: [{ grant: 0, share: 15 }],
+      });
+      expect((await b.claimLimits('r3', [claim(LB, 30, 0)], round(2))).grants).toEqual([
+        { grant: 0, share: 10 },
+      ]);
+      // r1 (5 open) keeps 5 + a third of the 25 free, the remainder's one going to the first id.
+      expect(await a.claimLimits('r1', [claim(LB, 30, 5)], round(3))).toEqual({
+        replicas: 3,
+        lost: false,
+        grants: [{ grant: 14, share: 9 }],
+      });
+      expect((await b.claimLimits('r2', [claim(LB, 30, 0)], round(3))).grants).toEqual([
+        { grant: 8, share: 8 },
+      ]);
+      expect((await b.claimLimits('r3', [claim(LB, 30, 0)], round(3))).grants).toEqual([
+        { grant: 8, share: 8 },
+      ]);
+      // 14 + 8 + 8: the whole limit, no more. A hold above the room is still granted: the
+      // replica may already hold that much.
+      expect((await b.claimLimits('r2', [claim(LB, 30, 3, 20)], round(3))).grants).toEqual([
+        { grant: 20, share: 7 },
+      ]);
+      // Keys are independent; a replica that only publishes counts is live too.
+      await a.publishCounts('c1', map({ [K1]: 1 }), 5000);
+      expect(await a.claimLimits('r1', [claim(LL, 8, 0), claim(LB, 30, 5)], round(3))).toEqual({
+        replicas: 4,
+        lost: false,
+        grants: [
+          { grant: 2, share: 2 },
+          { grant: 5, share: 6 },
+        ],
+      });
+    });
+
+    it('splits shares over at least the replicas the claimant saw last', async () => {
+      expect(await a.claimLimits('r1', [claim(LB, 30, 0)], round(3))).toEqual({
+        replicas: 1,
+        lost: false,
+        grants: [{ grant: 10, share: 10 }],
+      });
+    });
+
+    it('grants the hold when told not to grow, or for a TTL once a claim to renew was missing', async () => {
+      expect(await a.claimLimits('r1', [claim(LB, 30, 4, 7)], round(1, 5000, false))).toEqual({
+        replicas: 1,
+        lost: false,
+        grants: [{ grant: 7, share: 26 }],
+      });
+      // LB's claim is there, LL's is not (as after a restart of the store): r1 settles, every
+      // grant of its held at its hold for the TTL of this claim.
+      expect(
+        await a.claimLimits('r1', [claim(LB, 30, 4, 4, true), claim(LL, 10, 0, 3, true)], round(1, 300)),
+      ).toEqual({
+        replicas: 1,
+        lost: true,
+        grants: [
+          { grant: 4, share: 26 },
+          { grant: 3, share: 10 },
+        ],
+      });
+      expect(await b.claimLimits('r1', [claim(LL, 10, 0, 3, true)], round(1, 10_000))).toEqual({
+        replicas: 1,
+        lost: true,
+        grants: [{ grant: 3, share: 10 }],
+      });
+      await vi.waitFor(
+        async () =>
+          expect(await a.claimLimits('r1', [claim(LL, 10, 0, 3, true)], round(1, 10_000))).toEqual({
+            replicas: 1,
+            lost: false,
+            grants: [{ grant: 10, share: 10 }],
+          }),
+        { timeout: 3000, interval: 25 },
+      );
+    });
+
+    it('drops a claim not made again, across batches too', async () => {
+      const keys = Array.from({ length: 1203 }, (_, i) => `backend:bulk/10.9.${i >> 8}.${i & 255}:80`);
+      const all = (
+        await a.claimLimits(
+          'r1',
+          keys.map((k) => claim(k, 2, 0)),
+          round(1, 10_000),
+        )
+      ).grants;
+      expect(all.map((g) => g.grant)).toEqual(keys.map(() => 2));
+      const none = (
+        await b.claimLimits(
+          'r2',
+          keys.map((k) => claim(k, 2, 0)),
+          round(2, 10_000),
+        )
+      ).grants;
+      expect(none.map((g) => g.grant)).toEqual(keys.map(() => 0));
+      // r1 now claims only the first 700, holding both connections of each.
+      await a.claimLimits(
+        'r1',
+        keys.slice(0, 700).map((k) => claim(k, 2, 2)),
+        round(2, 10_000),
+      );
+      const after = (
+        await b.claimLimits(
+          'r2',
+          keys.map((k) => claim(k, 2, 0)),
+          round(2, 10_000),
+        )
+      ).grants;
+      expect(after.map((g) => g.grant)).toEqual(keys.map((_, i) => (i < 700 ? 0 : 1)));
+      expect(after.map((g) => g.share)).toEqual(keys.map((_, i) => (i < 700 ? 0 : 1)));
+      // An empty round drops every claim.
+      await a.claimLimits('r1', [], round(2, 10_000));
+      expect((await b.claimLimits('r2', [claim(keys[0]!, 2, 0)], round(2, 10_000))).grants).toEqual([
+        { grant: 1, share: 1 },
+      ]);
+    });
+
+    it('forgets the claims of a replica that does not claim again within the TTL, or withdraws', async () => {
+      await a.claimLimits('long', [claim(LB, 9, 0)], round(1, 10_000));
+      expect((await b.claimLimits('short', [claim(LB, 9, 6)], round(2, 300))).grants).toEqual([
+        { grant: 6, share: 1 },
+      ]);
+      // short was granted its hold though long held all 9; long now gets its share of the 3 left.
+      expect(await a.claimLimits('long', [claim(LB, 9, 0)], round(2, 10_000))).toEqual({
+        replicas: 2,
+        lost: false,
+        grants: [{ grant: 2, share: 2 }],
+      });
+      await vi.waitFor(
+        async () =>
+          expect(await a.claimLimits('long', [claim(LB, 9, 0)], round(1, 10_000))).toEqual({
+            replicas: 1,
+            lost: false,
+            grants: [{ grant: 9, share: 9 }],
+          }),
+        { timeout: 3000, interval: 25 },
+      );
+      await b.claimLimits('other', [claim(LB, 9, 0)], round(2, 10_000));
+      await b.withdraw('other');
+      expect(await a.claimLimits('long', [claim(LB, 9, 0)], round(1, 10_000))).toEqual({
+        replicas: 1,
+        lost: false,
+        grants: [{ grant: 9, share: 9 }],
+      });
     });
 
     it('gives a lease to one owner at a time and lets only the owner renew it', async () => {

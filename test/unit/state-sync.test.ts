@@ -3,7 +3,7 @@ import { parseConfigText } from '../../src/config/load.js';
 import { PoolSet } from '../../src/lifecycle/pool-set.js';
 import { MemoryStore } from '../../src/state/memory.js';
 import { StateSync } from '../../src/state/sync.js';
-import type { BackendFact, StateStore } from '../../src/state/store.js';
+import type { BackendFact, LimitAnswer, LimitClaim, LimitRound, StateStore } from '../../src/state/store.js';
 import { silentLogger } from '../../src/telemetry/logger.js';
 import { Metrics } from '../../src/telemetry/metrics.js';
 import type { Backend } from '../../src/upstream/backend.js';
@@ -52,6 +52,8 @@ class FlakyStore implements StateStore {
     this.#gate(() => this.inner.publishCounts(r, c, t));
   readCounts = (r: string): Promise<Map<string, number>> => this.#gate(() => this.inner.readCounts(r));
   withdraw = (r: string): Promise<void> => this.#gate(() => this.inner.withdraw(r));
+  claimLimits = (r: string, c: readonly LimitClaim[], round: LimitRound): Promise<LimitAnswer> =>
+    this.#gate(() => this.inner.claimLimits(r, c, round));
   leaseMany = (n: readonly string[], o: string, t: number): Promise<boolean[]> =>
     this.#gate(() => this.inner.leaseMany(n, o, t));
   release = (n: string, o: string): Promise<void> => this.#gate(() => this.inner.release(n, o));
