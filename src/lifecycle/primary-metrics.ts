@@ -17,6 +17,8 @@ export class PrimaryMetrics {
       labelNames: ['result'],
       registers: [r],
     });
+    // Both results exist from the start, so that increase() sees the first failed reload.
+    for (const result of ['success', 'failure']) this.reloads.inc({ result }, 0);
     this.restarts = new Counter({
       name: 'sluice_worker_restarts_total',
       help: 'Worker processes restarted after a crash',

@@ -84,7 +84,10 @@ export class Metrics {
 
   constructor(source: MetricsSource, opts: { defaultMetrics?: boolean } = {}) {
     const r = this.registry;
-    if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: r, prefix: 'sluice_' });
+    // The event-loop delay is sampled every 50 ms instead of prom-client's 10 ms, which would wake
+    // an idle sluice 100 times a second; a lag worth alerting on (tens of ms) still shows.
+    if (opts.defaultMetrics !== false)
+      collectDefaultMetrics({ register: r, prefix: 'sluice_', eventLoopMonitoringPrecision: 50 });
     const counter = <L extends string>(name: string, help: string, labelNames: readonly L[]): Counter<L> => {
       const tallies: Tally[] = [];
       const c = new Counter<L>({
@@ -117,6 +120,8 @@ export class Metrics {
     ]);
     this.bytes = counter('sluice_bytes_total', 'Bytes relayed', ['listener', 'direction']);
     this.configReloads = counter('sluice_config_reloads_total', 'Config reloads', ['result']);
+    // Both results exist from the start, so that increase() sees the first failed reload.
+    for (const result of ['success', 'failure']) this.configReloads.inc({ result }, 0);
     this.acceptErrors = counter('sluice_accept_errors_total', 'accept() failures such as EMFILE', [
       'listener',
       'code',

@@ -53,6 +53,10 @@ describe('hot reload', () => {
     const port = await freePort();
     const p = await spawnSluice(config(port, [a.address]));
     procs.push(p);
+    // Both results are exported from the start (at 0), so a rate over them sees the first one.
+    const first = await (await fetch(`${p.adminUrl}/metrics`)).text();
+    expect(first).toContain('sluice_config_reloads_total{result="success"} 0\n');
+    expect(first).toContain('sluice_config_reloads_total{result="failure"} 0\n');
     writeFileSync(p.configPath, config(port, [a.address, b.address]));
     p.kill('SIGHUP');
     await waitFor(async () => (await reloads(p, 'success')) === 1);
