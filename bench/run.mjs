@@ -14,10 +14,11 @@ import * as rss from './scenarios/rss.mjs';
 import * as udp from './scenarios/udp.mjs';
 import * as scaling from './scenarios/scaling.mjs';
 import * as backends from './scenarios/backends.mjs';
+import * as quic from './scenarios/quic.mjs';
 
 const loadavg = () => readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
 
-const SCENARIOS = [throughput, connrate, keepalive, rss, udp, scaling, backends];
+const SCENARIOS = [throughput, connrate, keepalive, rss, udp, scaling, backends, quic];
 
 const HELP = `usage: npm run bench -- [--only ${SCENARIOS.map((s) => s.id).join(',')}] [--reps N] [--no-write]
 

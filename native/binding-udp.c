@@ -17,12 +17,13 @@ napi_value js_udp_unlisten(napi_env env, napi_callback_info info) {
 }
 
 /*
- * udpFlow(listener, backendIp, backendPort, header?: Buffer, maxReplies = 0) => flow id, or -errno. Only while
- * JavaScript decides on a datagram from onDatagram: the flow is filed under that datagram's source.
+ * udpFlow(listener, backendIp, backendPort, header?: Buffer, maxReplies = 0, watchCids = false) => flow id,
+ * or -errno. Only while JavaScript decides on a datagram from onDatagram: the flow is filed under that
+ * datagram's source. With watchCids the flow reports its backend's QUIC server connection IDs.
  */
 napi_value js_udp_flow(napi_env env, napi_callback_info info) {
-  size_t argc = 5;
-  napi_value argv[5];
+  size_t argc = 6;
+  napi_value argv[6];
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   instance *in = get_instance(env);
   int32_t l, port, max_replies = 0;
@@ -68,6 +69,9 @@ napi_value js_udp_flow(napi_env env, napi_callback_info info) {
   f->max_payload = max_payload;
   if (argc > 4) CHECK(napi_get_value_int32(env, argv[4], &max_replies));
   f->max_replies = max_replies > 0 ? (uint32_t)max_replies : 0;
+  bool watch = false;
+  if (argc > 5) napi_get_value_bool(env, argv[5], &watch); /* not a boolean: off */
+  f->quic = watch;
   memcpy(&f->client, in->src, in->src_len);
   f->client_len = in->src_len;
   make_ukey(&f->key, l, in->src);

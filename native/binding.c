@@ -49,7 +49,7 @@ static double *float64_arg(napi_env env, napi_value v, size_t want, const char *
 }
 
 /* init(onBatch: (count, ...ips) => void, mail: Float64Array(MAIL_RECS × 8), stats: Float64Array(8),
- *      onDatagram: (listener, port, ip, payload) => void, onUdp: (flow, kind) => void) */
+ *      onDatagram: (listener, port, ip, payload) => void, onUdp: (flow, kind, data?: Buffer) => void) */
 static napi_value js_init(napi_env env, napi_callback_info info) {
   size_t argc = 5;
   napi_value argv[5];

@@ -24,7 +24,8 @@
  * the flow's PROXY v2 header in front when it has one) and replies back from the listener's
  * socket; a datagram from a new client goes to JavaScript, which runs its checks and creates the
  * flow (udpFlow) while the relay holds that datagram. Flows keep counters JavaScript reads for
- * expiry and metrics, and report refusals (ICMP port unreachable) and answers after them.
+ * expiry and metrics, and report refusals (ICMP port unreachable) and answers after them; a QUIC
+ * flow also reports each new Source Connection ID of its backend's long-header replies.
  *
  * A relay's life, driven from JavaScript through its handle (slot and generation in one number,
  * so a handle kept after its relay ended can never reach the relay that took the slot next):
@@ -168,8 +169,10 @@ typedef struct {
 /* ---- UDP types ---- */
 #define UDP_BATCH 32
 #define UDP_MAX (64 * 1024)
-/* What the UDP callback is told about a flow. */
-enum { UDP_REFUSED = 1, UDP_ANSWERED = 2 };
+/* What the UDP callback is told about a flow (UDP_SERVER_CID comes with the ID's octets). */
+enum { UDP_REFUSED = 1, UDP_ANSWERED = 2, UDP_SERVER_CID = 3 };
+/* Longest QUIC connection ID reported (QUIC v1 and v2 allow 20; longer ones are not learned). */
+#define QUIC_CID_MAX 20
 
 /* A flow's key: the listener and the client's address and port (padding zeroed). */
 typedef struct {
@@ -195,6 +198,11 @@ typedef struct {
    * datagram forwarded adds max_replies, each reply sent takes one, replies beyond are dropped. */
   uint32_t max_replies;
   uint64_t credits;
+  /* QUIC: report the Source Connection ID of the backend's long-header replies, each new one
+   * once (they appear during handshakes only); the last one reported. */
+  int quic;
+  uint8_t scid_len;
+  uint8_t scid[QUIC_CID_MAX];
 } udp_flow;
 
 /* Connections accepted per wake-up of one listening socket before yielding. */

@@ -12,6 +12,38 @@ static void call_udp_event(instance *in, int id, int kind) {
   invoke(in, in->on_udp, 2, ints, NULL, NULL, 0);
 }
 
+/*
+ * The Source Connection ID of a long-header QUIC packet (RFC 8999: first octet, version, DCID
+ * length and DCID, SCID length and SCID); its length, or -1 when `p` is not a long header that
+ * holds one of at most QUIC_CID_MAX octets.
+ */
+static int quic_scid(const uint8_t *p, size_t len, const uint8_t **scid) {
+  if (len < 7 || (p[0] & 0x80) == 0) return -1;
+  size_t at = 6 + (size_t)p[5]; /* the SCID length octet */
+  if (at >= len) return -1;
+  size_t n = p[at];
+  if (n == 0 || n > QUIC_CID_MAX || at + 1 + n > len) return -1;
+  *scid = p + at + 1;
+  return (int)n;
+}
+
+/* Reports the new server connection IDs among replies [0, n); 0, or -1 when the flow ended. */
+static int report_server_cids(instance *in, udp_flow *f, int n) {
+  int id = f->id;
+  uint32_t gen = in->flows.gens[id];
+  for (int i = 0; i < n; i++) {
+    const uint8_t *scid;
+    int len = quic_scid((const uint8_t *)in->riov[i].iov_base, in->rmsgs[i].msg_len, &scid);
+    if (len < 0 || (len == f->scid_len && memcmp(scid, f->scid, (size_t)len) == 0)) continue;
+    f->scid_len = (uint8_t)len;
+    memcpy(f->scid, scid, (size_t)len);
+    int ints[2] = {id, UDP_SERVER_CID};
+    invoke(in, in->on_udp, 2, ints, NULL, (const char *)scid, (size_t)len);
+    if (in->flows.items[id] != f || in->flows.gens[id] != gen) return -1;
+  }
+  return 0;
+}
+
 void make_ukey(ukey *k, int l, const struct sockaddr_storage *ss) {
   memset(k, 0, sizeof *k);
   k->listener = (uint16_t)l;
@@ -265,6 +297,8 @@ void on_udp_flow(instance *in, udp_flow *f) {
         break;
       }
     }
+    /* Long-header replies only: a short header costs one bit test per reply. */
+    if (f->quic && report_server_cids(in, f, got) < 0) return;
     if (!f->answered) {
       f->answered = 1;
       call_udp_event(in, id, UDP_ANSWERED);

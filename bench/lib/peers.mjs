@@ -253,6 +253,7 @@ export async function startSluice(
       pool: r.name,
       limits: { max_connections: 20000 },
       timeouts: { connect: '5s', idle: '120s' },
+      ...(r.quic !== undefined ? { quic: r.quic } : {}),
     })),
     pools: routes.map((r) => ({
       name: r.name,

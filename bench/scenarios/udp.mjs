@@ -12,10 +12,10 @@ import { ERRORS, table } from '../lib/report.mjs';
 import { bound, freePort, sleep } from '../lib/sys.mjs';
 import { cpuPer, measured, newSamples, rotate, startPeers, stopAll } from './common.mjs';
 
-const SECONDS = 4;
+export const SECONDS = 4;
 /** Offered loads of the zero-loss search, datagrams per second, and the length of each step. */
-const STEPS = [15_000, 30_000, 45_000, 60_000, 75_000, 90_000];
-const STEP_SECONDS = 2;
+export const STEPS = [15_000, 30_000, 45_000, 60_000, 75_000, 90_000];
+export const STEP_SECONDS = 2;
 
 export const id = 'udp';
 export const title = 'UDP datagrams per second (64-byte datagrams)';
@@ -26,12 +26,16 @@ const LABELS = ['direct', 'nginx', 'sluice', 'node-dgram', 'sluice-stream'];
 /**
  * One blast through `port`: datagrams sent and received, and as errors the blaster's failed sends.
  * Datagrams sent but never received are loss, not errors: the blaster overdrives on purpose (even
- * without a proxy the sink misses some), and the figure is what the sink received.
+ * without a proxy the sink misses some), and the figure is what the sink received. `shape`:
+ * blast.mjs's SHAPE (`quic`), or undefined for plain datagrams.
  */
-async function blast(sink, port, seconds, rate) {
+export async function blast(sink, port, seconds, rate, shape) {
   sink.send('?');
   const { count: c0 } = await sink.next();
-  const b = helper('blast.mjs', rate === undefined ? [port, seconds] : [port, seconds, rate]);
+  const args = [port, seconds];
+  if (rate !== undefined || shape !== undefined) args.push(rate ?? 0);
+  if (shape !== undefined) args.push(shape);
+  const b = helper('blast.mjs', args);
   const r = await b.next((seconds + 10) * 1000);
   await b.stop();
   await sleep(300); // datagrams still in the proxy's buffers
@@ -54,12 +58,12 @@ async function blast(sink, port, seconds, rate) {
  * A step gets a second try: on two shared, noisy cores one stall of the proxy's process loses
  * datagrams at any rate, and that is not the rate it can carry.
  */
-async function zeroLossRate(sink, port) {
+export async function zeroLossRate(sink, port, shape) {
   let best = 0;
   for (const rate of STEPS) {
     let clean;
     for (let attempt = 0; attempt < 2 && clean === undefined; attempt++) {
-      const r = await blast(sink, port, STEP_SECONDS, rate);
+      const r = await blast(sink, port, STEP_SECONDS, rate, shape);
       if (r.lost === 0 && r.errors === 0) clean = r.received / r.seconds;
       await sleep(200);
     }
@@ -70,7 +74,7 @@ async function zeroLossRate(sink, port) {
 }
 
 /** The figures of one blast: rates in thousands of datagrams per second, loss in % of those sent. */
-function figures(r) {
+export function figures(r) {
   return {
     kpps: r.received / r.seconds / 1000,
     sent: r.sent / r.seconds / 1000,

@@ -165,6 +165,26 @@ const udpSchema = z
   })
   .prefault({});
 
+/**
+ * QUIC-aware routing on a UDP listener: datagrams from a client address without a flow are
+ * routed by their QUIC Destination Connection ID (see src/listener/quic-router.ts).
+ */
+const quicSchema = z.strictObject({
+  /** On once the block is present; `false` keeps the settings and routes by address. */
+  enabled: z.boolean().default(true),
+  /** What a datagram no connection ID routes gets: a flow by client address, or nothing. */
+  unroutable: z.enum(['flow', 'drop']).default('flow'),
+  /** QUIC-LB plaintext server IDs in the connection IDs the backends choose (`backends[].server_id`). */
+  server_id: z
+    .strictObject({
+      /** Octets of server ID after the first octet of the connection ID. */
+      length: count(1, 15),
+      /** The first octet's top three bits in the backends' connection IDs (7 means unroutable). */
+      config_rotation: count(0, 6).default(0),
+    })
+    .optional(),
+});
+
 const listenerSchema = z.strictObject({
   name,
   protocol: z.enum(['tcp', 'udp']).default('tcp'),
@@ -176,11 +196,17 @@ const listenerSchema = z.strictObject({
   limits: limitsSchema,
   timeouts: timeoutsSchema,
   udp: udpSchema,
+  quic: quicSchema.optional(),
 });
 
 const backendSchema = z.strictObject({
   address: hostPort(false),
   weight: count(0, 256).default(1),
+  /** The QUIC-LB server ID this backend encodes in its connection IDs (hex, 1-15 octets). */
+  server_id: z
+    .string()
+    .regex(/^(?:[0-9A-Fa-f]{2}){1,15}$/, 'expected 1 to 15 octets in hex, such as c4605e')
+    .optional(),
 });
 
 const activeHealthSchema = z
@@ -278,6 +304,7 @@ export const configSchema = z.strictObject({
 
 export type Config = z.infer<typeof configSchema>;
 export type ListenerConfig = Config['listeners'][number];
+export type QuicConfig = NonNullable<ListenerConfig['quic']>;
 export type PoolConfig = Config['pools'][number];
 export type BackendConfig = PoolConfig['backends'][number];
 export type ActiveHealthConfig = PoolConfig['health']['active'];

@@ -6,6 +6,7 @@ import { formatHostPort } from './values.js';
 import { isIP } from 'node:net';
 import { probeSettingsProblem } from './probe-settings.js';
 import { isLoopbackHost } from '../util/cidr.js';
+import { quicProblems } from './quic-check.js';
 
 /** One problem in a config file, named by its key path, e.g. `listeners[0].bind`. */
 export interface ConfigProblem {
@@ -155,6 +156,7 @@ function crossCheck(cfg: Config): ConfigProblem[] {
   });
   if (cfg.state.store === 'redis' && cfg.state.redis.sentinels && !cfg.state.redis.name)
     problems.push({ path: 'state.redis.name', message: 'required with sentinels' });
+  problems.push(...quicProblems(cfg));
   const admin = adminProblem(cfg.admin);
   if (admin !== undefined) problems.push(admin);
   return problems;

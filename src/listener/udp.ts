@@ -17,6 +17,7 @@ import type { DatagramOwner, SpliceRelay } from '../relay/binding.js';
 import { errnoName } from '../util/errno.js';
 import { datagramFd } from '../relay/node-handle.js';
 import { flowHeader, listenerSocket, ownAddresses, tuneBuffers } from './udp-socket.js';
+import { QuicRouter, type QuicRoute } from './quic-router.js';
 
 /** Source ports below this are refused when `udp.drop_privileged_sources` is on. */
 const FIRST_UNPRIVILEGED_PORT = 1024;
@@ -74,6 +75,8 @@ export class UdpListener implements Listener, FlowHost, DatagramOwner {
   #last: Flow | undefined;
   /** The splice relay reading this socket (recvmmsg) and forwarding known flows; see listen(). */
   native: { readonly relay: SpliceRelay; readonly id: number } | undefined;
+  /** Routing by QUIC connection ID (`quic`); kept once made, so a reload that turns it off still files out live flows. */
+  #quic: QuicRouter | undefined;
 
   constructor(cfg: ListenerConfig, deps: ListenerDeps) {
     this.name = cfg.name;
@@ -104,6 +107,7 @@ export class UdpListener implements Listener, FlowHost, DatagramOwner {
       this.#onMessage(msg, rinfo.address, rinfo.port),
     );
     this.#warnV1(cfg.pool);
+    this.#updateQuic(cfg);
   }
 
   get config(): ListenerConfig {
@@ -162,6 +166,13 @@ export class UdpListener implements Listener, FlowHost, DatagramOwner {
     this.#admission = new Admission(cfg);
     this.#table.idleMs = cfg.udp.flow_idle;
     this.#warnV1(cfg.pool);
+    this.#updateQuic(cfg);
+  }
+
+  #updateQuic(cfg: ListenerConfig): void {
+    if (cfg.quic === undefined) this.#quic?.update({ enabled: false, unroutable: 'flow' });
+    else if (this.#quic !== undefined) this.#quic.update(cfg.quic);
+    else if (cfg.quic.enabled) this.#quic = new QuicRouter(cfg.name, cfg.quic, this.#deps.metrics);
   }
 
   closeAll(reason: 'shutdown'): void {
@@ -228,7 +239,12 @@ export class UdpListener implements Listener, FlowHost, DatagramOwner {
     this.#table.delete(flow);
     flow.pool.release(flow.backend, flow);
     if (this.#deps.accessLog) this.#accessLine(flow, reason);
+    this.#quic?.detach(flow);
     if (this.#closing && this.#table.size === 0) this.#closeSocket();
+  }
+
+  serverCid(flow: Flow, bytes: Uint8Array, offset: number, length: number): void {
+    this.#quic?.learn(flow, bytes, offset, length);
   }
 
   // ---- datagram path ----
@@ -250,14 +266,17 @@ export class UdpListener implements Listener, FlowHost, DatagramOwner {
       return;
     }
     const key = `${address}:${port}`;
-    const flow = this.#table.get(key) ?? this.#newFlow(key, address, port);
+    const flow = this.#table.get(key) ?? this.#newFlow(key, address, port, msg);
     if (flow === undefined) return;
     this.#last = flow;
     flow.fromClient(msg);
   }
 
-  /** Admits a new client: ACL, flow cap, a pick, then a flow with its upstream socket. */
-  #newFlow(key: string, address: string, port: number): Flow | undefined {
+  /**
+   * Admits a new client: ACL, flow cap, a pick (on a QUIC listener, by the datagram's
+   * connection ID first), then a flow with its upstream socket.
+   */
+  #newFlow(key: string, address: string, port: number, msg: Buffer): Flow | undefined {
     if (this.#closing) {
       this.drop('closing');
       return undefined;
@@ -268,8 +287,15 @@ export class UdpListener implements Listener, FlowHost, DatagramOwner {
     if (!this.allowed(ip)) return void this.#counters.acl.inc();
     if (this.#table.size >= this.#cfg.udp.max_flows) return void this.#counters.flowLimit.inc();
     const pool = this.#deps.pool(this.#cfg.pool);
-    const backend = pool?.pick({ clientIp: ip, clientPort: port, sni: undefined }, undefined);
-    if (pool === undefined || backend === undefined) return void this.#counters.noBackend.inc();
+    if (pool === undefined) return void this.#counters.noBackend.inc();
+    const quic = this.#quic?.enabled === true ? this.#quic : undefined;
+    const route: QuicRoute | undefined = quic?.route(msg, pool, ip, port);
+    if (route?.kind === 'drop') return undefined;
+    const backend =
+      route?.kind === 'backend'
+        ? route.backend
+        : pool.pick({ clientIp: ip, clientPort: port, sni: undefined }, undefined);
+    if (backend === undefined) return void this.#counters.noBackend.inc();
     if (this.#isSelf(backend)) return void this.#counters.loop.inc();
     try {
       const flow = new Flow(
@@ -280,10 +306,12 @@ export class UdpListener implements Listener, FlowHost, DatagramOwner {
         backend,
         this.#header(pool, ip, port),
         this.#cfg.udp.max_replies_per_datagram,
+        route?.kind === 'backend',
       );
       this.#table.add(flow);
       pool.acquire(backend, flow);
       this.#counters.flowsCreated.inc();
+      quic?.attach(flow, route);
       flow.start();
       return flow;
     } catch (err) {
@@ -318,8 +346,10 @@ export class UdpListener implements Listener, FlowHost, DatagramOwner {
   }
 
   #accessLine(flow: Flow, reason: string): void {
+    const quic = this.#quic?.describe(flow);
     this.#access.info(
       {
+        ...(quic !== undefined ? { route: quic.route, cid: quic.cid } : {}),
         pool: flow.pool.name,
         client: formatHostPort(flow.clientIp, flow.clientPort),
         backend: flow.backend.address,

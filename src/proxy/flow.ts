@@ -14,8 +14,10 @@ import {
   UDP_DROPS_FULL,
   UDP_DROPS_SIZE,
   UDP_REFUSED,
+  UDP_SERVER_CID,
 } from '../relay/binding.js';
 import type { Holder, Pool } from '../upstream/pool.js';
+import { longHeaderScid, QUIC_LONG_HEADER_BIT } from '../protocol/quic.js';
 
 /**
  * Why a UDP flow ended; printed as `reason` in its access-log line.
@@ -63,6 +65,11 @@ export interface FlowHost {
   passive(flow: Flow, ok: boolean): void;
   /** The flow has ended; called exactly once. */
   closed(flow: Flow, reason: string): void;
+  /**
+   * QUIC flows only: the backend sent a long-header packet whose Source Connection ID is
+   * bytes[offset, offset + length) (a connection ID it chose; see QuicRouter.learn).
+   */
+  serverCid?(flow: Flow, bytes: Uint8Array, offset: number, length: number): void;
 }
 
 const enum State {
@@ -115,10 +122,13 @@ export class Flow implements Holder, UdpFlowOwner {
   #state = State.Connecting;
   #refusals = 0;
   #answered = false;
+  /** QUIC: report the Source Connection IDs of the backend's long-header replies. */
+  readonly #watchCids: boolean;
 
   /**
    * @param header PROXY v2 header sent before every payload, in the same datagram; undefined for none.
    * @param maxReplies reply datagrams allowed per datagram from the client; 0 for no cap.
+   * @param watchCids tell the host the Source Connection ID of each long-header QUIC reply.
    */
   constructor(
     host: FlowHost,
@@ -128,8 +138,10 @@ export class Flow implements Holder, UdpFlowOwner {
     backend: Backend,
     header: Buffer | undefined,
     maxReplies = 0,
+    watchCids = false,
   ) {
     this.#host = host;
+    this.#watchCids = watchCids;
     this.#maxReplies = maxReplies;
     this.key = key;
     this.replyAddress = client.replyAddress;
@@ -153,7 +165,15 @@ export class Flow implements Holder, UdpFlowOwner {
     const native = this.#host.native;
     if (native !== undefined && isIP(this.backend.host) !== 0) {
       const { host, port } = this.backend;
-      const id = native.relay.udpFlow(this, native.id, host, port, this.#header, this.#maxReplies);
+      const id = native.relay.udpFlow(
+        this,
+        native.id,
+        host,
+        port,
+        this.#header,
+        this.#maxReplies,
+        this.#watchCids,
+      );
       if (id < 0) {
         this.#connectFailed(errnoName(-id));
       } else {
@@ -174,10 +194,12 @@ export class Flow implements Holder, UdpFlowOwner {
     }
   }
 
-  /** @internal The splice relay reports on this flow. */
-  udpEvent(kind: number): void {
+  /** @internal The splice relay reports on this flow (UDP_SERVER_CID: `data` holds the ID). */
+  udpEvent(kind: number, data?: Buffer): void {
     if (this.#state !== State.Open) return;
-    if (kind === UDP_REFUSED) {
+    if (kind === UDP_SERVER_CID) {
+      if (data !== undefined) this.#host.serverCid?.(this, data, 0, data.length);
+    } else if (kind === UDP_REFUSED) {
       this.#host.drop('econnrefused');
       this.#refused();
     } else if (kind === UDP_ANSWERED) {
@@ -327,6 +349,11 @@ export class Flow implements Holder, UdpFlowOwner {
       // One success per answering streak is enough for passive health; not one per datagram.
       this.#answered = true;
       this.#host.passive(this, true);
+    }
+    // Long headers come from a backend during handshakes only: one bit test per reply otherwise.
+    if (this.#watchCids && msg.length > 0 && (msg[0]! & QUIC_LONG_HEADER_BIT) !== 0) {
+      const at = longHeaderScid(msg);
+      if (at !== undefined) this.#host.serverCid?.(this, msg, at[0], at[1]);
     }
     if (this.#maxReplies > 0) {
       // More replies than the client's datagrams allow: a backend (or a spoofed source's

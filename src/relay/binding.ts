@@ -18,11 +18,18 @@ interface Addon {
     mail: Float64Array,
     stats: Float64Array,
     onDatagram: (id: number, port: number, ip: string, payload: Buffer) => void,
-    onUdp: (flow: number, kind: number) => void,
+    onUdp: (flow: number, kind: number, data?: Buffer) => void,
   ): void;
   udpListen(fd: number): number;
   udpUnlisten(id: number): void;
-  udpFlow(listener: number, ip: string, port: number, header: Buffer | undefined, maxReplies: number): number;
+  udpFlow(
+    listener: number,
+    ip: string,
+    port: number,
+    header: Buffer | undefined,
+    maxReplies: number,
+    watchCids: boolean,
+  ): number;
   udpSend(flow: number, payload: Buffer): number;
   udpInfo(flow: number): boolean;
   udpClose(flow: number): void;
@@ -72,6 +79,11 @@ export const UDP_DROPS_AMPLIFICATION = 6;
 /** A flow's backend refused (ICMP port unreachable), or answered again after refusals. */
 export const UDP_REFUSED = 1;
 export const UDP_ANSWERED = 2;
+/**
+ * A QUIC flow's backend sent a long-header packet with a Source Connection ID unlike the last
+ * one reported (the ID's octets come with it): handshakes and Retry only.
+ */
+export const UDP_SERVER_CID = 3;
 
 /** A relay's state (info()): ended, connecting, connected and waiting for attach(), relaying. */
 export const RELAY_GONE = 0;
@@ -125,7 +137,7 @@ export interface DatagramOwner {
 
 /** A UDP flow the relay forwards. */
 export interface UdpFlowOwner {
-  udpEvent(kind: number): void;
+  udpEvent(kind: number, data?: Buffer): void;
 }
 
 /** Handles are generation × HANDLE_SLOTS + slot (see native/relay.h). */
@@ -186,8 +198,8 @@ function onDatagram(id: number, port: number, ip: string, payload: Buffer): void
   datagramOwners[id]?.datagram(ip, port, payload);
 }
 
-function onUdp(flow: number, kind: number): void {
-  flowOwners[flow]?.udpEvent(kind);
+function onUdp(flow: number, kind: number, data?: Buffer): void {
+  flowOwners[flow]?.udpEvent(kind, data);
 }
 
 const EINVAL = 22;
@@ -261,7 +273,9 @@ export class SpliceRelay {
   /**
    * A flow for the client whose datagram owner.datagram() is deciding on, through a socket
    * connected to ip:port; `header` goes before every payload; at most `maxReplies` replies per
-   * datagram from the client (0: no cap). The flow id, or -errno.
+   * datagram from the client (0: no cap). With `watchCids` the relay reports the Source
+   * Connection ID of the backend's long-header QUIC replies (UDP_SERVER_CID). The flow id, or
+   * -errno.
    */
   udpFlow(
     owner: UdpFlowOwner,
@@ -270,8 +284,9 @@ export class SpliceRelay {
     port: number,
     header: Buffer | undefined,
     maxReplies = 0,
+    watchCids = false,
   ): number {
-    const id = this.#addon.udpFlow(listener, ip, port, header, maxReplies);
+    const id = this.#addon.udpFlow(listener, ip, port, header, maxReplies, watchCids);
     if (id >= 0) flowOwners[id] = owner;
     return id;
   }

@@ -66,6 +66,9 @@ export class Metrics {
   readonly proxyTlvsDropped: Counter<'pool'>;
   readonly udpDatagrams: Counter<'listener' | 'direction'>;
   readonly udpDrops: Counter<'listener' | 'reason'>;
+  readonly quicFlows: Counter<'listener' | 'method'>;
+  readonly quicMigrations: Counter<'listener'>;
+  readonly quicUnroutable: Counter<'listener' | 'reason'>;
   readonly discoveryErrors: Counter<'pool' | 'code'>;
   readonly proxyProtocolErrors: Counter<'listener' | 'reason'>;
   readonly stateSyncFailures: Counter;
@@ -174,6 +177,21 @@ export class Metrics {
       ['listener'],
     );
     this.udpDrops = counter('sluice_udp_dropped_total', 'UDP datagrams dropped', ['listener', 'reason']);
+    this.quicFlows = counter(
+      'sluice_udp_quic_flows_total',
+      'Flows of QUIC listeners, by how they were routed (dcid-hash, server-id, known-cid, address)',
+      ['listener', 'method'],
+    );
+    this.quicMigrations = counter(
+      'sluice_udp_quic_migrations_total',
+      'Short-header QUIC packets from a new client address that a connection ID routed (migration, NAT rebinding)',
+      ['listener'],
+    );
+    this.quicUnroutable = counter(
+      'sluice_udp_quic_unroutable_total',
+      'Datagrams from a new client address that no QUIC connection ID routed (not_quic, unknown_cid, version_negotiation)',
+      ['listener', 'reason'],
+    );
     this.poolPanic = new Gauge({
       name: 'sluice_pool_panic',
       help: '1 while too few backends of the pool are ready and it balances over all of them (health.panic_threshold)',

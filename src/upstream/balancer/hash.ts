@@ -106,6 +106,13 @@ export function murmur3(s: string, seed = 0): number {
   return end();
 }
 
+/** MurmurHash3 x86 32-bit of bytes[start, stop): the same value in every process and platform. */
+export function murmur3Bytes(bytes: Uint8Array, start: number, stop: number, seed = 0): number {
+  begin(seed);
+  for (let i = start; i < stop; i++) pushByte(bytes[i] ?? 0);
+  return end();
+}
+
 /** `murmur3(`${address}#${index}`)` without building the string: a ring-hash point. */
 export function hashPoint(address: string, index: number, seed = 0): number {
   begin(seed);
@@ -164,9 +171,11 @@ export function hashKey(ctx: PickContext, key: HashKey): string {
 
 /**
  * `murmur3(hashKey(ctx, key), seed)`, computed from the context's fields directly: no string is
- * built, nothing is allocated. Deterministic across processes and platforms.
+ * built, nothing is allocated. Deterministic across processes and platforms. A context that
+ * carries its own `hash` (a QUIC connection ID's) is routed by that instead.
  */
 export function hashContext(ctx: PickContext, key: HashKey, seed = 0): number {
+  if (ctx.hash !== undefined) return ctx.hash >>> 0;
   begin(seed);
   if (usesSni(ctx, key)) {
     pushString(ctx.sni, 0, true);

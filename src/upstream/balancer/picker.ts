@@ -25,6 +25,12 @@ export interface PickContext {
   readonly clientIp: string;
   readonly clientPort: number;
   readonly sni: string | undefined;
+  /**
+   * A key hash that the hashing algorithms (maglev, ring-hash) use instead of hashing
+   * `hash_key`: a QUIC listener passes the hash of the Destination Connection ID here
+   * ({@link murmur3Bytes}). Other algorithms ignore it.
+   */
+  readonly hash?: number;
 }
 
 export type HashKey = 'source-ip' | 'source-ip-port' | 'sni';
