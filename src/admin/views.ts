@@ -30,18 +30,28 @@ export function poolJson(p: Pool, now: number): PoolJson {
   };
 }
 
-/** Every backend's sample for the sluice_backend_up and sluice_backend_connections gauges. */
+/** Every backend's sample for the sluice_backend_up, _state and _connections gauges. */
 export function* backendSamples(
   pools: Iterable<Pool>,
   now: number,
-): Iterable<{ pool: string; address: string; up: boolean; local: number; remote: number }> {
+): Iterable<{
+  pool: string;
+  address: string;
+  up: boolean;
+  readiness: string;
+  local: number;
+  remote: number;
+}> {
   for (const p of pools)
-    for (const b of p.backends())
+    for (const b of p.backends()) {
+      const readiness = b.readiness(now);
       yield {
         pool: p.name,
         address: b.address,
-        up: b.readiness(now) === 'ready',
+        up: readiness === 'ready',
+        readiness,
         local: b.local,
         remote: b.remote,
       };
+    }
 }

@@ -142,11 +142,12 @@ export interface WorkerAnswer {
 
 /**
  * Aggregators that differ from prom-client's default (sum). A backend is up for the host only
- * if every worker would send to it; the store is up only if every worker reaches it; reloads
+ * if every worker would send to it, and shows every state some worker sees it in; the store is up only if every worker reaches it; reloads
  * are counted once, by the primary (which owns `names`), not once per worker.
  */
 const AGGREGATOR: Readonly<Record<string, string>> = {
   sluice_backend_up: 'min',
+  sluice_backend_state: 'max',
   sluice_state_store_up: 'min',
 };
 

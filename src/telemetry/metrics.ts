@@ -29,7 +29,15 @@ export class Tally {
 
 /** Read at scrape time: the live numbers are never pushed on the connection path. */
 export interface MetricsSource {
-  backends(): Iterable<{ pool: string; address: string; up: boolean; local: number; remote: number }>;
+  backends(): Iterable<{
+    pool: string;
+    address: string;
+    up: boolean;
+    /** Why it takes new sessions or not (Backend.readiness): ready, unhealthy, ejected, … */
+    readiness: string;
+    local: number;
+    remote: number;
+  }>;
   udpFlows(): Iterable<{ listener: string; flows: number }>;
   storeUp(): boolean;
   /** Seconds since the last successful state sync (absent: no sync running). */
@@ -208,6 +216,17 @@ export class Metrics {
       collect() {
         this.reset();
         for (const b of source.backends()) this.set({ pool: b.pool, backend: b.address }, b.up ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: 'sluice_backend_state',
+      help: 'Why a backend takes new sessions or not: 1 on its current state (ready, unhealthy, ejected, draining, disabled, zero-weight, removed)',
+      labelNames: ['pool', 'backend', 'state'],
+      registers: [r],
+      collect() {
+        this.reset();
+        for (const b of source.backends())
+          this.set({ pool: b.pool, backend: b.address, state: b.readiness }, 1);
       },
     });
     new Gauge({

@@ -227,6 +227,9 @@ async function exercise(gone: number): Promise<void> {
     'a backend down',
   );
   expect(await metric('sluice_backend_up', down)).toBe(0);
+  // Why it is down: one state at 1, the others absent.
+  expect(await metric('sluice_backend_state', { ...down, state: 'unhealthy' })).toBe(1);
+  expect(await metric('sluice_backend_state', { ...down, state: 'ready' })).toBe(0);
   const first = await connect(port('web'));
   first.on('error', () => undefined);
   held.push(first);
