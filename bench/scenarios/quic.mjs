@@ -4,11 +4,10 @@
 // same run. Routing by connection ID decides a flow's backend once, on the first datagram of a
 // client address; what follows is the plain flow path, so the target is sluice's own plain rate.
 import { helper, startNginxStream, startSluice } from '../lib/peers.mjs';
-import { withCpu } from '../lib/load.mjs';
-import { ERRORS, table } from '../lib/report.mjs';
+import { table } from '../lib/report.mjs';
 import { freePort, sleep } from '../lib/sys.mjs';
-import { measured, newSamples, rotate, startPeers, stopAll } from './common.mjs';
-import { SECONDS, STEPS, STEP_SECONDS, blast, figures, zeroLossRate } from './udp.mjs';
+import { newSamples, rotate, startPeers, stopAll } from './common.mjs';
+import { SECONDS, STEPS, STEP_SECONDS, UDP_METRICS, measureUdp } from './udp.mjs';
 
 export const id = 'quic';
 export const title = 'QUIC-aware UDP: datagrams per second (64-byte QUIC packets)';
@@ -34,33 +33,15 @@ export async function run({ dir, reps }) {
   try {
     for (let rep = 0; rep < reps; rep++) {
       for (const p of rotate(peers, rep)) {
-        const r = await withCpu(p.pid, () => blast(sink, p.port.udp, SECONDS, undefined, SHAPE));
-        await sleep(500);
-        const values = { ...figures(r), clean: (await zeroLossRate(sink, p.port.udp, SHAPE)) / 1000 };
-        measured(s, rep, p.label, 'udp', r, values, {
-          kpps: values.kpps,
-          sent_kpps: values.sent,
-          lost: r.lost,
-          lost_pct: values.lost,
-          zero_loss_kpps: values.clean,
-          cpu_s_per_M: values.cpu,
-        });
+        await measureUdp(s, rep, p, sink, SHAPE);
         await sleep(500);
       }
     }
   } finally {
     await stopAll([...peers, sink]);
   }
-  const metrics = [
-    { key: 'kpps', label: 'received kpps, saturated', digits: 1 },
-    { key: 'sent', label: 'sent kpps', digits: 1, ratio: false },
-    { key: 'lost', label: 'lost %', digits: 1, ratio: false },
-    { key: 'clean', label: 'zero-loss kpps', digits: 1 },
-    { key: 'cpu', label: 'CPU-s/M datagrams', digits: 2 },
-    ERRORS,
-  ];
   return [
-    table(s, LABELS, metrics, [
+    table(s, LABELS, UDP_METRICS, [
       { num: 'sluice-quic', den: 'sluice' },
       { num: 'sluice-quic', den: 'nginx' },
       { num: 'sluice-quic-stream', den: 'sluice-stream' },

@@ -83,6 +83,34 @@ export function figures(r) {
   };
 }
 
+/** The columns of a UDP table: saturated and zero-loss rates, loss, CPU, errors. */
+export const UDP_METRICS = [
+  { key: 'kpps', label: 'received kpps, saturated', digits: 1 },
+  { key: 'sent', label: 'sent kpps', digits: 1, ratio: false },
+  { key: 'lost', label: 'lost %', digits: 1, ratio: false },
+  { key: 'clean', label: 'zero-loss kpps', digits: 1 },
+  { key: 'cpu', label: 'CPU-s/M datagrams', digits: 2 },
+  ERRORS,
+];
+
+/**
+ * One saturated run and one zero-loss search through peer `p`'s UDP port, recorded under its
+ * label; `shape` as for blast(). Shared with the quic scenario.
+ */
+export async function measureUdp(s, rep, p, sink, shape = undefined) {
+  const r = await withCpu(p.pid, () => blast(sink, p.port.udp, SECONDS, undefined, shape));
+  await sleep(500);
+  const values = { ...figures(r), clean: (await zeroLossRate(sink, p.port.udp, shape)) / 1000 };
+  measured(s, rep, p.label, 'udp', r, values, {
+    kpps: values.kpps,
+    sent_kpps: values.sent,
+    lost: r.lost,
+    lost_pct: values.lost,
+    zero_loss_kpps: values.clean,
+    cpu_s_per_M: values.cpu,
+  });
+}
+
 export async function run({ dir, reps }) {
   const s = newSamples();
   const sinkPort = await freePort();
@@ -114,33 +142,15 @@ export async function run({ dir, reps }) {
   try {
     for (let rep = 0; rep < reps; rep++) {
       for (const p of rotate(peers, rep)) {
-        const r = await withCpu(p.pid, () => blast(sink, p.port.udp, SECONDS));
-        await sleep(500);
-        const values = { ...figures(r), clean: (await zeroLossRate(sink, p.port.udp)) / 1000 };
-        measured(s, rep, p.label, 'udp', r, values, {
-          kpps: values.kpps,
-          sent_kpps: values.sent,
-          lost: r.lost,
-          lost_pct: values.lost,
-          zero_loss_kpps: values.clean,
-          cpu_s_per_M: values.cpu,
-        });
+        await measureUdp(s, rep, p, sink);
         await sleep(500);
       }
     }
   } finally {
     await stopAll([...peers, sink]);
   }
-  const metrics = [
-    { key: 'kpps', label: 'received kpps, saturated', digits: 1 },
-    { key: 'sent', label: 'sent kpps', digits: 1, ratio: false },
-    { key: 'lost', label: 'lost %', digits: 1, ratio: false },
-    { key: 'clean', label: 'zero-loss kpps', digits: 1 },
-    { key: 'cpu', label: 'CPU-s/M datagrams', digits: 2 },
-    ERRORS,
-  ];
   return [
-    table(s, LABELS, metrics, [
+    table(s, LABELS, UDP_METRICS, [
       { num: 'sluice', den: 'nginx' },
       { num: 'sluice-stream', den: 'node-dgram' },
     ]),

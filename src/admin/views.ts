@@ -1,3 +1,4 @@
+import type { BackendSample } from '../telemetry/metrics.js';
 import type { Backend } from '../upstream/backend.js';
 import type { Pool } from '../upstream/pool.js';
 import type { BackendJson, PoolJson } from './api.js';
@@ -31,17 +32,7 @@ export function poolJson(p: Pool, now: number): PoolJson {
 }
 
 /** Every backend's sample for the sluice_backend_up, _state and _connections gauges. */
-export function* backendSamples(
-  pools: Iterable<Pool>,
-  now: number,
-): Iterable<{
-  pool: string;
-  address: string;
-  up: boolean;
-  readiness: string;
-  local: number;
-  remote: number;
-}> {
+export function* backendSamples(pools: Iterable<Pool>, now: number): Iterable<BackendSample> {
   for (const p of pools)
     for (const b of p.backends()) {
       const readiness = b.readiness(now);

@@ -27,17 +27,20 @@ export class Tally {
   }
 }
 
+/** One backend as the backend gauges see it. */
+export interface BackendSample {
+  pool: string;
+  address: string;
+  up: boolean;
+  /** Why it takes new sessions or not (Backend.readiness): ready, unhealthy, ejected, … */
+  readiness: string;
+  local: number;
+  remote: number;
+}
+
 /** Read at scrape time: the live numbers are never pushed on the connection path. */
 export interface MetricsSource {
-  backends(): Iterable<{
-    pool: string;
-    address: string;
-    up: boolean;
-    /** Why it takes new sessions or not (Backend.readiness): ready, unhealthy, ejected, … */
-    readiness: string;
-    local: number;
-    remote: number;
-  }>;
+  backends(): Iterable<BackendSample>;
   udpFlows(): Iterable<{ listener: string; flows: number }>;
   storeUp(): boolean;
   /** Seconds since the last successful state sync (absent: no sync running). */

@@ -2,6 +2,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, realpathSync, symlinkSync, writeFileSync } from 'node:fs';
 import { delimiter, dirname, join } from 'node:path';
+import { collectJsonLines } from './process.js';
 
 /**
  * Runs commands as on a server without Node.js: no `node` can be found or executed, so whatever
@@ -105,23 +106,9 @@ export function spawnLogged(file: string, args: readonly string[], env: NodeJS.P
   const child = spawn(file, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
   const logs: Record<string, unknown>[] = [];
   const waiters = new Set<() => void>();
-  let buf = '';
   let err = '';
   child.stderr.on('data', (c: Buffer) => (err += c.toString()));
-  child.stdout.on('data', (c: Buffer) => {
-    buf += c.toString();
-    let nl;
-    while ((nl = buf.indexOf('\n')) >= 0) {
-      const line = buf.slice(0, nl);
-      buf = buf.slice(nl + 1);
-      try {
-        logs.push(JSON.parse(line) as Record<string, unknown>);
-      } catch {
-        // not a log line
-      }
-    }
-    for (const w of waiters) w();
-  });
+  collectJsonLines(child.stdout, logs, () => waiters.forEach((w) => w()));
   const exited = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
   return {
     child,

@@ -3,7 +3,30 @@ import type { ChildProcess } from 'node:child_process';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import type { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
+
+/**
+ * Collects the JSON lines a child writes on `out` into `logs` (other lines are skipped), calling
+ * `onLine` after each.
+ */
+export function collectJsonLines(out: Readable, logs: Record<string, unknown>[], onLine: () => void): void {
+  let buf = '';
+  out.on('data', (c: Buffer) => {
+    buf += c.toString();
+    let nl;
+    while ((nl = buf.indexOf('\n')) >= 0) {
+      const line = buf.slice(0, nl);
+      buf = buf.slice(nl + 1);
+      try {
+        logs.push(JSON.parse(line) as Record<string, unknown>);
+      } catch {
+        // not a log line
+      }
+      onLine();
+    }
+  });
+}
 
 export const SLUICE = fileURLToPath(new URL('../../bin/sluice', import.meta.url));
 
@@ -70,23 +93,9 @@ export async function spawnSluice(
   const child = spawn(argv[0] ?? process.execPath, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
   const logs: Record<string, unknown>[] = [];
   const waiters = new Set<() => void>();
-  let buf = '';
   let stderr = '';
   child.stderr?.on('data', (c: Buffer) => (stderr += c.toString()));
-  child.stdout?.on('data', (c: Buffer) => {
-    buf += c.toString();
-    let nl;
-    while ((nl = buf.indexOf('\n')) >= 0) {
-      const line = buf.slice(0, nl);
-      buf = buf.slice(nl + 1);
-      try {
-        logs.push(JSON.parse(line) as Record<string, unknown>);
-      } catch {
-        // ignore non-JSON
-      }
-      for (const w of waiters) w();
-    }
-  });
+  if (child.stdout !== null) collectJsonLines(child.stdout, logs, () => waiters.forEach((w) => w()));
   const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
   const proc: SluiceProcess = {
     child,
