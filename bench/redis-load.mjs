@@ -9,7 +9,9 @@
 // changes what the prober writes only when a verdict changes, not the steady heartbeat load.
 //
 //   npm run build && node bench/redis-load.mjs [--replicas 1,3,10] [--backends 100,1000] [--seconds 10]
-//     [--heartbeat 1000] [--settle 12] [--json]
+//     [--heartbeat 1000] [--settle 12] [--cluster-limits] [--json]
+// --cluster-limits: the listener's max_connections and the pool's max_connections_per_backend
+// are cluster-scoped, so every replica also claims its grants each heartbeat.
 // --settle: seconds between the replicas' start and the measurement (the first checks' verdicts
 // are a burst of writes that is not the steady load). Ten replicas of 10,000 backends do not fit
 // in one process here (the checks run out of descriptors).
@@ -36,6 +38,7 @@ const { values } = parseArgs({
     heartbeat: { type: 'string', default: '1000' },
     settle: { type: 'string', default: '12' },
     json: { type: 'boolean', default: false },
+    'cluster-limits': { type: 'boolean', default: false },
   },
 });
 const REPLICAS = values.replicas.split(',').map(Number);
@@ -43,6 +46,9 @@ const BACKENDS = values.backends.split(',').map(Number);
 const SECONDS = Number(values.seconds);
 const HEARTBEAT = Number(values.heartbeat);
 const SETTLE = Number(values.settle);
+// With cluster-scoped limits every replica also claims a grant per backend and for the listener
+// each heartbeat (docs/replicas.md, "Cluster-wide limits").
+const CLUSTER_LIMITS = values['cluster-limits'];
 
 /** One command to redis-server through redis-cli; its output. */
 function cli(port, ...args) {
@@ -108,10 +114,16 @@ state:
   replica_id: ${replica}
   heartbeat: ${HEARTBEAT}ms
 listeners:
-  - { name: app, protocol: tcp, bind: "127.0.0.1:0", pool: app }
+  - name: app
+    protocol: tcp
+    bind: "127.0.0.1:0"
+    pool: app
+    limits: { max_connections: 100000, max_connections_scope: ${CLUSTER_LIMITS ? 'cluster' : 'local'} }
 pools:
   - name: app
     algorithm: least-connections
+    max_connections_per_backend: ${CLUSTER_LIMITS ? 1000 : 0}
+    max_connections_per_backend_scope: ${CLUSTER_LIMITS ? 'cluster' : 'local'}
     health:
       active: { type: tcp, interval: 10s, timeout: 1s }
       passive: { consecutive_failures: 0 }
@@ -202,7 +214,7 @@ for (const b of BACKENDS) {
 
 const fmt = (v, d = 0) => v.toLocaleString('en-US', { maximumFractionDigits: d, minimumFractionDigits: d });
 console.log(
-  `Redis load at heartbeat ${HEARTBEAT} ms, measured over ${SECONDS} s per row (node bench/redis-load.mjs).`,
+  `Redis load at heartbeat ${HEARTBEAT} ms${CLUSTER_LIMITS ? ', cluster-scoped limits' : ''}, measured over ${SECONDS} s per row (node bench/redis-load.mjs).`,
 );
 console.log('');
 console.log(
