@@ -162,6 +162,8 @@ listeners:
   - { name: proxied, protocol: tcp, bind: "127.0.0.1:0", pool: web, proxy_protocol_in: { trusted: ["127.0.0.0/8"] } }
   - { name: dns, protocol: udp, bind: "127.0.0.1:0", pool: dns, udp: { max_flows: 1 } }
   - { name: dns-dead, protocol: udp, bind: "127.0.0.1:0", pool: dns-dead }
+  - { name: h3, protocol: udp, bind: "127.0.0.1:0", pool: h3, quic: { unroutable: drop } }
+  - { name: capped, protocol: tcp, bind: "127.0.0.1:0", pool: capped }
 pools:
   - name: web
     backends: [{ address: "${echo.address}" }, { address: "127.0.0.1:${gone}" }]
@@ -188,6 +190,15 @@ pools:
     health: { active: { type: none } }
   - name: dns-dead
     backends: [{ address: "127.0.0.1:${goneUdp}" }]
+    health: { active: { type: none } }
+  - name: h3
+    algorithm: maglev
+    backends: [{ address: "127.0.0.1:${udpEcho.port}" }]
+    health: { active: { type: none } }
+  - name: capped
+    max_connections_per_backend: 100
+    max_connections_per_backend_scope: cluster
+    backends: [{ address: "${echo.address}" }]
     health: { active: { type: none } }
 `;
 }
@@ -278,6 +289,28 @@ async function exercise(gone: number): Promise<void> {
     10_000,
     'an econnrefused drop',
   );
+  // QUIC: a first flight placed by its connection ID's hash, the same connection from a new
+  // address (a migration), and a short header no connection ID routes (dropped as unroutable).
+  const dcid = Buffer.from('0123456789abcdef', 'hex');
+  const initial = Buffer.concat([
+    Buffer.from([0xc0, 0, 0, 0, 1, dcid.length]),
+    dcid,
+    Buffer.from([0]),
+    Buffer.from('hi'),
+  ]);
+  const quic = await udpSocket(false);
+  udpClients.push(quic);
+  quic.socket.send(initial, port('h3'), '127.0.0.1');
+  await waitFor(() => quic.replies.length > 0, 5000, 'a QUIC reply');
+  const moved = await udpSocket(false);
+  udpClients.push(moved);
+  moved.socket.send(
+    Buffer.concat([Buffer.from([0x40]), dcid, Buffer.from('again')]),
+    port('h3'),
+    '127.0.0.1',
+  );
+  await waitFor(() => moved.replies.length > 0, 5000, 'a reply after the migration');
+  await udpClient(port('h3'), 'not quic');
   // A rejected reload, then an accepted one.
   const valid = readFileSync(lb.configPath, 'utf8');
   writeFileSync(lb.configPath, 'listeners: nope\n');
@@ -296,7 +329,9 @@ async function exercise(gone: number): Promise<void> {
       (await metric('sluice_listener_rejected_total', { listener: 'queued', reason: 'queue_timeout' })) > 0 &&
       (await metric('sluice_sessions_closed_total', { listener: 'dead', reason: 'connect_failed' })) > 0 &&
       (await metric('sluice_listener_rejected_total', { listener: 'dns', reason: 'flow_limit' })) > 0 &&
-      (await metric('sluice_udp_datagrams_total', { listener: 'dns', direction: 'downstream' })) > 0,
+      (await metric('sluice_udp_datagrams_total', { listener: 'dns', direction: 'downstream' })) > 0 &&
+      (await metric('sluice_udp_quic_migrations_total', { listener: 'h3' })) > 0 &&
+      (await metric('sluice_udp_quic_unroutable_total', { listener: 'h3', reason: 'unknown_cid' })) > 0,
     10_000,
     'counters to be reported',
   );
