@@ -1,18 +1,23 @@
 // Builds the optional splice relay (native/*.c → build/sluice_relay.node) against the headers
 // of the Node.js that runs this script (official builds ship them in ../include/node). Without a
 // C compiler or headers it prints why and exits 0: sluice then relays through Node streams.
-// SLUICE_REQUIRE_NATIVE=1 turns that into a failure (CI sets it).
+// SLUICE_REQUIRE_NATIVE=1 turns that into a failure (CI sets it). `--out FILE` builds into FILE
+// instead, and `--include DIR` takes Node's headers from DIR (the release cross-builds with both,
+// and CC set to the cross compiler).
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, statSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+
+const { values: opts } = parseArgs({ options: { out: { type: 'string' }, include: { type: 'string' } } });
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const native = join(root, 'native');
 const sources = readdirSync(native)
   .filter((f) => f.endsWith('.c') || f.endsWith('.h'))
   .map((f) => join(native, f));
-const output = join(root, 'build', 'sluice_relay.node');
+const output = resolve(opts.out ?? join(root, 'build', 'sluice_relay.node'));
 const required = process.env.SLUICE_REQUIRE_NATIVE === '1';
 
 function giveUp(why) {
@@ -29,7 +34,10 @@ if (process.platform !== 'linux') giveUp(`splice(2) is Linux only, this is ${pro
 const newest = Math.max(...sources.map((f) => statSync(f).mtimeMs));
 if (existsSync(output) && statSync(output).mtimeMs >= newest) process.exit(0);
 
-const candidates = [resolve(dirname(process.execPath), '..', 'include', 'node'), '/usr/include/node'];
+const candidates =
+  opts.include !== undefined
+    ? [resolve(opts.include)]
+    : [resolve(dirname(process.execPath), '..', 'include', 'node'), '/usr/include/node'];
 const include = candidates.find(
   (dir) => existsSync(join(dir, 'node_api.h')) && existsSync(join(dir, 'uv.h')),
 );

@@ -200,12 +200,9 @@ if (arch === process.arch) {
     fail(`${cc} not found: the ${arch} relay needs it (Debian: apt-get install gcc-aarch64-linux-gnu)`);
   // Node's headers (node_api.h, uv.h) are the same on every architecture: the host's serve.
   const include = join(hostNodePackage(process.arch), 'include', 'node');
-  const sources = readdirSync(join(root, 'native'))
-    .filter((f) => f.endsWith('.c'))
-    .map((f) => join(root, 'native', f));
-  // The flags of scripts/build-native.mjs.
-  const flags = ['-O2', '-std=gnu11', '-Wall', '-Wextra', '-fPIC', '-shared', '-fvisibility=hidden'];
-  run(cc, [...flags, `-I${include}`, '-o', relay, ...sources]);
+  run(process.execPath, [join(root, 'scripts', 'build-native.mjs'), '--out', relay, '--include', include], {
+    env: { ...process.env, CC: cc, SLUICE_REQUIRE_NATIVE: '1' },
+  });
 }
 for (const file of [join(nodeDir, 'bin', 'node'), relay]) {
   const machine = /Machine:\s+(.+)/.exec(run('readelf', ['-h', file]))?.[1]?.trim();

@@ -149,7 +149,7 @@ export class LimitSync {
     if (this.#stopped) return;
     this.#claimed = claims.length > 0;
     // Fell back while the claim was in flight: the caps have been local shares since, which the
-    // claim did not cover. The next round claims them, as any round after falling back does.
+    // claim did not cover. The next round claims them, as every round after falling back does.
     if (this.#fallbacks !== fallbacks) return;
     this.#apply(limits, claims, answer);
     this.#arm(sentAt + this.#o.ttlMs);
