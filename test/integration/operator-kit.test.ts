@@ -16,6 +16,7 @@ import type { SluiceProcess } from '../support/process.js';
 import type { Exposition } from '../support/promql.js';
 import { expandGrafana, grafanaVariables, parseExposition, promqlRefs } from '../support/promql.js';
 import { readMetric } from '../support/runtime.js';
+import { longPacket, shortPacket } from '../support/quic-packets.js';
 
 /**
  * The operator kit in deploy/: the Grafana dashboard and the Prometheus rules may only name
@@ -292,23 +293,14 @@ async function exercise(gone: number): Promise<void> {
   // QUIC: a first flight placed by its connection ID's hash, the same connection from a new
   // address (a migration), and a short header no connection ID routes (dropped as unroutable).
   const dcid = Buffer.from('0123456789abcdef', 'hex');
-  const initial = Buffer.concat([
-    Buffer.from([0xc0, 0, 0, 0, 1, dcid.length]),
-    dcid,
-    Buffer.from([0]),
-    Buffer.from('hi'),
-  ]);
+  const initial = longPacket(dcid, undefined, 'hi');
   const quic = await udpSocket(false);
   udpClients.push(quic);
   quic.socket.send(initial, port('h3'), '127.0.0.1');
   await waitFor(() => quic.replies.length > 0, 5000, 'a QUIC reply');
   const moved = await udpSocket(false);
   udpClients.push(moved);
-  moved.socket.send(
-    Buffer.concat([Buffer.from([0x40]), dcid, Buffer.from('again')]),
-    port('h3'),
-    '127.0.0.1',
-  );
+  moved.socket.send(shortPacket(dcid, 'again'), port('h3'), '127.0.0.1');
   await waitFor(() => moved.replies.length > 0, 5000, 'a reply after the migration');
   await udpClient(port('h3'), 'not quic');
   // A rejected reload, then an accepted one.

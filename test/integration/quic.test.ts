@@ -16,6 +16,7 @@ import {
 import { runCli, tempFile } from '../support/process.js';
 import { testScope } from '../support/scope.js';
 import type { TestRuntime } from '../support/runtime.js';
+import { longPacket, shortPacket } from '../support/quic-packets.js';
 
 /*
  * QUIC-aware UDP listeners. The first suite runs a real QUIC stack that this project did not
@@ -167,25 +168,6 @@ describe.each(['splice', 'stream'])('HTTP/3 through a QUIC listener, ngtcp2 (rel
 });
 
 // ---- QUIC-shaped peers: QUIC-LB server IDs, replicas, unroutable datagrams ----
-
-const QUIC_V1 = Buffer.from([0, 0, 0, 1]);
-
-/** A long-header packet (first octet 0xc0: v1 Initial) with these connection IDs and a payload. */
-function longPacket(dcid: Buffer, scid: Buffer, payload: string): Buffer {
-  return Buffer.concat([
-    Buffer.from([0xc0]),
-    QUIC_V1,
-    Buffer.from([dcid.length]),
-    dcid,
-    Buffer.from([scid.length]),
-    scid,
-    Buffer.from(payload),
-  ]);
-}
-
-function shortPacket(dcid: Buffer, payload: string): Buffer {
-  return Buffer.concat([Buffer.from([0x40]), dcid, Buffer.from(payload)]);
-}
 
 interface LbBackend {
   readonly name: string;

@@ -7,6 +7,7 @@ import type { Flow } from '../../src/proxy/flow.js';
 import { Metrics } from '../../src/telemetry/metrics.js';
 import { Pool } from '../../src/upstream/pool.js';
 import { systemClock } from '../../src/util/clock.js';
+import { longPacket, shortPacket } from '../support/quic-packets.js';
 
 const cfg = parseConfigText(`listeners:
   - { name: h3, protocol: udp, bind: "127.0.0.1:0", pool: p, quic: { server_id: { length: 1, config_rotation: 2 } } }
@@ -30,9 +31,8 @@ function setup(): { router: QuicRouter; pool: Pool; metrics: Metrics } {
 }
 
 const flow = (): Flow => ({}) as Flow;
-const long = (dcid: Buffer, scid = Buffer.alloc(0)): Buffer =>
-  Buffer.concat([Buffer.from([0xc0, 0, 0, 0, 1, dcid.length]), dcid, Buffer.from([scid.length]), scid]);
-const short = (dcid: Buffer): Buffer => Buffer.concat([Buffer.from([0x40]), dcid, Buffer.from('payload')]);
+const long = (dcid: Buffer, scid?: Buffer): Buffer => longPacket(dcid, scid);
+const short = (dcid: Buffer): Buffer => shortPacket(dcid, 'payload');
 
 function backendOf(r: QuicRoute): string | undefined {
   return r.kind === 'backend' ? r.backend.address : undefined;
