@@ -9,9 +9,13 @@
 // changes what the prober writes only when a verdict changes, not the steady heartbeat load.
 //
 //   npm run build && node bench/redis-load.mjs [--replicas 1,3,10] [--backends 100,1000] [--seconds 10]
-//     [--heartbeat 1000] [--settle 12] [--cluster-limits] [--json]
+//     [--heartbeat 1000] [--settle 12] [--cluster-limits] [--cluster 3] [--pools 12] [--json]
 // --cluster-limits: the listener's max_connections and the pool's max_connections_per_backend
 // are cluster-scoped, so every replica also claims its grants each heartbeat.
+// --cluster N: a Redis Cluster of N primaries (each serving an equal range of slots) instead of
+// one redis-server; the figures are the sums over the primaries, and the busiest primary's CPU
+// is shown beside. --pools P: the backends split over P pools (with a Cluster, each pool's keys
+// hash to a slot of their own, so the pools spread over the primaries).
 // --settle: seconds between the replicas' start and the measurement (the first checks' verdicts
 // are a burst of writes that is not the steady load). Ten replicas of 10,000 backends do not fit
 // in one process here (the checks run out of descriptors).
@@ -39,6 +43,8 @@ const { values } = parseArgs({
     settle: { type: 'string', default: '12' },
     json: { type: 'boolean', default: false },
     'cluster-limits': { type: 'boolean', default: false },
+    cluster: { type: 'string', default: '0' },
+    pools: { type: 'string', default: '1' },
   },
 });
 const REPLICAS = values.replicas.split(',').map(Number);
@@ -49,6 +55,8 @@ const SETTLE = Number(values.settle);
 // With cluster-scoped limits every replica also claims a grant per backend and for the listener
 // each heartbeat (docs/replicas.md, "Cluster-wide limits").
 const CLUSTER_LIMITS = values['cluster-limits'];
+const PRIMARIES = Number(values.cluster);
+const POOLS = Math.max(1, Number(values.pools));
 
 /** One command to redis-server through redis-cli; its output. */
 function cli(port, ...args) {
@@ -82,12 +90,40 @@ async function info(port) {
   };
 }
 
-async function startRedis() {
+/** The figures of every server summed, and the busiest one's CPU. */
+async function infoAll(ports) {
+  const all = await Promise.all(ports.map(info));
+  const calls = {};
+  for (const x of all) for (const [k, v] of Object.entries(x.calls)) calls[k] = (calls[k] ?? 0) + v;
+  const sum = (f) => all.reduce((a, x) => a + x[f], 0);
+  return {
+    commands: sum('commands'),
+    bytesIn: sum('bytesIn'),
+    bytesOut: sum('bytesOut'),
+    cpu: sum('cpu'),
+    cpus: all.map((x) => x.cpu),
+    calls,
+  };
+}
+
+async function startServer(extra) {
   const port = await freePort();
   const dir = mkdtempSync(join(tmpdir(), 'sluice-redisload-'));
   const proc = spawn(
     'redis-server',
-    ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir],
+    [
+      '--port',
+      String(port),
+      '--bind',
+      '127.0.0.1',
+      '--save',
+      '',
+      '--appendonly',
+      'no',
+      '--dir',
+      dir,
+      ...extra,
+    ],
     { stdio: 'ignore' },
   );
   for (let i = 0; i < 100; i++) {
@@ -103,24 +139,53 @@ async function startRedis() {
   };
 }
 
+/** One redis-server, or a Cluster of PRIMARIES primaries splitting the slots evenly. */
+async function startRedis() {
+  if (PRIMARIES === 0) {
+    const one = await startServer([]);
+    return { ports: [one.port], stop: one.stop };
+  }
+  const nodes = [];
+  for (let i = 0; i < PRIMARIES; i++) {
+    // The bus port defaults to port + 10,000, which may be taken: name a free one.
+    const bus = await freePort();
+    const node = await startServer([
+      '--cluster-enabled',
+      'yes',
+      '--cluster-config-file',
+      'nodes.conf',
+      '--cluster-port',
+      String(bus),
+      '--cluster-announce-ip',
+      '127.0.0.1',
+    ]);
+    const from = Math.floor((16384 * i) / PRIMARIES);
+    const to = Math.floor((16384 * (i + 1)) / PRIMARIES) - 1;
+    await cli(node.port, 'CLUSTER', 'ADDSLOTSRANGE', String(from), String(to));
+    nodes.push({ ...node, bus });
+  }
+  for (const n of nodes.slice(1))
+    await cli(nodes[0].port, 'CLUSTER', 'MEET', '127.0.0.1', String(n.port), String(n.bus));
+  for (let i = 0; i < 200; i++) {
+    const infos = await Promise.all(nodes.map((n) => cli(n.port, 'CLUSTER', 'INFO')));
+    if (infos.every((t) => t.includes('cluster_state:ok') && t.includes(`cluster_known_nodes:${PRIMARIES}`)))
+      break;
+    await sleep(50);
+  }
+  return { ports: nodes.map((n) => n.port), stop: () => nodes.forEach((n) => n.stop()) };
+}
+
 const address = (i) => `127.1.${Math.floor(i / 250)}.${(i % 250) + 1}:9`;
 
-function yaml(redisPort, prefix, replica, backends) {
-  return `admin: { listen: "127.0.0.1:0" }
-log: { level: error, access_log: false }
-state:
-  store: redis
-  redis: { url: "redis://127.0.0.1:${redisPort}/0", key_prefix: ${prefix} }
-  replica_id: ${replica}
-  heartbeat: ${HEARTBEAT}ms
-listeners:
-  - name: app
-    protocol: tcp
-    bind: "127.0.0.1:0"
-    pool: app
-    limits: { max_connections: 100000, max_connections_scope: ${CLUSTER_LIMITS ? 'cluster' : 'local'} }
-pools:
-  - name: app
+function yaml(ports, prefix, replica, backends) {
+  const target =
+    PRIMARIES === 0
+      ? `url: "redis://127.0.0.1:${ports[0]}/0"`
+      : `nodes: [${ports.map((p) => `"127.0.0.1:${p}"`).join(', ')}]`;
+  const pool = (p) => {
+    const from = Math.floor((backends * p) / POOLS);
+    const to = Math.floor((backends * (p + 1)) / POOLS);
+    return `  - name: app-${p}
     algorithm: least-connections
     max_connections_per_backend: ${CLUSTER_LIMITS ? 1000 : 0}
     max_connections_per_backend_scope: ${CLUSTER_LIMITS ? 'cluster' : 'local'}
@@ -128,8 +193,24 @@ pools:
       active: { type: tcp, interval: 10s, timeout: 1s }
       passive: { consecutive_failures: 0 }
       panic_threshold: 0
-    backends: [${Array.from({ length: backends }, (_, i) => `{ address: "${address(i)}" }`).join(', ')}]
+    backends: [${Array.from({ length: to - from }, (_, i) => `{ address: "${address(from + i)}" }`).join(', ')}]
 `;
+  };
+  return `admin: { listen: "127.0.0.1:0" }
+log: { level: error, access_log: false }
+state:
+  store: redis
+  redis: { ${target}, key_prefix: ${prefix} }
+  replica_id: ${replica}
+  heartbeat: ${HEARTBEAT}ms
+listeners:
+  - name: app
+    protocol: tcp
+    bind: "127.0.0.1:0"
+    pool: app-0
+    limits: { max_connections: 100000, max_connections_scope: ${CLUSTER_LIMITS ? 'cluster' : 'local'} }
+pools:
+${Array.from({ length: POOLS }, (_, p) => pool(p)).join('')}`;
 }
 
 /** What the replicas logged as errors (the store's failures), by context. */
@@ -145,8 +226,8 @@ const errorSink = new Writable({
   },
 });
 
-async function replica(redisPort, prefix, id, backends) {
-  const config = parseConfigText(yaml(redisPort, prefix, id, backends));
+async function replica(ports, prefix, id, backends) {
+  const config = parseConfigText(yaml(ports, prefix, id, backends));
   const logger = createLogger('error', errorSink);
   const runtime = new Runtime(config, {
     logger,
@@ -175,14 +256,14 @@ for (const b of BACKENDS) {
     const prefix = `load-${r}-${b}`;
     const runtimes = [];
     try {
-      for (let i = 0; i < r; i++) runtimes.push(await replica(redis.port, prefix, `r${i}`, b));
+      for (let i = 0; i < r; i++) runtimes.push(await replica(redis.ports, prefix, `r${i}`, b));
       // Elections settle and every backend's first check (10 s interval) publishes its verdict.
       await sleep(Math.max(3 * HEARTBEAT, SETTLE * 1000));
       const failuresBefore = await syncFailures(runtimes);
       errors.clear();
-      const before = await info(redis.port);
+      const before = await infoAll(redis.ports);
       await sleep(SECONDS * 1000);
-      const after = await info(redis.port);
+      const after = await infoAll(redis.ports);
       const failures = (await syncFailures(runtimes)) - failuresBefore;
       const s = SECONDS;
       const row = {
@@ -192,6 +273,7 @@ for (const b of BACKENDS) {
         kbInPerS: (after.bytesIn - before.bytesIn) / s / 1024,
         kbOutPerS: (after.bytesOut - before.bytesOut) / s / 1024,
         redisCpuPct: ((after.cpu - before.cpu) / s) * 100,
+        busiestCpuPct: Math.max(...after.cpus.map((c, i) => ((c - (before.cpus[i] ?? 0)) / s) * 100)),
         failedRounds: failures,
         errors: Object.fromEntries(errors),
         perCommand: Object.fromEntries(
@@ -214,13 +296,13 @@ for (const b of BACKENDS) {
 
 const fmt = (v, d = 0) => v.toLocaleString('en-US', { maximumFractionDigits: d, minimumFractionDigits: d });
 console.log(
-  `Redis load at heartbeat ${HEARTBEAT} ms${CLUSTER_LIMITS ? ', cluster-scoped limits' : ''}, measured over ${SECONDS} s per row (node bench/redis-load.mjs).`,
+  `Redis load at heartbeat ${HEARTBEAT} ms${CLUSTER_LIMITS ? ', cluster-scoped limits' : ''}, ${PRIMARIES === 0 ? 'one redis-server' : `a Redis Cluster of ${PRIMARIES} primaries`}, ${POOLS} pool(s), measured over ${SECONDS} s per row (node bench/redis-load.mjs).`,
 );
 console.log('');
 console.log(
-  '| replicas | backends | script calls/s | Redis commands/s (with those inside scripts) | KiB/s in | KiB/s out | Redis CPU % | failed sync rounds |',
+  '| replicas | backends | script calls/s | Redis commands/s (with those inside scripts) | KiB/s in | KiB/s out | Redis CPU % | busiest server CPU % | failed sync rounds |',
 );
-console.log('|---:|---:|---:|---:|---:|---:|---:|---:|');
+console.log('|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
 for (const x of rows) {
   const cells = [
     fmt(x.perCommand.evalsha ?? 0),
@@ -228,6 +310,7 @@ for (const x of rows) {
     fmt(x.kbInPerS, 1),
     fmt(x.kbOutPerS, 1),
     fmt(x.redisCpuPct, 1),
+    fmt(x.busiestCpuPct, 1),
   ];
   // A row whose replicas could not complete their rounds measured an overloaded run, not Redis.
   const shown = x.failedRounds > 0 ? cells.map(() => 'FAILED') : cells;

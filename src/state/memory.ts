@@ -2,6 +2,7 @@ import type { Clock } from '../util/clock.js';
 import { systemClock } from '../util/clock.js';
 import { fairShare, grantOf } from './limit-grants.js';
 import type { LimitAnswer, LimitClaim, LimitGrant, LimitRound } from './limit-grants.js';
+import { poolOf } from './store.js';
 import type { BackendFact, StateStore } from './store.js';
 
 interface Expiring<T> {
@@ -54,8 +55,9 @@ export class MemoryStore implements StateStore {
     return Promise.resolve();
   }
 
-  readCounts(exceptReplica: string): Promise<Map<string, number>> {
+  readCounts(exceptReplica: string, pools: readonly string[]): Promise<Map<string, number>> {
     const now = this.#clock.now();
+    const wanted = new Set(pools);
     const sum = new Map<string, number>();
     for (const [replica, entry] of this.#counts) {
       if (entry.until <= now) {
@@ -64,7 +66,7 @@ export class MemoryStore implements StateStore {
       }
       if (replica === exceptReplica) continue;
       for (const [key, n] of entry.value) {
-        if (n > 0) sum.set(key, (sum.get(key) ?? 0) + n);
+        if (n > 0 && wanted.has(poolOf(key) ?? '')) sum.set(key, (sum.get(key) ?? 0) + n);
       }
     }
     return Promise.resolve(sum);
@@ -148,8 +150,9 @@ export class MemoryStore implements StateStore {
     return Promise.resolve();
   }
 
-  readFacts(): Promise<Map<string, BackendFact>> {
-    return Promise.resolve(new Map(this.#facts));
+  readFacts(pools: readonly string[]): Promise<Map<string, BackendFact>> {
+    const wanted = new Set(pools);
+    return Promise.resolve(new Map([...this.#facts].filter(([key]) => wanted.has(poolOf(key) ?? ''))));
   }
 
   register(pool: string, address: string, ttlMs: number): Promise<void> {

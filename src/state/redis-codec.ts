@@ -1,31 +1,37 @@
 import type { AdminState } from '../upstream/backend.js';
 import type { LimitAnswer, LimitGrant } from './limit-grants.js';
+import { poolOf } from './store.js';
 import type { BackendFact } from './store.js';
 
 /**
- * Key layout of the Redis store. Every key starts with `{prefix}:`; the braces make the prefix a
- * Redis Cluster hash tag, so all keys live in one slot and multi-key scripts work in every mode.
+ * Key layout of the Redis store. Every key starts with a hash tag: `{p}` (`p` is the prefix) or,
+ * when the store spreads pools over Redis Cluster slots, `{p:pool:<pool>}` for the keys of one
+ * pool. A tag's keys live in one slot, so the multi-key scripts work in every mode; a script only
+ * ever touches the keys of one tag (`<t>` below).
  *
  * | key                         | type   | content                                  | TTL                                 |
  * |-----------------------------|--------|------------------------------------------|-------------------------------------|
- * | `{p}:counts:<replica>`      | hash   | backend key → open sessions (> 0)        | publish ttl, reset on each publish  |
- * | `{p}:limits:<replica>`      | hash   | limit key → `open:grant:stamp`           | claim ttl, reset on each claim      |
- * | `{p}:settle:<replica>`      | string | present while its grants are held        | claim ttl from the loss found       |
- * | `{p}:replicas`              | zset   | replica id → expiry (Redis TIME, ms)     | ≥ the longest member's ttl          |
- * | `{p}:lease:<name>`          | string | owner                                    | lease ttl (PX), renewed by owner    |
- * | `{p}:facts`                 | hash   | `<backend key>#<fact>` → value           | facts ttl, reset on each write      |
- * | `{p}:registry:<pool>`       | zset   | address → expiry (Redis TIME, ms)        | ≥ the longest member's ttl          |
+ * | `<t>:counts:<replica>`      | hash   | backend key → open sessions (> 0)        | 10 × publish ttl, reset on publish  |
+ * | `<t>:total`                 | hash   | backend key → sum over live replicas     | ≥ the index's, reset on publish     |
+ * | `<t>:rebuilt`               | string | present until the total is rebuilt again | the rebuild period                  |
+ * | `<t>:limits:<replica>`      | hash   | limit key → `open:grant:stamp`           | claim ttl, reset on each claim      |
+ * | `<t>:settle:<replica>`      | string | present while its grants are held        | claim ttl from the loss found       |
+ * | `<t>:replicas`              | zset   | replica id → expiry (Redis TIME, ms)     | ≥ the longest member's ttl          |
+ * | `<t>:lease:<name>`          | string | owner                                    | lease ttl (PX), renewed by owner    |
+ * | `<t>:facts`                 | hash   | `<backend key>#<fact>` → value           | facts ttl, reset on each write      |
+ * | `<t>:registry:<pool>`       | zset   | address → expiry (Redis TIME, ms)        | ≥ the longest member's ttl          |
+ *
+ * Spread or not, the fleet's own tag `{p}` holds what belongs to no pool: listener limits and the
+ * leases of names without a pool.
  */
-export class RedisKeys {
+export class SlotKeys {
+  /** The hash tag, braces included: `{sluice}` or `{sluice:pool:ingress}`. */
+  readonly tag: string;
   readonly #base: string;
 
-  constructor(prefix: string) {
-    this.#base = `{${prefix}}:`;
-  }
-
-  /** What every key of this store starts with (for SCAN in tests and tools). */
-  get base(): string {
-    return this.#base;
+  constructor(tag: string) {
+    this.tag = tag;
+    this.#base = `${tag}:`;
   }
 
   /** Prefix of the per-replica count hashes; the read script appends the replica id. */
@@ -35,6 +41,16 @@ export class RedisKeys {
 
   counts(replicaId: string): string {
     return `${this.countsPrefix}${replicaId}`;
+  }
+
+  /** Every live replica's counts summed (see COUNT_FNS in redis-scripts.ts). */
+  get total(): string {
+    return `${this.#base}total`;
+  }
+
+  /** Present for a rebuild period after the total was last rebuilt from the replicas' hashes. */
+  get rebuilt(): string {
+    return `${this.#base}rebuilt`;
   }
 
   /** Prefix of the per-replica limit claims (see limit-grants.ts); the claim script appends the id. */
@@ -66,6 +82,52 @@ export class RedisKeys {
   registry(pool: string): string {
     return `${this.#base}registry:${pool}`;
   }
+}
+
+/**
+ * The keys of one fleet (one prefix): its own tag's, and with `spread` one tag per pool, so that
+ * a Redis Cluster spreads the pools over its slots and primaries.
+ */
+export class RedisKeys extends SlotKeys {
+  readonly spread: boolean;
+  readonly #prefix: string;
+  readonly #pools = new Map<string, SlotKeys>();
+
+  constructor(prefix: string, spread = false) {
+    super(`{${prefix}}`);
+    this.#prefix = prefix;
+    this.spread = spread;
+  }
+
+  /** A SCAN pattern matching every key of this fleet, spread or not (for tests and tools). */
+  get pattern(): string {
+    return `{${this.#prefix.replace(/[*?[\]\\]/g, '\\$&')}[}:]*`;
+  }
+
+  /** The keys of `pool`: the fleet's own unless pools are spread. */
+  pool(pool: string | undefined): SlotKeys {
+    if (!this.spread || pool === undefined) return this;
+    let keys = this.#pools.get(pool);
+    if (!keys) this.#pools.set(pool, (keys = new SlotKeys(`{${this.#prefix}:pool:${pool}}`)));
+    return keys;
+  }
+
+  /** The keys of whatever `name` names (a backend key, a lease or limit on a backend): see poolOf. */
+  of(name: string): SlotKeys {
+    return this.spread ? this.pool(poolOf(name)) : this;
+  }
+}
+
+/** Groups `items` by the slot `slotOf` gives each, keeping their order within a slot. */
+export function bySlot<T>(items: Iterable<T>, slotOf: (item: T) => SlotKeys): Map<SlotKeys, T[]> {
+  const groups = new Map<SlotKeys, T[]>();
+  for (const item of items) {
+    const slot = slotOf(item);
+    const group = groups.get(slot);
+    if (group) group.push(item);
+    else groups.set(slot, [item]);
+  }
+  return groups;
 }
 
 /** Flattens counts into field/value arguments, leaving out anything that is not a positive count. */

@@ -10,9 +10,9 @@ import { createHash } from 'node:crypto';
  * clocks still agree on what has expired. Scripts that call TIME and then write rely on effect
  * replication, the default since Redis 5.
  *
- * Scripts touch keys they build from a prefix argument (readCounts reads each live replica's
- * hash). That is allowed in Redis Cluster because every key of the store shares one hash tag
- * and so one slot.
+ * Scripts touch keys they build from a prefix argument (pruning reads each expired replica's
+ * hash). That is allowed in Redis Cluster because every key a script touches shares one hash tag
+ * (see RedisKeys) and so one slot.
  */
 export interface Script {
   readonly name: string;
@@ -37,53 +37,119 @@ end
 `;
 
 /**
- * KEYS[1] this replica's counts hash, KEYS[2] replica index zset.
- * ARGV[1] replica id, ARGV[2] ttl ms, ARGV[3..] backend key, count pairs (all > 0).
- * The hash is replaced whole (DEL then HSET) and gets its TTL in the same script.
+ * Counts summed in Redis. Each replica keeps its own hash (`<t>:counts:<replica>`) and adds the
+ * change of each publish to one total per slot (`<t>:total`), so that a read is one hash of B
+ * fields, not R hashes: O(R × B) work per heartbeat over the fleet instead of O(R² × B).
+ *
+ * The total stays exact because every change goes through these scripts: a publish adds its
+ * difference, a withdraw and the pruning of an expired replica subtract its hash (which outlives
+ * the replica's entry in the index, so it is still there to subtract). Whatever else happens to
+ * the keys (eviction under memory pressure, a version that does not keep the total, a failover
+ * that lost writes), the total is rebuilt from the live replicas' hashes once per rebuild period,
+ * and whenever it is missing while replicas are live.
+ */
+const COUNT_FNS = `local function count_add(total, field, n)
+  if n ~= 0 and redis.call('HINCRBY', total, field, n) <= 0 then redis.call('HDEL', total, field) end
+end
+local function count_subtract(total, key)
+  local kv = redis.call('HGETALL', key)
+  for i = 1, #kv, 2 do count_add(total, kv[i], -tonumber(kv[i + 1])) end
+end
+local function prune_replicas(replicas, total, prefix, now)
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', replicas, '-inf', now)) do
+    count_subtract(total, prefix .. id)
+    redis.call('DEL', prefix .. id)
+  end
+  redis.call('ZREMRANGEBYSCORE', replicas, '-inf', now)
+end
+local function rebuild_total(replicas, total, prefix, marker, period, now)
+  local live = redis.call('ZRANGEBYSCORE', replicas, '(' .. now, '+inf')
+  if #live == 0 then return end
+  local due = redis.call('SET', marker, '1', 'NX', 'PX', period)
+  if not due and redis.call('EXISTS', total) == 1 then return end
+  redis.call('DEL', total)
+  for _, id in ipairs(live) do
+    local kv = redis.call('HGETALL', prefix .. id)
+    for i = 1, #kv, 2 do count_add(total, kv[i], tonumber(kv[i + 1])) end
+  end
+  local ttl = redis.call('PTTL', replicas)
+  if ttl > 0 and redis.call('EXISTS', total) == 1 then redis.call('PEXPIRE', total, ttl) end
+end
+`;
+
+/**
+ * KEYS[1] this replica's counts hash, KEYS[2] replica index zset, KEYS[3] total hash.
+ * ARGV[1] replica id, ARGV[2] ttl ms, ARGV[3] counts key prefix, ARGV[4..] backend key, count
+ * pairs (all > 0). Prunes expired replicas, adds the difference from this replica's last publish
+ * to the total, and replaces its hash whole. The hash lives 10 TTLs (so that it is still there
+ * to subtract when its entry in the index expires); the index and the total, one.
  */
 export const PUBLISH_COUNTS = script(
   'publish-counts',
-  2,
-  `${NOW}${KEEP_ALIVE}
+  3,
+  `${NOW}${KEEP_ALIVE}${COUNT_FNS}
 local ttl = tonumber(ARGV[2])
+prune_replicas(KEYS[2], KEYS[3], ARGV[3], now)
+local old = {}
+local kv = redis.call('HGETALL', KEYS[1])
+for i = 1, #kv, 2 do old[kv[i]] = tonumber(kv[i + 1]) end
+for i = 4, #ARGV, 2 do
+  local n = tonumber(ARGV[i + 1])
+  count_add(KEYS[3], ARGV[i], n - (old[ARGV[i]] or 0))
+  old[ARGV[i]] = nil
+end
+for field, n in pairs(old) do count_add(KEYS[3], field, -n) end
 redis.call('DEL', KEYS[1])
 -- HSET in slices: unpack() of thousands of values would overflow the Lua stack.
-for i = 3, #ARGV, 1000 do
+for i = 4, #ARGV, 1000 do
   redis.call('HSET', KEYS[1], unpack(ARGV, i, math.min(i + 999, #ARGV)))
 end
-if #ARGV > 2 then redis.call('PEXPIRE', KEYS[1], ttl) end
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+if #ARGV > 3 then redis.call('PEXPIRE', KEYS[1], 10 * ttl) end
 redis.call('ZADD', KEYS[2], now + ttl, ARGV[1])
 keep_alive(KEYS[2], ttl)
+if redis.call('EXISTS', KEYS[3]) == 1 then keep_alive(KEYS[3], ttl) end
 return 1
 `,
 );
 
 /**
- * KEYS[1] replica index zset. ARGV[1] counts key prefix, ARGV[2] replica to leave out.
- * Prunes expired replicas, then returns every live replica's hash as one flat field/value list.
+ * KEYS[1] replica index zset, KEYS[2] total hash, KEYS[3] the reader's counts hash, KEYS[4]
+ * rebuild marker. ARGV[1] counts key prefix, ARGV[2] rebuild period ms.
+ * Prunes expired replicas, rebuilds the total when due (see COUNT_FNS), and returns the total
+ * less the reader's own counts as one flat field/value list.
  */
 export const READ_COUNTS = script(
   'read-counts',
-  1,
-  `${NOW}
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+  4,
+  `${NOW}${COUNT_FNS}
+prune_replicas(KEYS[1], KEYS[2], ARGV[1], now)
+rebuild_total(KEYS[1], KEYS[2], ARGV[1], KEYS[4], tonumber(ARGV[2]), now)
+local own = {}
+local kv = redis.call('HGETALL', KEYS[3])
+for i = 1, #kv, 2 do own[kv[i]] = tonumber(kv[i + 1]) end
 local out = {}
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')) do
-  if id ~= ARGV[2] then
-    local kv = redis.call('HGETALL', ARGV[1] .. id)
-    for i = 1, #kv do out[#out + 1] = kv[i] end
+local total = redis.call('HGETALL', KEYS[2])
+for i = 1, #total, 2 do
+  local n = tonumber(total[i + 1]) - (own[total[i]] or 0)
+  if n > 0 then
+    out[#out + 1] = total[i]
+    out[#out + 1] = n
   end
 end
 return out
 `,
 );
 
-/** KEYS[1] counts hash, KEYS[2] replica index, KEYS[3] limits hash, KEYS[4] settle marker. ARGV[1] replica id. */
+/**
+ * KEYS[1] counts hash, KEYS[2] replica index, KEYS[3] limits hash, KEYS[4] settle marker,
+ * KEYS[5] total hash. ARGV[1] replica id. Takes the replica's counts out of the total too.
+ */
 export const WITHDRAW = script(
   'withdraw',
-  4,
-  `redis.call('DEL', KEYS[1], KEYS[3], KEYS[4])
+  5,
+  `${COUNT_FNS}
+count_subtract(KEYS[5], KEYS[1])
+redis.call('DEL', KEYS[1], KEYS[3], KEYS[4])
 redis.call('ZREM', KEYS[2], ARGV[1])
 return 1
 `,
@@ -177,10 +243,11 @@ end
 /**
  * Cluster-wide limits (see limit-grants.ts: this is fairShare and grantOf).
  * KEYS[1] this replica's limits hash, KEYS[2] replica index zset, KEYS[3] this replica's settle
- * marker. ARGV[1] replica id, ARGV[2] ttl ms, ARGV[3] limits key prefix, ARGV[4] replicas hint,
- * ARGV[5] stamp of this round, ARGV[6] '1' when this call holds the whole round (then claims of
- * other rounds are dropped here), ARGV[7] '1' when grants may grow beyond their holds,
- * ARGV[8..] (limit key, limit, open, hold, renew '1'|'0') quintuples.
+ * marker, KEYS[4] total counts hash. ARGV[1] replica id, ARGV[2] ttl ms, ARGV[3] limits key
+ * prefix, ARGV[4] replicas hint, ARGV[5] stamp of this round, ARGV[6] '1' when this call holds
+ * the whole round (then claims of other rounds are dropped here), ARGV[7] '1' when grants may
+ * grow beyond their holds, ARGV[8] counts key prefix (pruning an expired replica takes its counts
+ * out of the total), ARGV[9..] (limit key, limit, open, hold, renew '1'|'0') quintuples.
  * Marks the replica live, reads every other live replica's claim on each key, and records this
  * replica's open count and grant: `open:grant:stamp`. A claim to renew that is missing means the
  * store lost its data: the replica then settles for a TTL (the marker), its grants held at their
@@ -189,10 +256,10 @@ end
  */
 export const CLAIM_LIMITS = script(
   'claim-limits',
-  3,
-  `${NOW}${KEEP_ALIVE}${PRUNE_STAMPS}
+  4,
+  `${NOW}${KEEP_ALIVE}${PRUNE_STAMPS}${COUNT_FNS}
 local ttl = tonumber(ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+prune_replicas(KEYS[2], KEYS[4], ARGV[8], now)
 redis.call('ZADD', KEYS[2], now + ttl, ARGV[1])
 keep_alive(KEYS[2], ttl)
 local live = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. now, '+inf')
@@ -203,7 +270,7 @@ for i, id in ipairs(live) do
 end
 local n = math.max(#live, tonumber(ARGV[4]))
 local fields, open_sum, granted_sum = {}, {}, {}
-for i = 8, #ARGV, 5 do
+for i = 9, #ARGV, 5 do
   fields[#fields + 1] = ARGV[i]
   open_sum[#fields] = 0
   granted_sum[#fields] = 0
@@ -212,7 +279,7 @@ local settling = redis.call('EXISTS', KEYS[3]) == 1
 if #fields > 0 then
   local mine = redis.call('HMGET', KEYS[1], unpack(fields))
   for j = 1, #fields do
-    if ARGV[8 + (j - 1) * 5 + 4] == '1' and not mine[j] then settling = true end
+    if ARGV[9 + (j - 1) * 5 + 4] == '1' and not mine[j] then settling = true end
   end
   for _, id in ipairs(live) do
     if id ~= ARGV[1] then
@@ -237,7 +304,7 @@ if settling then
 end
 local set = {}
 for j = 1, #fields do
-  local a = 8 + (j - 1) * 5
+  local a = 9 + (j - 1) * 5
   local limit, open, hold = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
   local share = 0
   local free = limit - open - open_sum[j]

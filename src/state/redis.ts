@@ -3,6 +3,7 @@ import type { Clock, Random, Timer } from '../util/clock.js';
 import { systemClock, systemRandom } from '../util/clock.js';
 import {
   RedisKeys,
+  bySlot,
   decodeFacts,
   decodeLimitAnswer,
   encodeCounts,
@@ -11,12 +12,14 @@ import {
   stringList,
   sumCounts,
 } from './redis-codec.js';
+import type { SlotKeys } from './redis-codec.js';
 import type { Backoff, RedisClient, RedisConfig } from './redis-connect.js';
 import { backoff, createClient } from './redis-connect.js';
 import * as scripts from './redis-scripts.js';
 import type { Script } from './redis-scripts.js';
 import { StoreStatus, classify, replyCode } from './redis-status.js';
 import type { LimitAnswer, LimitClaim, LimitGrant, LimitRound } from './limit-grants.js';
+import { poolOf } from './store.js';
 import type { BackendFact, StateStore } from './store.js';
 
 /** What the Redis store needs besides its config section. */
@@ -33,12 +36,18 @@ export interface RedisStoreOptions {
    * nothing for this long. Default 7 days.
    */
   readonly factsTtlMs?: number;
+  /**
+   * How often the summed counts are rebuilt from every live replica's own counts, which bounds
+   * how long any drift of the sum can last (see COUNT_FNS in redis-scripts.ts). Default 30 s.
+   */
+  readonly rebuildMs?: number;
   /** Builds the client; tests may pass their own. Default: standalone, Sentinel or Cluster per config. */
   readonly createClient?: (config: RedisConfig, backoff: Backoff, random: Random) => RedisClient;
 }
 
 const DEFAULT_BACKOFF: Backoff = { baseMs: 100, maxMs: 2000 };
 const DEFAULT_FACTS_TTL_MS = 7 * 24 * 3_600_000;
+const DEFAULT_REBUILD_MS = 30_000;
 /**
  * Leases per script call in leaseMany: a few hundred keep one call's time in Redis well under a
  * millisecond, so a replica with 10,000 checked backends sends 20 calls per heartbeat, not 10,000.
@@ -92,6 +101,7 @@ export class RedisStore implements StateStore {
   readonly #retry: (attempt: number) => number;
   readonly #timeoutMs: number;
   readonly #factsTtlMs: number;
+  readonly #rebuildMs: number;
   #started = false;
   #closed = false;
   #revive: Timer | undefined;
@@ -103,6 +113,14 @@ export class RedisStore implements StateStore {
   /** Tells this process's rounds of claims apart from each other and from an earlier process's. */
   readonly #stampBase: string;
   #claimRounds = 0;
+  /**
+   * Slots holding this replica's counts or claims as of its last publish or claim: the next one
+   * empties those it no longer needs (with pools spread, a replica's counts may leave a slot), and
+   * withdraw() clears every slot this replica ever wrote to.
+   */
+  #countSlots = new Set<SlotKeys>();
+  #limitSlots = new Set<SlotKeys>();
+  readonly #written = new Set<SlotKeys>();
 
   constructor(opts: RedisStoreOptions) {
     this.#clock = opts.clock ?? systemClock;
@@ -112,7 +130,9 @@ export class RedisStore implements StateStore {
     this.#stampBase = Math.floor(random() * 2 ** 32).toString(36);
     this.#timeoutMs = opts.config.command_timeout;
     this.#factsTtlMs = opts.factsTtlMs ?? DEFAULT_FACTS_TTL_MS;
-    this.keys = new RedisKeys(opts.config.key_prefix);
+    this.#rebuildMs = ttlArg(opts.rebuildMs ?? DEFAULT_REBUILD_MS);
+    // Spread over slots by pool only on a Cluster: elsewhere one tag keeps every step one call.
+    this.keys = new RedisKeys(opts.config.key_prefix, opts.config.nodes !== undefined);
     this.#status = new StoreStatus(opts.logger, this.#clock);
     this.#client = (opts.createClient ?? createClient)(opts.config, b, random);
     this.#watch();
@@ -154,32 +174,78 @@ export class RedisStore implements StateStore {
     this.#client.disconnect(false);
   }
 
+  /**
+   * One script call per slot: the slots of the pools with counts here, plus those that held this
+   * replica's counts at the last publish (emptied now). With no counts anywhere, the fleet's slot
+   * still marks the replica live.
+   */
   async publishCounts(replicaId: string, counts: ReadonlyMap<string, number>, ttlMs: number): Promise<void> {
-    const keys = [this.keys.counts(replicaId), this.keys.replicas];
-    await this.#run(scripts.PUBLISH_COUNTS, keys, [replicaId, ttlArg(ttlMs), ...encodeCounts(counts)]);
+    const groups = bySlot(counts, ([key]) => this.keys.of(key));
+    for (const slot of this.#countSlots) if (!groups.has(slot)) groups.set(slot, []);
+    if (groups.size === 0) groups.set(this.keys, []);
+    const slots = [...groups.keys()];
+    const results = await Promise.allSettled(
+      slots.map((slot) => {
+        this.#written.add(slot);
+        return this.#run(
+          scripts.PUBLISH_COUNTS,
+          [slot.counts(replicaId), slot.replicas, slot.total],
+          [replicaId, ttlArg(ttlMs), slot.countsPrefix, ...encodeCounts(new Map(groups.get(slot)))],
+        );
+      }),
+    );
+    // A slot stays on the list while it holds counts, or while emptying it failed.
+    this.#countSlots = new Set(
+      slots.filter((slot, i) => (groups.get(slot)?.length ?? 0) > 0 || results[i]?.status === 'rejected'),
+    );
+    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) throw failed.reason;
   }
 
-  async readCounts(exceptReplica: string): Promise<Map<string, number>> {
-    return sumCounts(
-      await this.#run(scripts.READ_COUNTS, [this.keys.replicas], [this.keys.countsPrefix, exceptReplica]),
+  async readCounts(exceptReplica: string, pools: readonly string[]): Promise<Map<string, number>> {
+    const replies = await Promise.all(
+      this.#slotsOf(pools).map((slot) =>
+        this.#run(
+          scripts.READ_COUNTS,
+          [slot.replicas, slot.total, slot.counts(exceptReplica), slot.rebuilt],
+          [slot.countsPrefix, this.#rebuildMs],
+        ),
+      ),
     );
+    const wanted = new Set(pools);
+    const sum = new Map<string, number>();
+    for (const reply of replies)
+      for (const [key, n] of sumCounts(reply)) if (wanted.has(poolOf(key) ?? '')) sum.set(key, n);
+    return sum;
   }
 
   async withdraw(replicaId: string): Promise<void> {
-    const keys = [
-      this.keys.counts(replicaId),
-      this.keys.replicas,
-      this.keys.limits(replicaId),
-      this.keys.settle(replicaId),
-    ];
-    await this.#run(scripts.WITHDRAW, keys, [replicaId]);
+    const slots = new Set([this.keys, ...this.#written]);
+    await Promise.all(
+      [...slots].map((slot) =>
+        this.#run(
+          scripts.WITHDRAW,
+          [slot.counts(replicaId), slot.replicas, slot.limits(replicaId), slot.settle(replicaId), slot.total],
+          [replicaId],
+        ),
+      ),
+    );
+    this.#countSlots.clear();
+    this.#limitSlots.clear();
+  }
+
+  /** The distinct slots of `pools` (the fleet's alone unless pools are spread). */
+  #slotsOf(pools: readonly string[]): SlotKeys[] {
+    return [...new Set(pools.map((p) => this.keys.pool(p)))];
   }
 
   /**
-   * Claims go 500 per script call, each atomic for its keys (a key's grant depends on that key
-   * alone). A round that takes several calls writes its claims with a stamp of its own and drops
-   * the older ones only once every call has been answered, so a claim is never missing while a
-   * grant made under it may still be in use.
+   * Claims go per slot (a backend's limit lives with its pool, a listener's in the fleet's slot),
+   * 500 per script call, each atomic for its keys (a key's grant depends on that key alone). A
+   * slot whose claims take several calls writes them with a stamp of this round and drops the
+   * older ones only once every call has been answered, so a claim is never missing while a grant
+   * made under it may still be in use. A slot claimed in before and not now gets an empty claim,
+   * which drops what it held.
    */
   async claimLimits(
     replicaId: string,
@@ -187,56 +253,100 @@ export class RedisStore implements StateStore {
     round: LimitRound,
   ): Promise<LimitAnswer> {
     const stamp = `${this.#stampBase}.${++this.#claimRounds}`;
-    const own = this.keys.limits(replicaId);
+    const groups = bySlot(
+      claims.map((claim, index) => ({ claim, index })),
+      ({ claim }) => this.keys.of(claim.key),
+    );
+    for (const slot of this.#limitSlots) if (!groups.has(slot)) groups.set(slot, []);
+    if (groups.size === 0) groups.set(this.keys, []);
+    const slots = [...groups.keys()];
+    const answers = await Promise.allSettled(
+      slots.map((slot) => this.#claimSlot(slot, replicaId, groups.get(slot) ?? [], round, stamp)),
+    );
+    this.#limitSlots = new Set(
+      slots.filter((slot, i) => (groups.get(slot)?.length ?? 0) > 0 || answers[i]?.status === 'rejected'),
+    );
+    const grants: LimitGrant[] = new Array<LimitGrant>(claims.length);
+    let replicas = 1;
+    let lost = false;
+    for (const [i, answer] of answers.entries()) {
+      if (answer.status === 'rejected') throw answer.reason;
+      replicas = Math.max(replicas, answer.value.replicas);
+      lost ||= answer.value.lost;
+      const group = groups.get(slots[i]!) ?? [];
+      group.forEach(({ index }, j) => (grants[index] = answer.value.grants[j]!));
+    }
+    return { replicas, lost, grants };
+  }
+
+  async #claimSlot(
+    slot: SlotKeys,
+    replicaId: string,
+    claims: readonly { claim: LimitClaim }[],
+    round: LimitRound,
+    stamp: string,
+  ): Promise<LimitAnswer> {
+    this.#written.add(slot);
+    const own = slot.limits(replicaId);
     const whole = claims.length <= LIMIT_BATCH;
     const head = [
       replicaId,
       ttlArg(round.ttlMs),
-      this.keys.limitsPrefix,
+      slot.limitsPrefix,
       Math.max(1, Math.floor(round.replicasHint)),
       stamp,
       whole ? '1' : '0',
       round.grow ? '1' : '0',
+      slot.countsPrefix,
     ];
     const calls: Promise<LimitAnswer>[] = [];
     for (let i = 0; i === 0 || i < claims.length; i += LIMIT_BATCH) {
       const batch = claims.slice(i, i + LIMIT_BATCH);
       const args: (string | number)[] = [...head];
-      for (const c of batch)
+      for (const { claim: c } of batch)
         args.push(c.key, connections(c.limit), connections(c.open), connections(c.hold), c.renew ? '1' : '0');
       const call = this.#run(
         scripts.CLAIM_LIMITS,
-        [own, this.keys.replicas, this.keys.settle(replicaId)],
+        [own, slot.replicas, slot.settle(replicaId), slot.total],
         args,
       );
       calls.push(call.then((reply) => decodeLimitAnswer(reply, batch.length)));
     }
     const answers = await Promise.all(calls);
     if (!whole) await this.#run(scripts.PRUNE_LIMITS, [own], [stamp]);
-    const grants: LimitGrant[] = answers.flatMap((a) => a.grants);
     return {
       replicas: Math.max(1, ...answers.map((a) => a.replicas)),
       lost: answers.some((a) => a.lost),
-      grants,
+      grants: answers.flatMap((a) => a.grants),
     };
   }
 
   async leaseMany(names: readonly string[], owner: string, ttlMs: number): Promise<boolean[]> {
-    const calls: Promise<unknown>[] = [];
-    for (let i = 0; i < names.length; i += LEASE_BATCH) {
-      const keys = names.slice(i, i + LEASE_BATCH).map((n) => this.keys.lease(n));
-      calls.push(this.#run(scripts.LEASE_MANY, keys, [owner, ttlArg(ttlMs)]));
-    }
-    const out: boolean[] = [];
-    for (const reply of await Promise.all(calls)) {
-      if (!Array.isArray(reply)) throw new Error('unexpected reply from Redis: expected an array');
-      for (const v of reply) out.push(v === 1);
-    }
+    const groups = bySlot(
+      names.map((name, index) => ({ name, index })),
+      ({ name }) => this.keys.of(name),
+    );
+    const calls: Promise<void>[] = [];
+    const out = new Array<boolean>(names.length).fill(false);
+    for (const [slot, group] of groups)
+      for (let i = 0; i < group.length; i += LEASE_BATCH) {
+        const batch = group.slice(i, i + LEASE_BATCH);
+        const keys = batch.map(({ name }) => slot.lease(name));
+        const call = this.#run(scripts.LEASE_MANY, keys, [owner, ttlArg(ttlMs)]);
+        calls.push(
+          call.then((reply) => {
+            if (!Array.isArray(reply) || reply.length !== batch.length)
+              throw new Error('unexpected reply from Redis: expected an answer per lease');
+            batch.forEach(({ index }, j) => (out[index] = reply[j] === 1));
+          }),
+        );
+      }
+    await Promise.all(calls);
     return out;
   }
 
   async release(name: string, owner: string): Promise<void> {
-    await this.#run(scripts.RELEASE, [this.keys.lease(name)], [owner]);
+    await this.#run(scripts.RELEASE, [this.keys.of(name).lease(name)], [owner]);
   }
 
   putFact(key: string, fact: BackendFact): Promise<void> {
@@ -272,15 +382,20 @@ export class RedisStore implements StateStore {
     this.#factWaiters = [];
     this.#factsInFlight = true;
     const calls: Promise<unknown>[] = [];
-    // Sent in order on one connection, so Redis applies them in order.
-    for (let i = 0; i < ops.length; i += 3 * FACT_OPS_BATCH)
-      calls.push(
-        this.#run(
-          scripts.APPLY_FACTS,
-          [this.keys.facts],
-          [this.#factsTtlMs, ...ops.slice(i, i + 3 * FACT_OPS_BATCH)],
-        ),
-      );
+    // Per slot (a backend's facts live with its pool), in order: sent in order on one connection
+    // to that slot's server, so Redis applies them in order.
+    const triplets: (readonly string[])[] = [];
+    for (let i = 0; i + 2 < ops.length; i += 3) triplets.push(ops.slice(i, i + 3));
+    for (const [slot, group] of bySlot(triplets, ([, field]) => this.keys.of(field ?? ''))) {
+      for (let i = 0; i < group.length; i += FACT_OPS_BATCH)
+        calls.push(
+          this.#run(
+            scripts.APPLY_FACTS,
+            [slot.facts],
+            [this.#factsTtlMs, ...group.slice(i, i + FACT_OPS_BATCH).flat()],
+          ),
+        );
+    }
     void Promise.all(calls)
       .then(
         () => waiters.forEach((w) => w.resolve()),
@@ -292,20 +407,25 @@ export class RedisStore implements StateStore {
       });
   }
 
-  async readFacts(): Promise<Map<string, BackendFact>> {
-    return decodeFacts(await this.#call('HGETALL', this.keys.facts));
+  async readFacts(pools: readonly string[]): Promise<Map<string, BackendFact>> {
+    const replies = await Promise.all(this.#slotsOf(pools).map((slot) => this.#call('HGETALL', slot.facts)));
+    const wanted = new Set(pools);
+    const facts = new Map<string, BackendFact>();
+    for (const reply of replies)
+      for (const [key, fact] of decodeFacts(reply)) if (wanted.has(poolOf(key) ?? '')) facts.set(key, fact);
+    return facts;
   }
 
   async register(pool: string, address: string, ttlMs: number): Promise<void> {
-    await this.#run(scripts.REGISTER, [this.keys.registry(pool)], [address, ttlArg(ttlMs)]);
+    await this.#run(scripts.REGISTER, [this.keys.pool(pool).registry(pool)], [address, ttlArg(ttlMs)]);
   }
 
   async deregister(pool: string, address: string): Promise<void> {
-    await this.#call('ZREM', this.keys.registry(pool), address);
+    await this.#call('ZREM', this.keys.pool(pool).registry(pool), address);
   }
 
   async registered(pool: string): Promise<string[]> {
-    return stringList(await this.#run(scripts.REGISTERED, [this.keys.registry(pool)], []));
+    return stringList(await this.#run(scripts.REGISTERED, [this.keys.pool(pool).registry(pool)], []));
   }
 
   /** Runs a script by its SHA, sending the source once when the server does not know it yet. */

@@ -82,7 +82,7 @@ export class SharedHealth implements HealthEvents {
     // Writes go out before the read, so the read reflects them (one connection keeps the order).
     const flushed = this.#flush();
     const mark = this.#seq;
-    const read = this.#d.store.readFacts();
+    const read = this.#d.store.readFacts(pools.map(({ pool }) => pool.name));
     const [elected, facts] = await Promise.all([this.#elect(pools), read]);
     await flushed;
     for (const { pool, health } of pools) {

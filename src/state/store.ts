@@ -34,8 +34,12 @@ export interface StateStore {
    * published again, so a replica that dies stops counting.
    */
   publishCounts(replicaId: string, counts: ReadonlyMap<string, number>, ttlMs: number): Promise<void>;
-  /** Sum of every live replica's published counts per backend key, leaving out `exceptReplica`. */
-  readCounts(exceptReplica: string): Promise<Map<string, number>>;
+  /**
+   * Sum of every live replica's published counts per backend key of `pools`, leaving out
+   * `exceptReplica`. (Naming the pools lets a store that spreads pools over Redis Cluster slots
+   * read only the slots this replica balances.)
+   */
+  readCounts(exceptReplica: string, pools: readonly string[]): Promise<Map<string, number>>;
   /** Removes this replica's counts and limit claims at once (clean shutdown). */
   withdraw(replicaId: string): Promise<void>;
 
@@ -62,7 +66,8 @@ export interface StateStore {
   putFact(key: string, fact: BackendFact): Promise<void>;
   /** Removes one field of a backend's facts (e.g. admin back to its default). */
   clearFact(key: string, field: keyof BackendFact): Promise<void>;
-  readFacts(): Promise<Map<string, BackendFact>>;
+  /** The shared facts of every backend of `pools`. */
+  readFacts(pools: readonly string[]): Promise<Map<string, BackendFact>>;
 
   /** Registry discovery: `address` belongs to `pool` for `ttlMs` unless registered again. */
   register(pool: string, address: string, ttlMs: number): Promise<void>;
@@ -72,4 +77,16 @@ export interface StateStore {
 
 export function backendKey(pool: string, address: string): string {
   return `${pool}/${address}`;
+}
+
+/**
+ * The pool of a name that carries a backend key, bare (`ingress/10.0.1.5:8443`) or after a kind
+ * (`probe:ingress/…`, `backend:ingress/…`); undefined for any other name (`listener:https`). Pool
+ * names hold neither `/` nor `:` (config/schema.ts), so this cannot misread an address.
+ */
+export function poolOf(name: string): string | undefined {
+  const slash = name.indexOf('/');
+  if (slash < 0) return undefined;
+  const head = name.slice(0, slash);
+  return head.slice(head.indexOf(':') + 1) || undefined;
 }

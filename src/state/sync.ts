@@ -199,7 +199,10 @@ export class StateSync {
       for (const b of pool.backends()) if (b.local > 0) counts.set(b.key, b.local);
     const [, others] = await Promise.all([
       store.publishCounts(replicaId, counts, STALE_HEARTBEATS * heartbeat),
-      store.readCounts(replicaId),
+      store.readCounts(
+        replicaId,
+        pools.map(({ pool }) => pool.name),
+      ),
     ]);
     for (const { pool } of pools) for (const b of pool.backends()) b.remote = others.get(b.key) ?? 0;
     this.#countsOk = this.#o.clock.now();

@@ -24,6 +24,7 @@ const TIMEOUT_MS = 300;
 /** A call "fails fast" when it settles well within this. */
 const FAST_MS = 2000;
 const K = backendKey('ingress', '10.0.1.5:8443');
+const POOLS = ['ingress'];
 
 const unhandled: unknown[] = [];
 const onUnhandled = (reason: unknown): void => void unhandled.push(reason);
@@ -78,13 +79,13 @@ async function open(url: string, prefix = `f-${randomUUID().slice(0, 8)}`): Prom
 function everyCall(store: RedisStore): (() => Promise<unknown>)[] {
   return [
     () => store.publishCounts('r1', new Map([[K, 1]]), 1000),
-    () => store.readCounts('r1'),
+    () => store.readCounts('r1', POOLS),
     () => store.withdraw('r1'),
     () => store.leaseMany(['l'], 'r1', 1000),
     () => store.release('l', 'r1'),
     () => store.putFact(K, { healthy: true }),
     () => store.clearFact(K, 'healthy'),
-    () => store.readFacts(),
+    () => store.readFacts(POOLS),
     () => store.register('p', '10.0.0.1:80', 1000),
     () => store.deregister('p', '10.0.0.1:80'),
     () => store.registered('p'),
@@ -117,13 +118,13 @@ describe('RedisStore when Redis fails', () => {
     await expectAllRejectFast(store);
 
     await redis.restart();
-    await vi.waitFor(async () => expect(await other.readCounts('r2')).toEqual(new Map()), {
+    await vi.waitFor(async () => expect(await other.readCounts('r2', POOLS)).toEqual(new Map()), {
       timeout: 5000,
       interval: 20,
     }); // restarted empty
     await vi.waitFor(() => expect(store.isUp()).toBe(true), { timeout: 5000, interval: 20 });
     await store.publishCounts('r1', new Map([[K, 3]]), 10_000);
-    await vi.waitFor(async () => expect(await other.readCounts('r2')).toEqual(new Map([[K, 3]])), {
+    await vi.waitFor(async () => expect(await other.readCounts('r2', POOLS)).toEqual(new Map([[K, 3]])), {
       timeout: 5000,
       interval: 20,
     });
@@ -201,7 +202,7 @@ describe('RedisStore when Redis fails', () => {
       });
     } else {
       expect(store.isUp()).toBe(false);
-      await expect(store.readFacts()).rejects.toThrow(code);
+      await expect(store.readFacts(POOLS)).rejects.toThrow(code);
       expect(fake.connections).toBe(1);
     }
   });
@@ -228,7 +229,7 @@ describe('RedisStore when Redis fails', () => {
     await store.clearFact(K, 'admin');
     await store.putFact(K, { healthy: true });
     await store.register('api', '10.0.0.1:80', 10_000);
-    await store.readCounts('r1');
+    await store.readCounts('r1', POOLS);
     await store.registered('api');
     await store.withdraw('r2');
 
@@ -238,7 +239,7 @@ describe('RedisStore when Redis fails', () => {
       const keys: string[] = [];
       let cursor = '0';
       do {
-        const [next, batch] = await probe.scan(cursor, 'MATCH', `${store.keys.base}*`, 'COUNT', 100);
+        const [next, batch] = await probe.scan(cursor, 'MATCH', store.keys.pattern, 'COUNT', 100);
         keys.push(...batch);
         cursor = next;
       } while (cursor !== '0');

@@ -9,8 +9,8 @@ import type { TestServer } from '../support/net.js';
 import { closedPort, echoServer, exchange, holdOpen, startServer, waitFor } from '../support/net.js';
 import { runCli, SLUICE, spawnSluice } from '../support/process.js';
 import type { SluiceProcess } from '../support/process.js';
-import type { RedisServer } from '../support/redis-server.js';
-import { startRedis, stopAllRedis } from '../support/redis-server.js';
+import type { RedisCluster, RedisServer } from '../support/redis-server.js';
+import { startRedis, startRedisCluster, stopAllRedis } from '../support/redis-server.js';
 import { startRuntime } from '../support/runtime.js';
 import type { TestRuntime } from '../support/runtime.js';
 import { testScope } from '../support/scope.js';
@@ -39,7 +39,7 @@ interface PoolSpec {
 }
 
 function yamlFor(
-  url: string,
+  target: string | RedisCluster,
   prefix: string,
   replica: string,
   pools: readonly PoolSpec[],
@@ -58,7 +58,7 @@ ${p.extra ?? ''}`,
 log: { level: info, access_log: false }
 state:
   store: redis
-  redis: { url: "${url}", key_prefix: "${prefix}", command_timeout: 300ms }
+  redis: { ${redisTarget(target)}, key_prefix: "${prefix}", command_timeout: 300ms }
   replica_id: ${replica}
   heartbeat: ${HEARTBEAT}ms
 listeners:
@@ -66,6 +66,12 @@ ${pools.map((p) => `  - { name: ${p.name}, protocol: tcp, bind: "127.0.0.1:0", p
 pools:
 ${poolText}
 `;
+}
+
+/** A redis-server's URL, or a Cluster's nodes. */
+function redisTarget(target: string | RedisCluster): string {
+  if (typeof target === 'string') return `url: "${target}"`;
+  return `nodes: [${target.nodes.map((n) => `"127.0.0.1:${n.port}"`).join(', ')}]`;
 }
 
 /** An in-process replica on its own RedisStore. */
@@ -278,6 +284,42 @@ describe('replicas sharing Redis: health and admin', () => {
     expect(await post(c!, 'enable')).toBe(200);
     for (const rt of [a!, b!])
       await waitFor(async () => (await backendOf(rt.adminUrl, 'app', x.address))?.state === 'up', 3000, 'up');
+  });
+});
+
+describe('replicas sharing a Redis Cluster, pools spread over its primaries', () => {
+  it('share counts and drains across pools that live on different primaries', async () => {
+    const cluster = await startRedisCluster(3);
+    const pfx = prefix();
+    const names = ['app', 'api', 'web', 'dns', 'db', 'mq'];
+    const servers = await Promise.all(names.map(() => holdServer()));
+    const pools = names.map((name, i) => ({ name, backends: [servers[i]!.address] }));
+    const [a, b] = await Promise.all(['a', 'b'].map((id) => replica(yamlFor(cluster, pfx, id, pools))));
+    for (const [i, name] of names.entries()) await openSessions(a!.port(name), i + 1);
+    for (const [i, name] of names.entries())
+      await waitFor(
+        async () => (await backendOf(b!.adminUrl, name, servers[i]!.address))?.connections.cluster === i + 1,
+        3000,
+        `cluster count ${i + 1} in ${name}`,
+      );
+    // The pools' keys are on more than one primary: the fleet's state is spread.
+    const perPrimary = await cluster.keys(`{${pfx}[}:]*`);
+    expect(perPrimary.filter((n) => n > 0).length).toBeGreaterThan(1);
+    // A drain through b, of a backend in each pool, reaches a.
+    for (const [i, name] of names.entries()) {
+      const address = encodeURIComponent(servers[i]!.address);
+      const res = await fetch(`${b!.adminUrl}/api/v1/pools/${name}/backends/${address}/drain`, {
+        method: 'POST',
+      });
+      expect(res.status).toBe(200);
+    }
+    for (const [i, name] of names.entries())
+      await waitFor(
+        async () => (await backendOf(a!.adminUrl, name, servers[i]!.address))?.state === 'draining',
+        3000,
+        `drain in ${name}`,
+      );
+    expect(await a!.metric('sluice_state_store_up')).toBe(1);
   });
 });
 

@@ -6,8 +6,8 @@ import { RedisStore } from '../../src/state/redis.js';
 import type { LimitClaim, LimitRound, StateStore } from '../../src/state/store.js';
 import { backendKey } from '../../src/state/store.js';
 import { silentLogger } from '../../src/telemetry/logger.js';
-import type { RedisServer } from '../support/redis-server.js';
-import { startRedis, stopAllRedis } from '../support/redis-server.js';
+import type { RedisCluster, RedisServer } from '../support/redis-server.js';
+import { startRedis, startRedisCluster, stopAllRedis } from '../support/redis-server.js';
 
 /** Two replicas' views of one shared store; for the memory store both are the same object. */
 interface Pair {
@@ -20,6 +20,8 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
 const map = (entries: Record<string, number>): Map<string, number> => new Map(Object.entries(entries));
 const K1 = backendKey('ingress', '10.0.1.5:8443');
 const K2 = backendKey('ingress', '[2001:db8::1]:8443');
+/** The pools the tests' backend keys belong to. */
+const POOLS = ['ingress'];
 /** One lease, through the batch call. */
 const lease = async (
   s: StateStore,
@@ -39,6 +41,7 @@ const claim = (key: string, limit: number, open: number, hold = open, renew = fa
 /** A round of claims that may grow, splitting over at least `hint` replicas. */
 const round = (hint: number, ttlMs = 5000, grow = true): LimitRound => ({ replicasHint: hint, grow, ttlMs });
 const LB = 'backend:ingress/10.0.1.5:8443';
+const LB2 = 'backend:ingress/10.0.1.6:8443';
 const LL = 'listener:https';
 
 /** The behaviour every StateStore promises, run against each implementation. */
@@ -61,24 +64,24 @@ function contract(name: string, makePair: () => Promise<Pair>): void {
     it('sums the counts of other replicas and leaves out the reader', async () => {
       await a.publishCounts('r1', map({ [K1]: 2, [K2]: 1 }), 5000);
       await b.publishCounts('r2', map({ [K1]: 3 }), 5000);
-      expect(await a.readCounts('r1')).toEqual(map({ [K1]: 3 }));
-      expect(await b.readCounts('r2')).toEqual(map({ [K1]: 2, [K2]: 1 }));
-      expect(await b.readCounts('nobody')).toEqual(map({ [K1]: 5, [K2]: 1 }));
+      expect(await a.readCounts('r1', POOLS)).toEqual(map({ [K1]: 3 }));
+      expect(await b.readCounts('r2', POOLS)).toEqual(map({ [K1]: 2, [K2]: 1 }));
+      expect(await b.readCounts('nobody', POOLS)).toEqual(map({ [K1]: 5, [K2]: 1 }));
     });
 
     it('replaces a replica’s counts on each publish and keeps only positive ones', async () => {
       await a.publishCounts('r1', map({ [K1]: 4 }), 5000);
       await a.publishCounts('r1', map({ [K1]: 0, [K2]: 2, 'p/x:1': -3 }), 5000);
-      expect(await b.readCounts('r2')).toEqual(map({ [K2]: 2 }));
+      expect(await b.readCounts('r2', POOLS)).toEqual(map({ [K2]: 2 }));
       await a.publishCounts('r1', new Map(), 5000);
-      expect(await b.readCounts('r2')).toEqual(new Map());
+      expect(await b.readCounts('r2', POOLS)).toEqual(new Map());
     });
 
     it('forgets a replica whose counts were not published again within the TTL', async () => {
       await a.publishCounts('short', map({ [K1]: 1 }), 300);
       await b.publishCounts('long', map({ [K1]: 10 }), 10_000);
-      expect(await b.readCounts('x')).toEqual(map({ [K1]: 11 }));
-      await vi.waitFor(async () => expect(await b.readCounts('x')).toEqual(map({ [K1]: 10 })), {
+      expect(await b.readCounts('x', POOLS)).toEqual(map({ [K1]: 11 }));
+      await vi.waitFor(async () => expect(await b.readCounts('x', POOLS)).toEqual(map({ [K1]: 10 })), {
         timeout: 3000,
         interval: 25,
       });
@@ -90,15 +93,87 @@ function contract(name: string, makePair: () => Promise<Pair>): void {
         await sleep(200);
         await a.publishCounts('r1', map({ [K1]: 1 }), 400);
       }
-      expect(await b.readCounts('r2')).toEqual(map({ [K1]: 1 }));
+      expect(await b.readCounts('r2', POOLS)).toEqual(map({ [K1]: 1 }));
     });
 
     it('withdraws a replica’s counts at once', async () => {
       await a.publishCounts('r1', map({ [K1]: 2 }), 10_000);
       await b.publishCounts('r2', map({ [K1]: 1 }), 10_000);
       await a.withdraw('r1');
-      expect(await b.readCounts('x')).toEqual(map({ [K1]: 1 }));
+      expect(await b.readCounts('x', POOLS)).toEqual(map({ [K1]: 1 }));
       await a.withdraw('never-published');
+    });
+
+    it('keeps pools apart: counts and facts of the pools asked for, wherever they live', async () => {
+      const pools = ['ingress', 'api', 'web', 'dns', 'mail', 'db'];
+      const keyOf = (pool: string): string => backendKey(pool, '10.0.0.1:80');
+      await a.publishCounts('r1', map(Object.fromEntries(pools.map((p, i) => [keyOf(p), i + 1]))), 10_000);
+      await b.publishCounts('r2', map({ [keyOf('api')]: 10 }), 10_000);
+      expect(await b.readCounts('r2', pools)).toEqual(
+        map(Object.fromEntries(pools.map((p, i) => [keyOf(p), i + 1]))),
+      );
+      expect(await b.readCounts('x', ['api', 'db'])).toEqual(map({ [keyOf('api')]: 12, [keyOf('db')]: 6 }));
+      expect(await b.readCounts('x', [])).toEqual(new Map());
+      // Counts that leave a pool are gone from it at the next publish.
+      await a.publishCounts('r1', map({ [keyOf('web')]: 7 }), 10_000);
+      expect(await b.readCounts('x', pools)).toEqual(map({ [keyOf('api')]: 10, [keyOf('web')]: 7 }));
+      await a.publishCounts('r1', new Map(), 10_000);
+      expect(await b.readCounts('x', pools)).toEqual(map({ [keyOf('api')]: 10 }));
+      // Facts, leases and registries, in every pool.
+      await Promise.all(pools.map((p, i) => a.putFact(keyOf(p), { healthy: i % 2 === 0 })));
+      const facts = await b.readFacts(['web', 'dns']);
+      expect(facts).toEqual(
+        new Map([
+          [keyOf('web'), { healthy: true }],
+          [keyOf('dns'), { healthy: false }],
+        ]),
+      );
+      const leases = pools.map((p) => `probe:${keyOf(p)}`);
+      expect(
+        await a.leaseMany(
+          leases.filter((_, i) => i % 2 === 0),
+          'r1',
+          10_000,
+        ),
+      ).toEqual([true, true, true]);
+      expect(await b.leaseMany(leases, 'r2', 10_000)).toEqual(pools.map((_, i) => i % 2 === 1));
+      await a.release(leases[0]!, 'r1');
+      expect(await b.leaseMany([leases[0]!], 'r2', 10_000)).toEqual([true]);
+      await a.withdraw('r1');
+      await b.withdraw('r2');
+      expect(await a.readCounts('x', pools)).toEqual(new Map());
+    });
+
+    it('answers claims on several pools and a listener in the order asked, and drops those not made again', async () => {
+      const lb = (pool: string): string => `backend:${pool}/10.0.0.1:80`;
+      const claims = [
+        claim(lb('api'), 10, 2),
+        claim(LL, 100, 5),
+        claim(lb('web'), 20, 1),
+        claim(lb('api') + '0', 4, 0),
+      ];
+      expect(await a.claimLimits('r1', claims, round(2))).toEqual({
+        replicas: 1,
+        lost: false,
+        grants: [
+          { grant: 6, share: 4 },
+          { grant: 53, share: 48 },
+          { grant: 11, share: 10 },
+          { grant: 2, share: 2 },
+        ],
+      });
+      // r2 sees r1's claims on each key, wherever its pool lives.
+      const seen = await b.claimLimits('r2', [claim(lb('web'), 20, 0), claim(LL, 100, 0)], round(2));
+      expect(seen.replicas).toBe(2);
+      expect(seen.grants).toEqual([
+        { grant: 9, share: 9 },
+        { grant: 47, share: 47 },
+      ]);
+      // r1 claims only the listener now: its claims on the pools are dropped.
+      await a.claimLimits('r1', [claim(LL, 100, 5)], round(2));
+      expect((await b.claimLimits('r2', [claim(lb('web'), 20, 0)], round(2))).grants).toEqual([
+        { grant: 10, share: 10 },
+      ]);
     });
 
     it('grants limit claims within the limit: a fair share each, never below the hold', async () => {
@@ -134,9 +209,15 @@ function contract(name: string, makePair: () => Promise<Pair>): void {
       expect((await b.claimLimits('r2', [claim(LB, 30, 3, 20)], round(3))).grants).toEqual([
         { grant: 20, share: 7 },
       ]);
-      // Keys are independent; a replica that only publishes counts is live too.
+      // A replica that only publishes counts is live too (where its pool's keys are).
       await a.publishCounts('c1', map({ [K1]: 1 }), 5000);
-      expect(await a.claimLimits('r1', [claim(LL, 8, 0), claim(LB, 30, 5)], round(3))).toEqual({
+      expect(await a.claimLimits('r1', [claim(LB, 30, 5)], round(3))).toEqual({
+        replicas: 4,
+        lost: false,
+        grants: [{ grant: 5, share: 6 }],
+      });
+      // Keys are independent.
+      expect(await a.claimLimits('r1', [claim(LL, 8, 0), claim(LB, 30, 5)], round(4))).toEqual({
         replicas: 4,
         lost: false,
         grants: [
@@ -160,10 +241,11 @@ function contract(name: string, makePair: () => Promise<Pair>): void {
         lost: false,
         grants: [{ grant: 7, share: 26 }],
       });
-      // LB's claim is there, LL's is not (as after a restart of the store): r1 settles, every
-      // grant of its held at its hold for the TTL of this claim.
+      // LB's claim is there, LB2's is not (as after a restart of the store): r1 settles, every
+      // grant of its held at its hold for the TTL of this claim. (With pools spread over a
+      // Cluster, where each primary may lose its data alone, this holds per pool.)
       expect(
-        await a.claimLimits('r1', [claim(LB, 30, 4, 4, true), claim(LL, 10, 0, 3, true)], round(1, 300)),
+        await a.claimLimits('r1', [claim(LB, 30, 4, 4, true), claim(LB2, 10, 0, 3, true)], round(1, 300)),
       ).toEqual({
         replicas: 1,
         lost: true,
@@ -172,14 +254,14 @@ function contract(name: string, makePair: () => Promise<Pair>): void {
           { grant: 3, share: 10 },
         ],
       });
-      expect(await b.claimLimits('r1', [claim(LL, 10, 0, 3, true)], round(1, 10_000))).toEqual({
+      expect(await b.claimLimits('r1', [claim(LB2, 10, 0, 3, true)], round(1, 10_000))).toEqual({
         replicas: 1,
         lost: true,
         grants: [{ grant: 3, share: 10 }],
       });
       await vi.waitFor(
         async () =>
-          expect(await a.claimLimits('r1', [claim(LL, 10, 0, 3, true)], round(1, 10_000))).toEqual({
+          expect(await a.claimLimits('r1', [claim(LB2, 10, 0, 3, true)], round(1, 10_000))).toEqual({
             replicas: 1,
             lost: false,
             grants: [{ grant: 10, share: 10 }],
@@ -308,7 +390,7 @@ function contract(name: string, makePair: () => Promise<Pair>): void {
         if (i % 5 === 0) writes.push(a.putFact(key, { healthy: true }));
       }
       await Promise.all(writes);
-      const facts = await b.readFacts();
+      const facts = await b.readFacts(['bulk']);
       for (const [i, key] of keys.entries()) {
         const want = { healthy: i % 5 === 0 || i % 2 === 0, ...(i % 3 === 0 ? {} : { admin: 'draining' }) };
         expect(facts.get(key)).toEqual(want);
@@ -319,7 +401,7 @@ function contract(name: string, makePair: () => Promise<Pair>): void {
       await a.putFact(K1, { healthy: true });
       await b.putFact(K1, { admin: 'draining' });
       await a.putFact(K2, { ejectedUntil: 1_767_225_600_123 });
-      expect(await b.readFacts()).toEqual(
+      expect(await b.readFacts(POOLS)).toEqual(
         new Map([
           [K1, { healthy: true, admin: 'draining' }],
           [K2, { ejectedUntil: 1_767_225_600_123 }],
@@ -329,7 +411,7 @@ function contract(name: string, makePair: () => Promise<Pair>): void {
       await a.putFact(K1, {});
       await b.clearFact(K1, 'admin');
       await b.clearFact('ingress/unknown:1', 'admin');
-      expect((await a.readFacts()).get(K1)).toEqual({ healthy: false });
+      expect((await a.readFacts(POOLS)).get(K1)).toEqual({ healthy: false });
     });
 
     it('lists registered addresses until their TTL runs out or they deregister', async () => {
@@ -357,8 +439,13 @@ contract('memory', async () => {
 
 let redis: RedisServer;
 let cluster: RedisServer;
+let spread: RedisCluster;
 beforeAll(async () => {
-  [redis, cluster] = await Promise.all([startRedis(), startRedis({ cluster: true })]);
+  [redis, cluster, spread] = await Promise.all([
+    startRedis(),
+    startRedis({ cluster: true }),
+    startRedisCluster(3),
+  ]);
 });
 afterAll(() => stopAllRedis());
 
@@ -379,6 +466,49 @@ async function redisPair(config: ServerConfig): Promise<Pair> {
 }
 
 contract('redis', () => redisPair({ url: redis.url }));
+
+// Three primaries, each serving a third of the slots: the pools spread over them.
+contract('redis cluster (three primaries, pools spread)', () =>
+  redisPair({
+    url: 'redis://127.0.0.1/0',
+    nodes: spread.nodes.map((n) => ({ host: '127.0.0.1', port: n.port })),
+  }),
+);
+
+describe('redis cluster with pools spread', () => {
+  it('puts each pool’s keys in a slot of its own, so the pools spread over the primaries', async () => {
+    const pair = await redisPair({
+      url: 'redis://127.0.0.1/0',
+      nodes: spread.nodes.map((n) => ({ host: '127.0.0.1', port: n.port })),
+    });
+    const { a, b } = pair;
+    try {
+      const pattern = (a as RedisStore).keys.pattern;
+      const pools = Array.from({ length: 24 }, (_, i) => `pool-${i}`);
+      const counts = map(Object.fromEntries(pools.map((p) => [backendKey(p, '10.0.0.1:80'), 1])));
+      await a.publishCounts('r1', counts, 10_000);
+      await b.publishCounts('r2', counts, 10_000);
+      const added = await spread.keys(pattern);
+      // Per pool a counts hash per replica, their index and their total: 4 keys, never split over
+      // primaries.
+      expect(added.reduce((x, y) => x + y, 0)).toBe(4 * pools.length);
+      for (const n of added) {
+        expect(n % 4).toBe(0);
+        expect(n).toBeGreaterThan(0);
+      }
+      expect(await a.readCounts('x', pools)).toEqual(
+        map(Object.fromEntries([...counts].map(([k]) => [k, 2]))),
+      );
+      await Promise.all([a.withdraw('r1'), b.withdraw('r2')]);
+      // Only the marker of the total's last rebuild is left in each pool's slot.
+      const left = await spread.keys(pattern);
+      expect(left.reduce((x, y) => x + y, 0)).toBe(pools.length);
+      expect(left.map((n, i) => n * 4 - (added[i] ?? 0))).toEqual(spread.nodes.map(() => 0));
+    } finally {
+      await pair.close();
+    }
+  });
+});
 
 // One node holding every slot: exercises the Cluster client and the hash-tagged key layout.
 contract('redis cluster (one node)', () =>

@@ -4,6 +4,7 @@ import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { Redis } from 'ioredis';
 
 /**
  * Test fixtures for the Redis store: a real redis-server of our own on a free loopback port
@@ -68,16 +69,19 @@ const running = new Set<RedisServer>();
 export class RedisServer {
   readonly port: number;
   readonly #dir: string;
-  readonly #cluster: boolean;
+  /** Cluster mode: true for a one-node cluster holding every slot, or the slot range it serves. */
+  readonly #cluster: boolean | readonly [number, number];
   readonly #extra: readonly string[];
   /** A sentinel's config file: the process runs as a sentinel on it. */
   readonly #sentinelConf: string | undefined;
   #proc: ChildProcess | undefined;
+  /** The cluster bus port, chosen at the first launch. */
+  #bus: number | undefined;
 
   constructor(
     port: number,
     dir: string,
-    cluster: boolean,
+    cluster: boolean | readonly [number, number],
     extra: readonly string[] = [],
     sentinelConf?: string,
   ) {
@@ -101,7 +105,8 @@ export class RedisServer {
     if (this.#sentinelConf === undefined)
       args.push('--dir', this.#dir, '--daemonize', 'no', '--protected-mode', 'no', '--loglevel', 'warning');
     args.push(...this.#extra);
-    if (this.#cluster)
+    if (this.#cluster !== false)
+      // The bus port defaults to port + 10,000, which may be taken or past 65,535: name a free one.
       args.push(
         '--cluster-enabled',
         'yes',
@@ -109,6 +114,8 @@ export class RedisServer {
         `nodes-${this.port}.conf`,
         '--cluster-announce-ip',
         '127.0.0.1',
+        '--cluster-port',
+        String((this.#bus ??= await freePort())),
       );
     rmSync(join(this.#dir, `nodes-${this.port}.conf`), { force: true }); // a restart starts empty
     const proc = spawn(REDIS_SERVER, args, { stdio: 'ignore' });
@@ -120,7 +127,18 @@ export class RedisServer {
         throw new Error(`redis-server exited with ${proc.exitCode} on port ${this.port}`);
       return (await inlineCommand(this.port, 'PING', 200))?.startsWith('+PONG') ?? false;
     });
-    if (this.#cluster) await this.#serveAllSlots();
+    if (this.#cluster === true) await this.#serveAllSlots();
+    else if (this.#cluster !== false) await this.command(`CLUSTER ADDSLOTSRANGE ${this.#cluster.join(' ')}`);
+  }
+
+  /** The cluster bus port (CLUSTER MEET needs it), once launched in cluster mode. */
+  get bus(): number | undefined {
+    return this.#bus;
+  }
+
+  /** One inline command on a fresh connection; the raw reply, or undefined when none came. */
+  command(line: string, ms = 1000): Promise<string | undefined> {
+    return inlineCommand(this.port, line, ms);
   }
 
   /** A one-node Redis Cluster: this node takes every slot. */
@@ -169,6 +187,60 @@ export async function startRedis(opts: { cluster?: boolean } = {}): Promise<Redi
   );
   await server.launch();
   return server;
+}
+
+/** A Redis Cluster on loopback: primaries only, each serving an equal range of the slots. */
+export interface RedisCluster {
+  readonly nodes: readonly RedisServer[];
+  /** The number of keys matching `pattern` on each primary, in the order of `nodes`. */
+  keys(pattern: string): Promise<number[]>;
+}
+
+/** Starts a Redis Cluster of `primaries` nodes, and waits until every node sees it whole. */
+export async function startRedisCluster(primaries = 3): Promise<RedisCluster> {
+  if (!existsSync(REDIS_SERVER)) throw new Error('redis-server not found: install the redis-server package');
+  const nodes: RedisServer[] = [];
+  for (let i = 0; i < primaries; i++) {
+    const from = Math.floor((16384 * i) / primaries);
+    const to = Math.floor((16384 * (i + 1)) / primaries) - 1;
+    const node = new RedisServer(await freePort(), mkdtempSync(join(tmpdir(), 'sluice-redis-')), [from, to]);
+    await node.launch();
+    nodes.push(node);
+  }
+  for (const node of nodes.slice(1))
+    await nodes[0]?.command(`CLUSTER MEET 127.0.0.1 ${node.port} ${node.bus}`);
+  await poll('redis cluster: cluster_state:ok on every node', async () => {
+    for (const node of nodes) {
+      const info = await inlineCommand(node.port, 'CLUSTER INFO', 200, (r) =>
+        r.includes('cluster_known_nodes:'),
+      );
+      if (!(info?.includes('cluster_state:ok') ?? false)) return false;
+      if (!(info?.includes(`cluster_known_nodes:${primaries}`) ?? false)) return false;
+    }
+    return true;
+  });
+  return {
+    nodes,
+    keys: (pattern) =>
+      Promise.all(
+        nodes.map(async (node) => {
+          const client = new Redis({ host: '127.0.0.1', port: node.port, lazyConnect: true });
+          try {
+            await client.connect();
+            let n = 0;
+            let cursor = '0';
+            do {
+              const [next, batch] = await client.scan(cursor, 'MATCH', pattern, 'COUNT', 1000);
+              n += batch.length;
+              cursor = next;
+            } while (cursor !== '0');
+            return n;
+          } finally {
+            client.disconnect();
+          }
+        }),
+      ),
+  };
 }
 
 /**

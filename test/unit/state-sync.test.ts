@@ -50,7 +50,8 @@ class FlakyStore implements StateStore {
   close = (): Promise<void> => Promise.resolve();
   publishCounts = (r: string, c: ReadonlyMap<string, number>, t: number): Promise<void> =>
     this.#gate(() => this.inner.publishCounts(r, c, t));
-  readCounts = (r: string): Promise<Map<string, number>> => this.#gate(() => this.inner.readCounts(r));
+  readCounts = (r: string, p: readonly string[]): Promise<Map<string, number>> =>
+    this.#gate(() => this.inner.readCounts(r, p));
   withdraw = (r: string): Promise<void> => this.#gate(() => this.inner.withdraw(r));
   claimLimits = (r: string, c: readonly LimitClaim[], round: LimitRound): Promise<LimitAnswer> =>
     this.#gate(() => this.inner.claimLimits(r, c, round));
@@ -60,7 +61,8 @@ class FlakyStore implements StateStore {
   putFact = (k: string, f: BackendFact): Promise<void> => this.#gate(() => this.inner.putFact(k, f));
   clearFact = (k: string, f: keyof BackendFact): Promise<void> =>
     this.#gate(() => this.inner.clearFact(k, f));
-  readFacts = (): Promise<Map<string, BackendFact>> => this.#gate(() => this.inner.readFacts());
+  readFacts = (p: readonly string[]): Promise<Map<string, BackendFact>> =>
+    this.#gate(() => this.inner.readFacts(p));
   register = (p: string, a: string, t: number): Promise<void> =>
     this.#gate(() => this.inner.register(p, a, t));
   deregister = (p: string, a: string): Promise<void> => this.#gate(() => this.inner.deregister(p, a));
