@@ -26,6 +26,21 @@ export interface SharedHealthDeps {
   readonly onApplied: (b: Backend, what: Record<string, unknown>) => void;
 }
 
+/**
+ * A replica that lost a backend's lease asks for it again only every this many rounds (on a turn
+ * of its own per backend, so each round asks for an even share): another replica holds it and
+ * renews it every round, and the lease outlives three rounds anyway. This keeps the lease load on
+ * the store near one ask per backend per round, not one per replica per backend.
+ */
+export const LOSER_ASKS_EVERY = 3;
+
+/** A stable small hash of a key, to give each backend its turn among the rounds. */
+function turnOf(key: string): number {
+  let h = 0;
+  for (let i = 0; i < key.length; i++) h = (h * 31 + key.charCodeAt(i)) >>> 0;
+  return h;
+}
+
 /** The lease that decides who probes `b`. */
 export function probeLease(b: Backend): string {
   return `probe:${b.key}`;
@@ -35,8 +50,9 @@ export function probeLease(b: Backend): string {
  * Health shared between replicas: one elected prober per backend, its verdicts, passive
  * ejections and admin states.
  *
- * - Election: every heartbeat each replica asks for the lease `probe:<pool/address>` of every
- *   backend under active checks (SET NX PX; the holder renews). The holder runs the checker and
+ * - Election: each replica asks for the lease `probe:<pool/address>` of every backend under
+ *   active checks (SET NX PX; the holder renews every heartbeat, a replica that lost it asks
+ *   again every {@link LOSER_ASKS_EVERY} heartbeats). The holder runs the checker and
  *   publishes its verdict as the `healthy` fact; the others stop their checker and follow the
  *   fact. With one replica it always wins, so a lone process checks everything itself.
  * - Fallback: `fallback()` (the store is out) resumes every checker here: each replica probes
@@ -53,6 +69,10 @@ export class SharedHealth implements HealthEvents {
   readonly #d: SharedHealthDeps;
   /** Backends whose probe lease this replica held at the last election. */
   readonly #held = new Set<Backend>();
+  /** Backends whose lease another replica held when this one last asked. */
+  readonly #lost = new Set<Backend>();
+  /** Elections run, for the turns of lost leases. */
+  #rounds = 0;
   /** Facts written here and not yet confirmed by the store, per backend key. */
   readonly #outbox = new Map<string, BackendFact>();
   /** Ejection ends (epoch ms) published by this replica, so its own fact is not applied back. */
@@ -98,6 +118,7 @@ export class SharedHealth implements HealthEvents {
   /** The store is out: every replica probes every backend itself until it returns. */
   fallback(pools: readonly SyncedPool[]): void {
     this.#held.clear();
+    this.#lost.clear(); // the next election, once the store is back, asks for every lease
     for (const { health } of pools) for (const b of [...health.watched()]) health.delegate(b, false);
   }
 
@@ -141,8 +162,16 @@ export class SharedHealth implements HealthEvents {
    */
   async #elect(pools: readonly SyncedPool[]): Promise<boolean> {
     const { store, replicaId, leaseTtlMs } = this.#d;
+    const round = this.#rounds++;
     const watched: { health: PoolHealth; b: Backend }[] = [];
-    for (const { health } of pools) for (const b of health.watched()) watched.push({ health, b });
+    const all = new Set<Backend>();
+    for (const { health } of pools)
+      for (const b of health.watched()) {
+        all.add(b);
+        if (!this.#lost.has(b) || (round + turnOf(b.key)) % LOSER_ASKS_EVERY === 0)
+          watched.push({ health, b });
+      }
+    for (const b of this.#lost) if (!all.has(b)) this.#lost.delete(b); // gone by a reload
     if (watched.length === 0) return true;
     let won: boolean[];
     try {
@@ -155,8 +184,13 @@ export class SharedHealth implements HealthEvents {
       return false;
     }
     watched.forEach(({ health, b }, i) => {
-      if (won[i] === true) this.#held.add(b);
-      else this.#held.delete(b);
+      if (won[i] === true) {
+        this.#held.add(b);
+        this.#lost.delete(b);
+      } else {
+        this.#held.delete(b);
+        this.#lost.add(b);
+      }
       health.delegate(b, won[i] !== true);
     });
     return true;

@@ -1,7 +1,8 @@
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { parseConfigText } from '../../src/config/load.js';
 import { PoolSet } from '../../src/lifecycle/pool-set.js';
 import { MemoryStore } from '../../src/state/memory.js';
+import { LOSER_ASKS_EVERY } from '../../src/state/shared-health.js';
 import { StateSync } from '../../src/state/sync.js';
 import type { BackendFact, LimitAnswer, LimitClaim, LimitRound, StateStore } from '../../src/state/store.js';
 import { silentLogger } from '../../src/telemetry/logger.js';
@@ -261,27 +262,51 @@ describe('StateSync: one prober per backend', () => {
     expect(gauge).toContainEqual({ pool: 'api', backend: A1, probing: false });
   });
 
-  it('hands the lease over when the prober dies', async () => {
+  it('hands the lease over when the prober dies: once it expires, within the turns of the loser', async () => {
     const { clock, replicas } = cluster(2);
     const [a, b] = replicas as [Replica, Replica];
     await round(a, b);
     const health = (r: Replica) => r.pools.entries()[0]?.health;
     expect(health(b)?.probing(b.backend(A1))).toBe(false);
-    clock.advance(2 * HEARTBEAT);
-    await round(b);
-    expect(health(b)?.probing(b.backend(A1))).toBe(false);
-    clock.advance(HEARTBEAT);
-    await round(b);
+    for (let i = 0; i < LOSER_ASKS_EVERY; i++) {
+      clock.advance(HEARTBEAT);
+      if (i < 2) {
+        await round(b);
+        expect(health(b)?.probing(b.backend(A1))).toBe(false); // the lease lives 3 heartbeats
+      }
+    }
+    let rounds = 0;
+    while (health(b)?.probing(b.backend(A1)) !== true && rounds < LOSER_ASKS_EVERY) {
+      await round(b);
+      clock.advance(HEARTBEAT);
+      rounds++;
+    }
     expect(health(b)?.probing(b.backend(A1))).toBe(true);
   });
 
-  it('a clean stop releases the leases at once', async () => {
+  it('a clean stop releases the leases: another replica takes them within its turns', async () => {
     const { replicas } = cluster(2);
     const [a, b] = replicas as [Replica, Replica];
     await round(a, b);
     await a.sync.stop();
-    await round(b);
+    let rounds = 0;
+    while (b.pools.entries()[0]?.health.probing(b.backend(A1)) !== true && rounds < LOSER_ASKS_EVERY) {
+      await round(b);
+      rounds++;
+    }
     expect(b.pools.entries()[0]?.health.probing(b.backend(A1))).toBe(true);
+  });
+
+  it('asks for a lease another replica holds only once every LOSER_ASKS_EVERY rounds', async () => {
+    const { replicas } = cluster(2);
+    const [a, b] = replicas as [Replica, Replica];
+    await round(a, b);
+    const asks = vi.spyOn(b.store, 'leaseMany');
+    for (let i = 0; i < 3 * LOSER_ASKS_EVERY; i++) await round(b);
+    const asked = asks.mock.calls.reduce((n, [names]) => n + names.length, 0);
+    const watched = [...(b.pools.entries()[0]?.health.watched() ?? [])].length;
+    expect(watched).toBeGreaterThan(0);
+    expect(asked).toBe(3 * watched);
   });
 
   it("followers take the prober's verdict within one round", async () => {
