@@ -113,6 +113,35 @@ return 1
 );
 
 /**
+ * KEYS[1] this replica's counts hash, KEYS[2] replica index zset, KEYS[3] total hash.
+ * ARGV[1] replica id, ARGV[2] ttl ms, ARGV[3] counts key prefix, ARGV[4] '1' when the hash
+ * should exist (the replica published counts before), ARGV[5..] backend key, count pairs of what
+ * changed since the replica's last publish (0: gone). Prunes expired replicas; then, unless the
+ * hash is missing where it should be (the store lost it, or pruned this replica: answers 0, and
+ * the replica publishes whole), applies the changes to the hash and the total and renews the
+ * replica's entry and TTLs as PUBLISH_COUNTS does. In steady state a publish carries nothing.
+ */
+export const PUBLISH_CHANGES = script(
+  'publish-changes',
+  3,
+  `${NOW}${KEEP_ALIVE}${COUNT_FNS}
+local ttl = tonumber(ARGV[2])
+prune_replicas(KEYS[2], KEYS[3], ARGV[3], now)
+if ARGV[4] == '1' and redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+for i = 5, #ARGV, 2 do
+  local n = tonumber(ARGV[i + 1])
+  count_add(KEYS[3], ARGV[i], n - tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0'))
+  if n > 0 then redis.call('HSET', KEYS[1], ARGV[i], n) else redis.call('HDEL', KEYS[1], ARGV[i]) end
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('PEXPIRE', KEYS[1], 10 * ttl) end
+redis.call('ZADD', KEYS[2], now + ttl, ARGV[1])
+keep_alive(KEYS[2], ttl)
+if redis.call('EXISTS', KEYS[3]) == 1 then keep_alive(KEYS[3], ttl) end
+return 1
+`,
+);
+
+/**
  * KEYS[1] replica index zset, KEYS[2] total hash, KEYS[3] the reader's counts hash, KEYS[4]
  * rebuild marker. ARGV[1] counts key prefix, ARGV[2] rebuild period ms.
  * Prunes expired replicas, rebuilds the total when due (see COUNT_FNS), and returns the total

@@ -49,6 +49,12 @@ const DEFAULT_BACKOFF: Backoff = { baseMs: 100, maxMs: 2000 };
 const DEFAULT_FACTS_TTL_MS = 7 * 24 * 3_600_000;
 const DEFAULT_REBUILD_MS = 30_000;
 /**
+ * Publishes between two of the whole counts (the others carry what changed). The whole one
+ * replaces whatever the store holds under this replica's id, so even two processes that were
+ * given the same id by mistake cannot leave a mixed hash for longer than this many heartbeats.
+ */
+const WHOLE_EVERY = 30;
+/**
  * Leases per script call in leaseMany: a few hundred keep one call's time in Redis well under a
  * millisecond, so a replica with 10,000 checked backends sends 20 calls per heartbeat, not 10,000.
  */
@@ -121,6 +127,10 @@ export class RedisStore implements StateStore {
   #countSlots = new Set<SlotKeys>();
   #limitSlots = new Set<SlotKeys>();
   readonly #written = new Set<SlotKeys>();
+  /** Per slot, this replica's counts as the store holds them after the last answered publish. */
+  readonly #published = new Map<SlotKeys, ReadonlyMap<string, number>>();
+  #publishedAs: string | undefined;
+  #publishes = 0;
 
   constructor(opts: RedisStoreOptions) {
     this.#clock = opts.clock ?? systemClock;
@@ -177,22 +187,22 @@ export class RedisStore implements StateStore {
   /**
    * One script call per slot: the slots of the pools with counts here, plus those that held this
    * replica's counts at the last publish (emptied now). With no counts anywhere, the fleet's slot
-   * still marks the replica live.
+   * still marks the replica live. A slot gets only what changed since the last publish it
+   * answered (in steady state, nothing), and the whole counts every WHOLE_EVERY publishes, after a
+   * failure, or when it lost them.
    */
   async publishCounts(replicaId: string, counts: ReadonlyMap<string, number>, ttlMs: number): Promise<void> {
+    if (this.#publishedAs !== replicaId) {
+      this.#published.clear();
+      this.#publishedAs = replicaId;
+    }
+    const whole = this.#publishes++ % WHOLE_EVERY === 0;
     const groups = bySlot(counts, ([key]) => this.keys.of(key));
     for (const slot of this.#countSlots) if (!groups.has(slot)) groups.set(slot, []);
     if (groups.size === 0) groups.set(this.keys, []);
     const slots = [...groups.keys()];
     const results = await Promise.allSettled(
-      slots.map((slot) => {
-        this.#written.add(slot);
-        return this.#run(
-          scripts.PUBLISH_COUNTS,
-          [slot.counts(replicaId), slot.replicas, slot.total],
-          [replicaId, ttlArg(ttlMs), slot.countsPrefix, ...encodeCounts(new Map(groups.get(slot)))],
-        );
-      }),
+      slots.map((slot) => this.#publishSlot(slot, replicaId, groups.get(slot) ?? [], ttlMs, whole)),
     );
     // A slot stays on the list while it holds counts, or while emptying it failed.
     this.#countSlots = new Set(
@@ -200,6 +210,38 @@ export class RedisStore implements StateStore {
     );
     const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
     if (failed) throw failed.reason;
+  }
+
+  async #publishSlot(
+    slot: SlotKeys,
+    replicaId: string,
+    entries: readonly (readonly [string, number])[],
+    ttlMs: number,
+    whole: boolean,
+  ): Promise<void> {
+    this.#written.add(slot);
+    const counts = new Map<string, number>();
+    for (const [key, n] of entries) if (Number.isFinite(n) && n >= 1) counts.set(key, Math.floor(n));
+    const keys = [slot.counts(replicaId), slot.replicas, slot.total];
+    const before = this.#published.get(slot);
+    this.#published.delete(slot); // unknown until answered
+    if (!whole && before !== undefined) {
+      const changes: (string | number)[] = [];
+      for (const [key, n] of counts) if (before.get(key) !== n) changes.push(key, n);
+      for (const key of before.keys()) if (!counts.has(key)) changes.push(key, 0);
+      const head = [replicaId, ttlArg(ttlMs), slot.countsPrefix, before.size > 0 ? '1' : '0'];
+      if ((await this.#run(scripts.PUBLISH_CHANGES, keys, [...head, ...changes])) === 1) {
+        this.#published.set(slot, counts);
+        return;
+      }
+    }
+    await this.#run(scripts.PUBLISH_COUNTS, keys, [
+      replicaId,
+      ttlArg(ttlMs),
+      slot.countsPrefix,
+      ...encodeCounts(counts),
+    ]);
+    this.#published.set(slot, counts);
   }
 
   async readCounts(exceptReplica: string, pools: readonly string[]): Promise<Map<string, number>> {
@@ -232,6 +274,7 @@ export class RedisStore implements StateStore {
     );
     this.#countSlots.clear();
     this.#limitSlots.clear();
+    this.#published.clear();
   }
 
   /** The distinct slots of `pools` (the fleet's alone unless pools are spread). */

@@ -3,6 +3,7 @@ import { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { MemoryStore } from '../../src/state/memory.js';
 import type { RedisConfig } from '../../src/state/redis-connect.js';
+import { createClient } from '../../src/state/redis-connect.js';
 import { RedisStore } from '../../src/state/redis.js';
 import { backendKey } from '../../src/state/store.js';
 import { silentLogger } from '../../src/telemetry/logger.js';
@@ -32,6 +33,19 @@ afterEach(async () => {
 afterAll(() => stopAllRedis());
 
 type Target = Pick<RedisConfig, 'url' | 'nodes'>;
+
+/** A plain ioredis client on the same server or Cluster, to break things behind the store's back. */
+function rawClient(t: Target): Redis {
+  const client =
+    t.nodes === undefined
+      ? new Redis({ port: redis.port, host: '127.0.0.1', lazyConnect: true })
+      : (new Redis.Cluster(
+          t.nodes.map((n) => ({ host: n.host, port: n.port })),
+          { lazyConnect: true },
+        ) as unknown as Redis);
+  clients.push(client);
+  return client;
+}
 
 function store(target: Target, prefix: string, rebuildMs?: number): RedisStore {
   const s = new RedisStore({
@@ -124,6 +138,82 @@ describe.each(targets)('counts summed in Redis: %s', (_name, target) => {
     });
   });
 
+  it('publishes only changes, and the whole counts again once the store lost them', async () => {
+    const prefix = `c-${randomUUID().slice(0, 8)}`;
+    // Every script call's arguments after the keys, as sent.
+    const sent: (string | number)[][] = [];
+    const s = new RedisStore({
+      config: { ...target(), key_prefix: prefix, command_timeout: 1000 },
+      logger: silentLogger(),
+      createClient: (config, backoff, random) => {
+        const client = createClient(config, backoff, random);
+        const call = client.call.bind(client);
+        client.call = (command, ...args) => {
+          if (command === 'EVALSHA' || command === 'EVAL') sent.push(args.slice(2 + Number(args[1])));
+          return call(command, ...args);
+        };
+        return client;
+      },
+    });
+    opened.push(s);
+    await s.start();
+    const [k1, k2] = [keys[0]!, keys[1]!];
+    await s.publishCounts(
+      'r1',
+      new Map([
+        [k1, 4],
+        [k2, 1],
+      ]),
+      60_000,
+    );
+    expect(sent.pop()).toEqual(['r1', 60_000, s.keys.of(k1).countsPrefix, k1, '4', k2, '1']);
+    await s.publishCounts(
+      'r1',
+      new Map([
+        [k1, 5],
+        [k2, 1],
+      ]),
+      60_000,
+    );
+    expect(sent.pop()).toEqual(['r1', 60_000, s.keys.of(k1).countsPrefix, '1', k1, 5]);
+    await s.publishCounts(
+      'r1',
+      new Map([
+        [k1, 5],
+        [k2, 1],
+      ]),
+      60_000,
+    );
+    expect(sent.pop()).toEqual(['r1', 60_000, s.keys.of(k1).countsPrefix, '1']);
+    expect(await s.readCounts('x', POOLS)).toEqual(
+      new Map([
+        [k1, 5],
+        [k2, 1],
+      ]),
+    );
+    // The store loses this replica's hash and the sum (a restart, say): the next publish finds
+    // its hash missing and sends the whole counts, although nothing changed here.
+    const client = rawClient(target());
+    await client.connect();
+    const slot = s.keys.of(k1);
+    await client.del(slot.counts('r1'));
+    await client.del(slot.total);
+    await s.publishCounts(
+      'r1',
+      new Map([
+        [k1, 5],
+        [k2, 1],
+      ]),
+      60_000,
+    );
+    expect(await s.readCounts('x', POOLS)).toEqual(
+      new Map([
+        [k1, 5],
+        [k2, 1],
+      ]),
+    );
+  });
+
   it('rebuilds a sum broken outside the scripts: at once when it is gone, within a period when wrong', async () => {
     const prefix = `c-${randomUUID().slice(0, 8)}`;
     const s = store(target(), prefix, 400);
@@ -133,22 +223,7 @@ describe.each(targets)('counts summed in Redis: %s', (_name, target) => {
     await s.publishCounts('r2', new Map([[k, 3]]), 60_000);
     expect(await s.readCounts('x', POOLS)).toEqual(new Map([[k, 7]]));
     const slot = s.keys.of(k);
-    const raw = (): Redis => {
-      const t = target();
-      const port = t.nodes === undefined ? redis.port : undefined;
-      const client =
-        port !== undefined
-          ? new Redis({ port, host: '127.0.0.1', lazyConnect: true })
-          : (new Redis.Cluster(
-              t.nodes!.map((n) => ({ host: n.host, port: n.port })),
-              {
-                lazyConnect: true,
-              },
-            ) as unknown as Redis);
-      clients.push(client);
-      return client;
-    };
-    const client = raw();
+    const client = rawClient(target());
     await client.connect();
     // Gone (evicted, say): rebuilt at the next read.
     await client.del(slot.total);
