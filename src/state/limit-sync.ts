@@ -47,6 +47,13 @@ export interface LimitSyncOptions {
  */
 type Mode = 'pending' | 'shared' | 'fallback';
 
+/**
+ * How long, in `ttlMs`, a replica back from local shares waits for the others to come back
+ * before it grows grants without them (those still away are presumed gone: their grants have
+ * long expired in the store).
+ */
+const AWAIT_TTLS = 3;
+
 /** What this process knows of one limit between rounds. */
 interface Known {
   /** Its fair share as last offered. */
@@ -74,8 +81,11 @@ interface Known {
  *
  * Coming back from local shares, the claims of the next `ttlMs` may not grow (the store grants
  * their holds): another replica may still admit on its local share, which the store does not
- * know of until that replica claims again. The store does the same for a replica whose claims
- * it lost (see LimitClaim.renew).
+ * know of until that replica claims again. Nor may they grow before the store counts as many
+ * live replicas as there were at the fallback (or AWAIT_TTLS × `ttlMs` have passed): replicas
+ * come back one by one (each reconnects on its own backoff), and one still away holds sessions
+ * the store cannot see. The store does the same for a replica whose claims it lost (see
+ * LimitClaim.renew).
  */
 export class LimitSync {
   readonly #o: LimitSyncOptions;
@@ -89,6 +99,15 @@ export class LimitSync {
   #validUntil = Infinity;
   /** Until then, grants stay at their holds (after falling back: see sync). */
   #settleUntil = -Infinity;
+  /**
+   * After falling back, grants also stay at their holds until the store sees as many live
+   * replicas as before (the ones not back yet still hold sessions on their local shares, which
+   * the store does not know of), or until `#awaitUntil` (a replica that never comes back is gone).
+   */
+  #awaitReplicas = 0;
+  #awaitUntil = -Infinity;
+  /** Live replicas when this process last fell back. */
+  #replicasAtFallback = 1;
   /** The last answer said the store had lost this replica's claims (it settles there). */
   #lost = false;
   /** Times this process fell back (an answer to a claim sent before the last one is stale). */
@@ -134,7 +153,9 @@ export class LimitSync {
     if (this.#mode !== 'fallback' && sentAt >= this.#validUntil && limits.length > 0) this.#fallBack();
     if (this.#mode === 'fallback') this.#applyFallback(limits);
     const renewing = this.#mode === 'shared' && sentAt < this.#validUntil;
-    const grow = this.#mode !== 'fallback' && sentAt >= this.#settleUntil;
+    if (this.#awaitReplicas > 0 && (this.#replicas >= this.#awaitReplicas || sentAt >= this.#awaitUntil))
+      this.#awaitReplicas = 0;
+    const grow = this.#mode !== 'fallback' && sentAt >= this.#settleUntil && this.#awaitReplicas === 0;
     const claims = limits.map((l) => this.#claim(l, renewing, grow));
     const round = { replicasHint: this.#replicas, grow, ttlMs: this.#o.ttlMs };
     const fallbacks = this.#fallbacks;
@@ -157,6 +178,8 @@ export class LimitSync {
     if (this.#mode === 'fallback') {
       // The others may still run on local shares the store does not know of: hold for a TTL.
       this.#settleUntil = now + this.#o.ttlMs;
+      this.#awaitReplicas = this.#replicasAtFallback;
+      this.#awaitUntil = now + AWAIT_TTLS * this.#o.ttlMs;
       this.#logger.info({ replicas: this.#replicas }, 'cluster limits shared again');
     }
     if (answer.lost && !this.#lost)
@@ -255,6 +278,7 @@ export class LimitSync {
   #fallBack(): void {
     if (this.#stopped || this.#mode === 'fallback') return;
     this.#mode = 'fallback';
+    this.#replicasAtFallback = this.#replicas;
     this.#fallbacks++;
     const limits = this.#o.limits();
     this.#applyFallback(limits);

@@ -3,7 +3,7 @@ import net from 'node:net';
 import { once } from 'node:events';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseConfigText } from '../../src/config/load.js';
-import { RedisStore } from '../../src/state/redis.js';
+import { RedisStore, reconnectBackoff } from '../../src/state/redis.js';
 import { silentLogger } from '../../src/telemetry/logger.js';
 import { startServer, waitFor } from '../support/net.js';
 import type { RedisServer } from '../support/redis-server.js';
@@ -64,7 +64,12 @@ pools:
 /** An in-process replica on its own RedisStore. */
 async function replica(yaml: string): Promise<TestRuntime> {
   const cfg = parseConfigText(yaml);
-  const store = new RedisStore({ config: cfg.state.redis, logger: silentLogger() });
+  // Reconnecting as `sluice run` does: backoff capped at a heartbeat.
+  const store = new RedisStore({
+    config: cfg.state.redis,
+    logger: silentLogger(),
+    backoff: reconnectBackoff(cfg.state.heartbeat),
+  });
   const rt = await startRuntime(yaml, { store });
   let stopped: Promise<void> | undefined;
   const stop = (): Promise<void> => (stopped ??= rt.stop());

@@ -298,6 +298,97 @@ describe('LimitSync: grants, holds and falling back', () => {
     expect(rs.reduce((n, r) => n + r.l.cap, 0)).toBe(31);
   });
 
+  it('back from local shares one by one, grows nothing before the others are back or presumed gone', async () => {
+    const clock = new ManualClock(0);
+    const store = new ManualStore(clock);
+    const rs = ['a', 'b', 'c'].map((id) => replicaOn(store, clock, id, 31));
+    for (const id of ['a', 'b', 'c']) await store.publishCounts(id, new Map(), 60_000);
+    const answerAll = async (): Promise<void> => {
+      while (store.queue.length > 0) {
+        await store.apply(0);
+        store.settle(0);
+      }
+      await flush();
+    };
+    const heartbeat = async (back: readonly Replica[]): Promise<void> => {
+      clock.advance(1000);
+      for (const r of back) {
+        startRound(r);
+        await answerAll();
+      }
+    };
+    for (const r of rs) {
+      startRound(r);
+      await answerAll();
+    }
+    rs.forEach((r) => r.l.admit(20));
+    expect(rs.map((r) => r.l.open)).toEqual([11, 10, 10]);
+    // Redis dies; everyone falls back to 10 (a keeps its 11).
+    store.down = true;
+    for (let i = 0; i < 4; i++) await heartbeat(rs);
+    expect(rs.every((r) => r.sync.fallback)).toBe(true);
+    // It comes back empty, and the replicas reconnect one by one, 3 heartbeats apart.
+    store.wipe();
+    store.down = false;
+    const total = (): number => rs.reduce((n, r) => n + Math.max(r.l.open, r.l.cap), 0);
+    for (let i = 0; i < 3; i++) {
+      await heartbeat([rs[0]!]);
+      rs[0]!.l.admit(20);
+      expect(total()).toBeLessThanOrEqual(31 + 1); // a's 11 were open before; b and c hold 10 each
+      expect(rs[0]!.l.open).toBe(11);
+    }
+    for (let i = 0; i < 3; i++) {
+      await heartbeat([rs[0]!, rs[1]!]);
+      rs.forEach((r) => r.l.admit(20));
+      expect(rs[0]!.l.open + rs[1]!.l.open).toBe(21);
+    }
+    for (let i = 0; i < 6; i++) {
+      await heartbeat(rs);
+      rs.forEach((r) => r.l.admit(20));
+      expect(rs.reduce((n, r) => n + r.l.open, 0)).toBeLessThanOrEqual(31);
+    }
+    expect(rs.reduce((n, r) => n + r.l.open, 0)).toBe(31);
+  });
+
+  it('grows without a replica that does not come back, once it is presumed gone', async () => {
+    const clock = new ManualClock(0);
+    const store = new ManualStore(clock);
+    const rs = ['a', 'b', 'c'].map((id) => replicaOn(store, clock, id, 30));
+    for (const id of ['a', 'b', 'c']) await store.publishCounts(id, new Map(), 60_000);
+    const answerAll = async (): Promise<void> => {
+      while (store.queue.length > 0) {
+        await store.apply(0);
+        store.settle(0);
+      }
+      await flush();
+    };
+    for (const r of rs) {
+      startRound(r);
+      await answerAll();
+    }
+    store.down = true;
+    for (let i = 0; i < 4; i++) {
+      clock.advance(1000);
+      for (const r of rs) startRound(r);
+      await flush();
+    }
+    store.wipe();
+    store.down = false;
+    const caps: number[] = [];
+    for (let i = 0; i < 12; i++) {
+      clock.advance(1000);
+      for (const r of rs.slice(0, 2)) {
+        startRound(r);
+        await answerAll();
+        r.l.admit(30);
+      }
+      caps.push(rs[0]!.l.cap + rs[1]!.l.cap);
+    }
+    // Held at their local shares (10 each) for 3 TTLs from the return, then the 30 split over two.
+    expect(caps.slice(0, 8).every((c) => c === 20)).toBe(true);
+    expect(caps.at(-1)).toBe(30);
+  });
+
   it('falls back to the whole limit when the store never answered since start (no replica seen)', async () => {
     const clock = new ManualClock(0);
     const store = new ManualStore(clock);
