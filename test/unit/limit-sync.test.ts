@@ -132,6 +132,15 @@ function replicaOn(store: MemoryStore, clock: ManualClock, id: string, max: numb
   return { sync, l, round: undefined };
 }
 
+/** Applies and answers every claim waiting in `store`, in order. */
+async function answerEvery(store: ManualStore): Promise<void> {
+  while (store.queue.length > 0) {
+    await store.apply(0);
+    store.settle(0);
+  }
+  await flush();
+}
+
 /** Starts a round on `r` unless one is in flight (StateSync never overlaps them). */
 function startRound(r: Replica): void {
   r.round ??= r.sync
@@ -239,13 +248,7 @@ describe('LimitSync: grants, holds and falling back', () => {
     const logs = [new LogSink(), new LogSink(), new LogSink()];
     const rs = ['a', 'b', 'c'].map((id, i) => replicaOn(store, clock, id, 31, logs[i]));
     for (const id of ['a', 'b', 'c']) await store.publishCounts(id, new Map(), 60_000);
-    const answerAll = async (): Promise<void> => {
-      while (store.queue.length > 0) {
-        await store.apply(0);
-        store.settle(0);
-      }
-      await flush();
-    };
+    const answerAll = (): Promise<void> => answerEvery(store);
     for (const r of rs) {
       startRound(r);
       await answerAll();
@@ -303,13 +306,7 @@ describe('LimitSync: grants, holds and falling back', () => {
     const store = new ManualStore(clock);
     const rs = ['a', 'b', 'c'].map((id) => replicaOn(store, clock, id, 31));
     for (const id of ['a', 'b', 'c']) await store.publishCounts(id, new Map(), 60_000);
-    const answerAll = async (): Promise<void> => {
-      while (store.queue.length > 0) {
-        await store.apply(0);
-        store.settle(0);
-      }
-      await flush();
-    };
+    const answerAll = (): Promise<void> => answerEvery(store);
     const heartbeat = async (back: readonly Replica[]): Promise<void> => {
       clock.advance(1000);
       for (const r of back) {
@@ -355,13 +352,7 @@ describe('LimitSync: grants, holds and falling back', () => {
     const store = new ManualStore(clock);
     const rs = ['a', 'b', 'c'].map((id) => replicaOn(store, clock, id, 30));
     for (const id of ['a', 'b', 'c']) await store.publishCounts(id, new Map(), 60_000);
-    const answerAll = async (): Promise<void> => {
-      while (store.queue.length > 0) {
-        await store.apply(0);
-        store.settle(0);
-      }
-      await flush();
-    };
+    const answerAll = (): Promise<void> => answerEvery(store);
     for (const r of rs) {
       startRound(r);
       await answerAll();
