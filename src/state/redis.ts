@@ -110,6 +110,8 @@ export class RedisStore implements StateStore {
   readonly #rebuildMs: number;
   #started = false;
   #closed = false;
+  /** When a call last failed in a way that means down (clock time). */
+  #lastFailure = -Infinity;
   #revive: Timer | undefined;
   #revives = 0;
   /** Fact writes (op, field, value) waiting for the batch in flight, and who waits for them. */
@@ -499,7 +501,11 @@ export class RedisStore implements StateStore {
     // Before start() or after close() the client must not connect on its own (lazyConnect would).
     if (!this.#started || this.#closed) throw new Error(this.#closed ? 'store closed' : 'store not started');
     const reply = await this.#client.call(command, ...args);
-    if (this.#client.status === 'ready') this.#status.set(true, 'reply');
+    // A reply proves the store up only when no call has failed for a command timeout: on a
+    // Cluster with one primary stalled, the others' replies must not flip it up between the
+    // stalled one's timeouts (the metric and the log would flap every heartbeat).
+    if (this.#client.status === 'ready' && this.#clock.now() - this.#lastFailure >= this.#timeoutMs)
+      this.#status.set(true, 'reply');
     return reply;
   }
 
@@ -507,7 +513,10 @@ export class RedisStore implements StateStore {
   #failed(op: string, err: unknown): Error {
     const verdict = classify(err);
     this.#status.error(op, err);
-    if (verdict.down) this.#status.set(false, verdict.reason);
+    if (verdict.down) {
+      this.#lastFailure = this.#clock.now();
+      this.#status.set(false, verdict.reason);
+    }
     // After a failover the old primary answers READONLY over a healthy socket: only a new
     // connection lets Sentinel (or DNS) lead us to the new one.
     if (verdict.reconnect && this.#client.status === 'ready') this.#client.disconnect(true);

@@ -323,6 +323,64 @@ describe('replicas sharing a Redis Cluster, pools spread over its primaries', ()
   });
 });
 
+describe('replicas sharing a Redis Cluster: a primary stalls', () => {
+  it('serves every client while one primary does not answer; shares again once it does', async () => {
+    const cluster = await startRedisCluster(3);
+    const stalled = cluster.nodes[0]!;
+    scope.defer(() => Promise.resolve(stalled.resume())); // never leave it stopped
+    const echo = await scope.server(echoServer());
+    const pfx = prefix();
+    const names = ['app', 'api', 'web', 'dns', 'db', 'mq'];
+    const pools = names.map((name) => ({ name, backends: [echo.address] }));
+    const [a, b] = await Promise.all(['a', 'b'].map((id) => replica(yamlFor(cluster, pfx, id, pools))));
+    let running = true;
+    let ok = 0;
+    const failures: string[] = [];
+    const traffic = (async () => {
+      for (let i = 0; running; i++) {
+        const name = names[i % names.length]!;
+        try {
+          const reply = await exchange((i % 2 === 0 ? a! : b!).port(name), `ping ${i}`);
+          if (reply === `ping ${i}`) ok++;
+          else failures.push(`bad reply ${reply}`);
+        } catch (err) {
+          failures.push(String(err));
+        }
+      }
+    })();
+    await new Promise((r) => setTimeout(r, 300));
+    stalled.pause();
+    for (const rt of [a!, b!])
+      await waitFor(
+        async () => (await rt.metric('sluice_state_sync_failures_total')) > 0,
+        5000,
+        'sync fails',
+      );
+    // Down, and it stays down while the primary stalls (the others' replies do not flip it up).
+    await waitFor(async () => (await a!.metric('sluice_state_store_up')) === 0, 5000, 'store down');
+    const seen = new Set<number>();
+    for (let t = 0; t < 4 * HEARTBEAT; t += 50) {
+      seen.add(await a!.metric('sluice_state_store_up'));
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    expect([...seen]).toEqual([0]);
+    stalled.resume();
+    // Shared again: sessions held open through a, in every pool, are counted by b.
+    await waitFor(async () => (await a!.metric('sluice_state_store_up')) === 1, 5000, 'store up');
+    for (const name of names) await openSessions(a!.port(name), 2);
+    for (const name of names)
+      await waitFor(
+        async () => (await backendOf(b!.adminUrl, name, echo.address))?.connections.cluster === 2,
+        5000,
+        `b counts a's sessions in ${name}`,
+      );
+    running = false;
+    await traffic;
+    expect(failures).toEqual([]);
+    expect(ok).toBeGreaterThan(20);
+  });
+});
+
 describe('replicas sharing Redis: Redis killed and restarted', () => {
   it('serves every client connection while Redis dies and comes back empty; counts rebuild', async () => {
     const own = await startRedis(); // its own server: this test kills it

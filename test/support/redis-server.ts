@@ -150,6 +150,15 @@ export class RedisServer {
     });
   }
 
+  /** SIGSTOP: the server stops answering with its sockets open (a stalled host); resume() ends it. */
+  pause(): void {
+    this.#proc?.kill('SIGSTOP');
+  }
+
+  resume(): void {
+    this.#proc?.kill('SIGCONT');
+  }
+
   /** SIGKILL: no goodbye to clients, no save. Resolves once the process is gone. */
   async kill(): Promise<void> {
     const proc = this.#proc;
