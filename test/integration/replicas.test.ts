@@ -381,6 +381,66 @@ describe('replicas sharing a Redis Cluster: a primary stalls', () => {
   });
 });
 
+describe('replicas sharing a Redis Cluster: a primary dies and its replica takes over', () => {
+  it('serves every client through the failover; counts are shared again on the new primary', async () => {
+    const cluster = await startRedisCluster(3, { replicas: true, nodeTimeoutMs: 1000 });
+    const echo = await scope.server(echoServer());
+    const pfx = prefix();
+    const names = ['app', 'api', 'web', 'dns', 'db', 'mq'];
+    const pools = names.map((name) => ({ name, backends: [echo.address] }));
+    const [a, b] = await Promise.all(['a', 'b'].map((id) => replica(yamlFor(cluster, pfx, id, pools))));
+    let running = true;
+    let ok = 0;
+    const failures: string[] = [];
+    const traffic = (async () => {
+      for (let i = 0; running; i++) {
+        const name = names[i % names.length]!;
+        try {
+          const reply = await exchange((i % 2 === 0 ? a! : b!).port(name), `ping ${i}`);
+          if (reply === `ping ${i}`) ok++;
+          else failures.push(`bad reply ${reply}`);
+        } catch (err) {
+          failures.push(String(err));
+        }
+      }
+    })();
+    // A session held open through a in every pool, counted by b: the pools' keys are in place,
+    // some of them on the primary about to die.
+    const countedBy = async (n: number): Promise<void> => {
+      for (const name of names)
+        await waitFor(
+          async () => (await backendOf(b!.adminUrl, name, echo.address))?.connections.cluster === n,
+          10_000,
+          `b counts ${n} of a's sessions in ${name}`,
+        );
+    };
+    for (const name of names) await openSessions(a!.port(name), 1);
+    await countedBy(1);
+    expect((await cluster.keys(`{${pfx}[}:]*`))[0]).toBeGreaterThan(0);
+    const killedAt = Date.now();
+    await cluster.nodes[0]!.kill();
+    await waitFor(
+      async () => (await cluster.replicas[0]!.command('ROLE'))?.includes('master') ?? false,
+      15_000,
+      'the replica promoted',
+    );
+    const promotedAt = Date.now();
+    // Shared again on the new primary: one more session through a in every pool, counted by b.
+    for (const name of names) await openSessions(a!.port(name), 1);
+    await countedBy(2);
+    const sharedAt = Date.now();
+    for (const rt of [a!, b!])
+      await waitFor(async () => (await rt.metric('sluice_state_store_up')) === 1, 5000, 'store up');
+    running = false;
+    await traffic;
+    console.info(
+      `redis cluster failover ${promotedAt - killedAt} ms; counts shared again ${sharedAt - promotedAt} ms after the promotion`,
+    );
+    expect(failures).toEqual([]);
+    expect(ok).toBeGreaterThan(20);
+  });
+});
+
 describe('replicas sharing Redis: Redis killed and restarted', () => {
   it('serves every client connection while Redis dies and comes back empty; counts rebuild', async () => {
     const own = await startRedis(); // its own server: this test kills it

@@ -69,8 +69,11 @@ const running = new Set<RedisServer>();
 export class RedisServer {
   readonly port: number;
   readonly #dir: string;
-  /** Cluster mode: true for a one-node cluster holding every slot, or the slot range it serves. */
-  readonly #cluster: boolean | readonly [number, number];
+  /**
+   * Cluster mode: true for a one-node cluster holding every slot, the slot range it serves, or
+   * 'replica' for a node that will replicate a primary (no slots of its own).
+   */
+  readonly #cluster: boolean | readonly [number, number] | 'replica';
   readonly #extra: readonly string[];
   /** A sentinel's config file: the process runs as a sentinel on it. */
   readonly #sentinelConf: string | undefined;
@@ -81,7 +84,7 @@ export class RedisServer {
   constructor(
     port: number,
     dir: string,
-    cluster: boolean | readonly [number, number],
+    cluster: boolean | readonly [number, number] | 'replica',
     extra: readonly string[] = [],
     sentinelConf?: string,
   ) {
@@ -128,7 +131,8 @@ export class RedisServer {
       return (await inlineCommand(this.port, 'PING', 200))?.startsWith('+PONG') ?? false;
     });
     if (this.#cluster === true) await this.#serveAllSlots();
-    else if (this.#cluster !== false) await this.command(`CLUSTER ADDSLOTSRANGE ${this.#cluster.join(' ')}`);
+    else if (Array.isArray(this.#cluster))
+      await this.command(`CLUSTER ADDSLOTSRANGE ${this.#cluster.join(' ')}`);
   }
 
   /** The cluster bus port (CLUSTER MEET needs it), once launched in cluster mode. */
@@ -198,38 +202,77 @@ export async function startRedis(opts: { cluster?: boolean } = {}): Promise<Redi
   return server;
 }
 
-/** A Redis Cluster on loopback: primaries only, each serving an equal range of the slots. */
+/** A Redis Cluster on loopback: primaries each serving an equal range of the slots, and replicas. */
 export interface RedisCluster {
   readonly nodes: readonly RedisServer[];
+  /** With `replicas`, the replica of each primary, in the order of `nodes`. */
+  readonly replicas: readonly RedisServer[];
   /** The number of keys matching `pattern` on each primary, in the order of `nodes`. */
   keys(pattern: string): Promise<number[]>;
 }
 
-/** Starts a Redis Cluster of `primaries` nodes, and waits until every node sees it whole. */
-export async function startRedisCluster(primaries = 3): Promise<RedisCluster> {
+/**
+ * Starts a Redis Cluster of `primaries` nodes (with `replicas`, one replica each, so that the
+ * Cluster fails a dead primary over after `nodeTimeoutMs`), and waits until every node sees it
+ * whole and every replica is in sync.
+ */
+export async function startRedisCluster(
+  primaries = 3,
+  opts: { replicas?: boolean; nodeTimeoutMs?: number } = {},
+): Promise<RedisCluster> {
   if (!existsSync(REDIS_SERVER)) throw new Error('redis-server not found: install the redis-server package');
-  const nodes: RedisServer[] = [];
-  for (let i = 0; i < primaries; i++) {
-    const from = Math.floor((16384 * i) / primaries);
-    const to = Math.floor((16384 * (i + 1)) / primaries) - 1;
-    const node = new RedisServer(await freePort(), mkdtempSync(join(tmpdir(), 'sluice-redis-')), [from, to]);
+  const extra = ['--cluster-node-timeout', String(opts.nodeTimeoutMs ?? 15_000)];
+  const start = async (role: readonly [number, number] | 'replica'): Promise<RedisServer> => {
+    const node = new RedisServer(await freePort(), mkdtempSync(join(tmpdir(), 'sluice-redis-')), role, extra);
     await node.launch();
-    nodes.push(node);
+    return node;
+  };
+  const nodes: RedisServer[] = [];
+  for (let i = 0; i < primaries; i++)
+    nodes.push(
+      await start([Math.floor((16384 * i) / primaries), Math.floor((16384 * (i + 1)) / primaries) - 1]),
+    );
+  const replicas: RedisServer[] = [];
+  if (opts.replicas === true) for (let i = 0; i < primaries; i++) replicas.push(await start('replica'));
+  const all = [...nodes, ...replicas];
+  for (const node of all.slice(1)) await nodes[0]?.command(`CLUSTER MEET 127.0.0.1 ${node.port} ${node.bus}`);
+  await poll('redis cluster: every node knows every other', async () => {
+    for (const node of all) {
+      const info = await inlineCommand(node.port, 'CLUSTER INFO', 200, (r) =>
+        r.includes('cluster_known_nodes:'),
+      );
+      if (!(info?.includes(`cluster_known_nodes:${all.length}`) ?? false)) return false;
+    }
+    return true;
+  });
+  for (const [i, replica] of replicas.entries()) {
+    const myId = await inlineCommand(nodes[i]?.port ?? 0, 'CLUSTER MYID', 1000, (r) =>
+      /\r\n[0-9a-f]{40}\r\n/.test(r),
+    );
+    const id = /\r\n([0-9a-f]{40})\r\n/.exec(myId ?? '')?.[1];
+    if (id === undefined) throw new Error(`redis cluster: no id from the primary on ${nodes[i]?.port}`);
+    const reply = await replica.command(`CLUSTER REPLICATE ${id}`);
+    if (!(reply?.startsWith('+OK') ?? false))
+      throw new Error(`redis cluster: CLUSTER REPLICATE said ${reply}`);
   }
-  for (const node of nodes.slice(1))
-    await nodes[0]?.command(`CLUSTER MEET 127.0.0.1 ${node.port} ${node.bus}`);
-  await poll('redis cluster: cluster_state:ok on every node', async () => {
-    for (const node of nodes) {
+  await poll('redis cluster: cluster_state:ok everywhere, replicas in sync', async () => {
+    for (const node of all) {
       const info = await inlineCommand(node.port, 'CLUSTER INFO', 200, (r) =>
         r.includes('cluster_known_nodes:'),
       );
       if (!(info?.includes('cluster_state:ok') ?? false)) return false;
-      if (!(info?.includes(`cluster_known_nodes:${primaries}`) ?? false)) return false;
+    }
+    for (const replica of replicas) {
+      const info = await inlineCommand(replica.port, 'INFO replication', 200, (r) =>
+        r.includes('master_link_status'),
+      );
+      if (!(info?.includes('master_link_status:up') ?? false)) return false;
     }
     return true;
   });
   return {
     nodes,
+    replicas,
     keys: (pattern) =>
       Promise.all(
         nodes.map(async (node) => {
