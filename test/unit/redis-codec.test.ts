@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { decodeFacts, encodeCounts, encodeFact, RedisKeys, sumCounts } from '../../src/state/redis-codec.js';
+import { poolOf } from '../../src/state/store.js';
 import { backoff, parseRedisUrl } from '../../src/state/redis-connect.js';
 import { classify } from '../../src/state/redis-status.js';
 import { seededRandom } from '../../src/util/clock.js';
@@ -86,6 +87,35 @@ describe('codec', () => {
       '{sluice}:facts',
       '{sluice}:registry:api',
     ]);
+  });
+
+  it('spread over a Cluster, gives each pool a tag of its own and keeps the rest in the fleet', () => {
+    const k = new RedisKeys('sluice', true);
+    expect(k.of('ingress/10.0.1.5:8443').counts('edge-1')).toBe('{sluice:pool:ingress}:counts:edge-1');
+    expect(k.of('probe:ingress/[2001:db8::1]:443').lease('probe:ingress/[2001:db8::1]:443')).toBe(
+      '{sluice:pool:ingress}:lease:probe:ingress/[2001:db8::1]:443',
+    );
+    expect(k.of('backend:api/10.0.0.1:80').limits('r1')).toBe('{sluice:pool:api}:limits:r1');
+    expect(k.of('listener:https').limits('r1')).toBe('{sluice}:limits:r1');
+    expect(k.of('probe')).toBe(k);
+    expect(k.pool('api')).toBe(k.of('api/10.0.0.2:80'));
+    expect(k.pool('api').registry('api')).toBe('{sluice:pool:api}:registry:api');
+    // Not spread: one tag for everything, as before.
+    const one = new RedisKeys('sluice');
+    expect(one.of('ingress/10.0.1.5:8443')).toBe(one);
+    expect(one.pool('api').registry('api')).toBe('{sluice}:registry:api');
+    expect(k.pattern).toBe('{sluice[}:]*');
+    expect(new RedisKeys('a*b').pattern).toBe('{a\\*b[}:]*');
+  });
+
+  it('reads the pool out of backend keys, leases and limit keys, and nothing else', () => {
+    expect(poolOf('ingress/10.0.1.5:8443')).toBe('ingress');
+    expect(poolOf('ingress/[2001:db8::1]:8443')).toBe('ingress');
+    expect(poolOf('probe:ingress/10.0.1.5:8443')).toBe('ingress');
+    expect(poolOf('backend:api/10.0.0.1:80')).toBe('api');
+    expect(poolOf('listener:https')).toBeUndefined();
+    expect(poolOf('probe')).toBeUndefined();
+    expect(poolOf('/x')).toBeUndefined();
   });
 
   it('keeps only positive whole counts, both ways', () => {
