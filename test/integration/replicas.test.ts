@@ -68,6 +68,38 @@ ${poolText}
 `;
 }
 
+/**
+ * One echo exchange after another, through the replicas and pools in turn, until stop(): how
+ * many came back right, and what went wrong with the others.
+ */
+function echoTraffic(
+  replicas: readonly TestRuntime[],
+  pools: readonly string[],
+): { stop(): Promise<{ ok: number; failures: string[] }> } {
+  let running = true;
+  let ok = 0;
+  const failures: string[] = [];
+  const loop = (async () => {
+    for (let i = 0; running; i++) {
+      const rt = replicas[i % replicas.length]!;
+      try {
+        const reply = await exchange(rt.port(pools[i % pools.length]!), `ping ${i}`);
+        if (reply === `ping ${i}`) ok++;
+        else failures.push(`bad reply ${reply}`);
+      } catch (err) {
+        failures.push(String(err));
+      }
+    }
+  })();
+  return {
+    async stop() {
+      running = false;
+      await loop;
+      return { ok, failures };
+    },
+  };
+}
+
 /** A redis-server's URL, or a Cluster's nodes. */
 function redisTarget(target: string | RedisCluster): string {
   if (typeof target === 'string') return `url: "${target}"`;
@@ -333,21 +365,7 @@ describe('replicas sharing a Redis Cluster: a primary stalls', () => {
     const names = ['app', 'api', 'web', 'dns', 'db', 'mq'];
     const pools = names.map((name) => ({ name, backends: [echo.address] }));
     const [a, b] = await Promise.all(['a', 'b'].map((id) => replica(yamlFor(cluster, pfx, id, pools))));
-    let running = true;
-    let ok = 0;
-    const failures: string[] = [];
-    const traffic = (async () => {
-      for (let i = 0; running; i++) {
-        const name = names[i % names.length]!;
-        try {
-          const reply = await exchange((i % 2 === 0 ? a! : b!).port(name), `ping ${i}`);
-          if (reply === `ping ${i}`) ok++;
-          else failures.push(`bad reply ${reply}`);
-        } catch (err) {
-          failures.push(String(err));
-        }
-      }
-    })();
+    const traffic = echoTraffic([a!, b!], names);
     await new Promise((r) => setTimeout(r, 300));
     stalled.pause();
     for (const rt of [a!, b!])
@@ -374,8 +392,7 @@ describe('replicas sharing a Redis Cluster: a primary stalls', () => {
         5000,
         `b counts a's sessions in ${name}`,
       );
-    running = false;
-    await traffic;
+    const { ok, failures } = await traffic.stop();
     expect(failures).toEqual([]);
     expect(ok).toBeGreaterThan(20);
   });
@@ -389,21 +406,7 @@ describe('replicas sharing a Redis Cluster: a primary dies and its replica takes
     const names = ['app', 'api', 'web', 'dns', 'db', 'mq'];
     const pools = names.map((name) => ({ name, backends: [echo.address] }));
     const [a, b] = await Promise.all(['a', 'b'].map((id) => replica(yamlFor(cluster, pfx, id, pools))));
-    let running = true;
-    let ok = 0;
-    const failures: string[] = [];
-    const traffic = (async () => {
-      for (let i = 0; running; i++) {
-        const name = names[i % names.length]!;
-        try {
-          const reply = await exchange((i % 2 === 0 ? a! : b!).port(name), `ping ${i}`);
-          if (reply === `ping ${i}`) ok++;
-          else failures.push(`bad reply ${reply}`);
-        } catch (err) {
-          failures.push(String(err));
-        }
-      }
-    })();
+    const traffic = echoTraffic([a!, b!], names);
     // A session held open through a in every pool, counted by b: the pools' keys are in place,
     // some of them on the primary about to die.
     const countedBy = async (n: number): Promise<void> => {
@@ -431,8 +434,7 @@ describe('replicas sharing a Redis Cluster: a primary dies and its replica takes
     const sharedAt = Date.now();
     for (const rt of [a!, b!])
       await waitFor(async () => (await rt.metric('sluice_state_store_up')) === 1, 5000, 'store up');
-    running = false;
-    await traffic;
+    const { ok, failures } = await traffic.stop();
     console.info(
       `redis cluster failover ${promotedAt - killedAt} ms; counts shared again ${sharedAt - promotedAt} ms after the promotion`,
     );
@@ -455,20 +457,7 @@ describe('replicas sharing Redis: Redis killed and restarted', () => {
       3000,
       'b sees 2',
     );
-    let running = true;
-    let ok = 0;
-    const failures: string[] = [];
-    const traffic = (async () => {
-      while (running) {
-        try {
-          const reply = await exchange(a.port('app'), `ping ${ok}`);
-          if (reply === `ping ${ok}`) ok++;
-          else failures.push(`bad reply ${reply}`);
-        } catch (err) {
-          failures.push(String(err));
-        }
-      }
-    })();
+    const traffic = echoTraffic([a], ['app']);
     await new Promise((r) => setTimeout(r, 300));
     await own.kill();
     await waitFor(async () => (await a.metric('sluice_state_store_up')) === 0, 3000, 'store down');
@@ -481,8 +470,7 @@ describe('replicas sharing Redis: Redis killed and restarted', () => {
       3000,
       'counts rebuilt',
     );
-    running = false;
-    await traffic;
+    const { ok, failures } = await traffic.stop();
     expect(failures).toEqual([]);
     expect(ok).toBeGreaterThan(20);
     expect(await a.metric('sluice_state_sync_failures_total')).toBeGreaterThan(0);
