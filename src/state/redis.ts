@@ -1,6 +1,6 @@
 import type { Logger } from '../telemetry/logger.js';
-import type { Clock, Random, Timer } from '../util/clock.js';
-import { systemClock, systemRandom } from '../util/clock.js';
+import type { Clock, Random } from '../util/clock.js';
+import { systemRandom } from '../util/clock.js';
 import {
   RedisKeys,
   bySlot,
@@ -14,10 +14,8 @@ import {
 } from './redis-codec.js';
 import type { SlotKeys } from './redis-codec.js';
 import type { Backoff, RedisClient, RedisConfig } from './redis-connect.js';
-import { backoff, createClient } from './redis-connect.js';
+import { RedisLink } from './redis-link.js';
 import * as scripts from './redis-scripts.js';
-import type { Script } from './redis-scripts.js';
-import { StoreStatus, classify, replyCode } from './redis-status.js';
 import type { LimitAnswer, LimitClaim, LimitGrant, LimitRound } from './limit-grants.js';
 import { poolOf } from './store.js';
 import type { BackendFact, StateStore } from './store.js';
@@ -89,31 +87,15 @@ function ttlArg(ms: number): number {
 
 /**
  * The shared store on Redis (standalone, Sentinel or Cluster through ioredis). See redis-codec.ts
- * for the key layout and redis-scripts.ts for the atomic steps.
- *
- * Failure behaviour: no call ever waits on an unreachable Redis. While disconnected every call
- * rejects at once; a call in flight rejects within `command_timeout`, and a silent server also
- * has its connection dropped. The client reconnects forever in the background with capped,
- * jittered backoff. Error replies that mean "unavailable" (READONLY, LOADING, OOM, …) mark the
- * store down; READONLY also forces a new connection so that a failover is followed. Every
- * rejection is returned to the caller; nothing is left unhandled.
+ * for the key layout, redis-scripts.ts for the atomic steps, and redis-link.ts for the connection
+ * and how failures are met (no call ever waits on an unreachable Redis).
  */
 export class RedisStore implements StateStore {
   readonly kind = 'redis';
   readonly keys: RedisKeys;
-  readonly #client: RedisClient;
-  readonly #status: StoreStatus;
-  readonly #clock: Clock;
-  readonly #retry: (attempt: number) => number;
-  readonly #timeoutMs: number;
+  readonly #link: RedisLink;
   readonly #factsTtlMs: number;
   readonly #rebuildMs: number;
-  #started = false;
-  #closed = false;
-  /** When a call last failed in a way that means down (clock time). */
-  #lastFailure = -Infinity;
-  #revive: Timer | undefined;
-  #revives = 0;
   /** Fact writes (op, field, value) waiting for the batch in flight, and who waits for them. */
   #factOps: string[] = [];
   #factWaiters: { resolve: () => void; reject: (err: unknown) => void }[] = [];
@@ -135,55 +117,34 @@ export class RedisStore implements StateStore {
   #publishes = 0;
 
   constructor(opts: RedisStoreOptions) {
-    this.#clock = opts.clock ?? systemClock;
     const random = opts.random ?? systemRandom;
-    const b = opts.backoff ?? DEFAULT_BACKOFF;
-    this.#retry = backoff(b, random);
     this.#stampBase = Math.floor(random() * 2 ** 32).toString(36);
-    this.#timeoutMs = opts.config.command_timeout;
     this.#factsTtlMs = opts.factsTtlMs ?? DEFAULT_FACTS_TTL_MS;
     this.#rebuildMs = ttlArg(opts.rebuildMs ?? DEFAULT_REBUILD_MS);
     // Spread over slots by pool only on a Cluster: elsewhere one tag keeps every step one call.
     this.keys = new RedisKeys(opts.config.key_prefix, opts.config.nodes !== undefined);
-    this.#status = new StoreStatus(opts.logger, this.#clock);
-    this.#client = (opts.createClient ?? createClient)(opts.config, b, random);
-    this.#watch();
+    this.#link = new RedisLink({ ...opts, random, backoff: opts.backoff ?? DEFAULT_BACKOFF });
   }
 
   isUp(): boolean {
-    return this.#status.up;
+    return this.#link.isUp();
   }
 
   onStatus(listener: (up: boolean) => void): void {
-    this.#status.onChange(listener);
+    this.#link.onStatus(listener);
   }
 
   /**
    * Connects, waiting at most `command_timeout` for the first 'ready'. Always resolves: when
    * Redis is down the store reports down and keeps connecting in the background.
    */
-  async start(): Promise<void> {
-    if (this.#started) return;
-    this.#started = true;
-    let timer: Timer | undefined;
-    const connected = this.#client.connect().catch(() => {
-      // Reported through the 'error'/'close' events; the client retries on its own.
-    });
-    const deadline = new Promise<void>((resolve) => (timer = this.#clock.setTimer(this.#timeoutMs, resolve)));
-    await Promise.race([connected, deadline]);
-    timer?.cancel();
-    // Cluster resolves connect() before it emits 'ready'; callers may rely on isUp() right away.
-    if (this.#client.status === 'ready') this.#status.set(true, 'ready');
+  start(): Promise<void> {
+    return this.#link.start();
   }
 
   /** Says goodbye politely when connected (bounded by `command_timeout`), then drops the connection. */
-  async close(): Promise<void> {
-    if (this.#closed) return;
-    this.#closed = true;
-    this.#revive?.cancel();
-    this.#status.close(); // first, so the connection's own 'close' is not reported as a fault
-    if (this.#client.status === 'ready') await this.#client.quit().catch(() => undefined);
-    this.#client.disconnect(false);
+  close(): Promise<void> {
+    return this.#link.close();
   }
 
   /**
@@ -232,12 +193,12 @@ export class RedisStore implements StateStore {
       for (const [key, n] of counts) if (before.get(key) !== n) changes.push(key, n);
       for (const key of before.keys()) if (!counts.has(key)) changes.push(key, 0);
       const head = [replicaId, ttlArg(ttlMs), slot.countsPrefix, before.size > 0 ? '1' : '0'];
-      if ((await this.#run(scripts.PUBLISH_CHANGES, keys, [...head, ...changes])) === 1) {
+      if ((await this.#link.run(scripts.PUBLISH_CHANGES, keys, [...head, ...changes])) === 1) {
         this.#published.set(slot, counts);
         return;
       }
     }
-    await this.#run(scripts.PUBLISH_COUNTS, keys, [
+    await this.#link.run(scripts.PUBLISH_COUNTS, keys, [
       replicaId,
       ttlArg(ttlMs),
       slot.countsPrefix,
@@ -249,7 +210,7 @@ export class RedisStore implements StateStore {
   async readCounts(exceptReplica: string, pools: readonly string[]): Promise<Map<string, number>> {
     const replies = await Promise.all(
       this.#slotsOf(pools).map((slot) =>
-        this.#run(
+        this.#link.run(
           scripts.READ_COUNTS,
           [slot.replicas, slot.total, slot.counts(exceptReplica), slot.rebuilt],
           [slot.countsPrefix, this.#rebuildMs],
@@ -267,7 +228,7 @@ export class RedisStore implements StateStore {
     const slots = new Set([this.keys, ...this.#written]);
     await Promise.all(
       [...slots].map((slot) =>
-        this.#run(
+        this.#link.run(
           scripts.WITHDRAW,
           [slot.counts(replicaId), slot.replicas, slot.limits(replicaId), slot.settle(replicaId), slot.total],
           [replicaId],
@@ -350,7 +311,7 @@ export class RedisStore implements StateStore {
       const args: (string | number)[] = [...head];
       for (const { claim: c } of batch)
         args.push(c.key, connections(c.limit), connections(c.open), connections(c.hold), c.renew ? '1' : '0');
-      const call = this.#run(
+      const call = this.#link.run(
         scripts.CLAIM_LIMITS,
         [own, slot.replicas, slot.settle(replicaId), slot.total],
         args,
@@ -358,7 +319,7 @@ export class RedisStore implements StateStore {
       calls.push(call.then((reply) => decodeLimitAnswer(reply, batch.length)));
     }
     const answers = await Promise.all(calls);
-    if (!whole) await this.#run(scripts.PRUNE_LIMITS, [own], [stamp]);
+    if (!whole) await this.#link.run(scripts.PRUNE_LIMITS, [own], [stamp]);
     return {
       replicas: Math.max(1, ...answers.map((a) => a.replicas)),
       lost: answers.some((a) => a.lost),
@@ -377,7 +338,7 @@ export class RedisStore implements StateStore {
       for (let i = 0; i < group.length; i += LEASE_BATCH) {
         const batch = group.slice(i, i + LEASE_BATCH);
         const keys = batch.map(({ name }) => slot.lease(name));
-        const call = this.#run(scripts.LEASE_MANY, keys, [owner, ttlArg(ttlMs)]);
+        const call = this.#link.run(scripts.LEASE_MANY, keys, [owner, ttlArg(ttlMs)]);
         calls.push(
           call.then((reply) => {
             if (!Array.isArray(reply) || reply.length !== batch.length)
@@ -391,7 +352,7 @@ export class RedisStore implements StateStore {
   }
 
   async release(name: string, owner: string): Promise<void> {
-    await this.#run(scripts.RELEASE, [this.keys.of(name).lease(name)], [owner]);
+    await this.#link.run(scripts.RELEASE, [this.keys.of(name).lease(name)], [owner]);
   }
 
   putFact(key: string, fact: BackendFact): Promise<void> {
@@ -434,7 +395,7 @@ export class RedisStore implements StateStore {
     for (const [slot, group] of bySlot(triplets, ([, field]) => this.keys.of(field ?? ''))) {
       for (let i = 0; i < group.length; i += FACT_OPS_BATCH)
         calls.push(
-          this.#run(
+          this.#link.run(
             scripts.APPLY_FACTS,
             [slot.facts],
             [this.#factsTtlMs, ...group.slice(i, i + FACT_OPS_BATCH).flat()],
@@ -453,7 +414,9 @@ export class RedisStore implements StateStore {
   }
 
   async readFacts(pools: readonly string[]): Promise<Map<string, BackendFact>> {
-    const replies = await Promise.all(this.#slotsOf(pools).map((slot) => this.#call('HGETALL', slot.facts)));
+    const replies = await Promise.all(
+      this.#slotsOf(pools).map((slot) => this.#link.call('HGETALL', slot.facts)),
+    );
     const wanted = new Set(pools);
     const facts = new Map<string, BackendFact>();
     for (const reply of replies)
@@ -462,100 +425,14 @@ export class RedisStore implements StateStore {
   }
 
   async register(pool: string, address: string, ttlMs: number): Promise<void> {
-    await this.#run(scripts.REGISTER, [this.keys.pool(pool).registry(pool)], [address, ttlArg(ttlMs)]);
+    await this.#link.run(scripts.REGISTER, [this.keys.pool(pool).registry(pool)], [address, ttlArg(ttlMs)]);
   }
 
   async deregister(pool: string, address: string): Promise<void> {
-    await this.#call('ZREM', this.keys.pool(pool).registry(pool), address);
+    await this.#link.call('ZREM', this.keys.pool(pool).registry(pool), address);
   }
 
   async registered(pool: string): Promise<string[]> {
-    return stringList(await this.#run(scripts.REGISTERED, [this.keys.pool(pool).registry(pool)], []));
-  }
-
-  /** Runs a script by its SHA, sending the source once when the server does not know it yet. */
-  async #run(script: Script, keys: readonly string[], args: readonly (string | number)[]): Promise<unknown> {
-    const numKeys = script.keys < 0 ? keys.length : script.keys; // -1: as many as given
-    try {
-      return await this.#send('EVALSHA', script.sha, numKeys, ...keys, ...args);
-    } catch (err) {
-      if (replyCode(err) !== 'NOSCRIPT') throw this.#failed(`script ${script.name}`, err);
-    }
-    try {
-      return await this.#send('EVAL', script.lua, numKeys, ...keys, ...args);
-    } catch (err) {
-      throw this.#failed(`script ${script.name}`, err);
-    }
-  }
-
-  async #call(command: string, ...args: (string | number)[]): Promise<unknown> {
-    try {
-      return await this.#send(command, ...args);
-    } catch (err) {
-      throw this.#failed(command, err);
-    }
-  }
-
-  /** Sends one command; a reply on a ready connection proves the store is up again. */
-  async #send(command: string, ...args: (string | number)[]): Promise<unknown> {
-    // Before start() or after close() the client must not connect on its own (lazyConnect would).
-    if (!this.#started || this.#closed) throw new Error(this.#closed ? 'store closed' : 'store not started');
-    const reply = await this.#client.call(command, ...args);
-    // A reply proves the store up only when no call has failed for a command timeout: on a
-    // Cluster with one primary stalled, the others' replies must not flip it up between the
-    // stalled one's timeouts (the metric and the log would flap every heartbeat).
-    if (this.#client.status === 'ready' && this.#clock.now() - this.#lastFailure >= this.#timeoutMs)
-      this.#status.set(true, 'reply');
-    return reply;
-  }
-
-  /** Classifies a failed call, updates the status, and returns the error to reject with. */
-  #failed(op: string, err: unknown): Error {
-    const verdict = classify(err);
-    this.#status.error(op, err);
-    if (verdict.down) {
-      this.#lastFailure = this.#clock.now();
-      this.#status.set(false, verdict.reason);
-    }
-    // After a failover the old primary answers READONLY over a healthy socket: only a new
-    // connection lets Sentinel (or DNS) lead us to the new one.
-    if (verdict.reconnect && this.#client.status === 'ready') this.#client.disconnect(true);
-    return new Error(`redis ${op}: ${verdict.reason}`, { cause: err });
-  }
-
-  /** Wires every client event: nothing the client emits may go unhandled. */
-  #watch(): void {
-    const c = this.#client;
-    c.on('ready', () => {
-      this.#revives = 0;
-      this.#status.set(true, 'ready');
-    });
-    c.on('error', (err: unknown) => {
-      this.#status.error('connection', err);
-      if (c.status !== 'ready') this.#status.set(false, classify(err).reason);
-    });
-    c.on('node error', (err: unknown) => this.#status.error('cluster node', err));
-    c.on('close', () => this.#status.set(false, 'connection closed'));
-    c.on('reconnecting', () => this.#status.set(false, 'reconnecting'));
-    c.on('end', () => {
-      this.#status.set(false, 'connection ended');
-      this.#reviveLater();
-    });
-  }
-
-  /**
-   * The client stops for good ('end') only when we close it or when its connector gives up (e.g.
-   * Sentinel could not name a primary). The store must reconnect for as long as it lives, so it
-   * starts the client again after a backoff.
-   */
-  #reviveLater(): void {
-    if (this.#closed || !this.#started || this.#revive) return;
-    this.#revive = this.#clock.setTimer(this.#retry(++this.#revives), () => {
-      this.#revive = undefined;
-      if (this.#closed || this.#client.status !== 'end') return;
-      this.#client.connect().catch(() => {
-        // Reported through the client's events; 'end' brings us back here.
-      });
-    });
+    return stringList(await this.#link.run(scripts.REGISTERED, [this.keys.pool(pool).registry(pool)], []));
   }
 }
