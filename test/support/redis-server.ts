@@ -131,8 +131,14 @@ export class RedisServer {
       return (await inlineCommand(this.port, 'PING', 200))?.startsWith('+PONG') ?? false;
     });
     if (this.#cluster === true) await this.#serveAllSlots();
-    else if (Array.isArray(this.#cluster))
-      await this.command(`CLUSTER ADDSLOTSRANGE ${this.#cluster.join(' ')}`);
+    else if (Array.isArray(this.#cluster)) {
+      const line = `CLUSTER ADDSLOTSRANGE ${this.#cluster.join(' ')}`;
+      // Sent again if no answer came (a loaded machine); "busy" means an earlier one went through.
+      await poll(`redis-server on port ${this.port}: ${line}`, async () => {
+        const reply = await this.command(line);
+        return (reply?.startsWith('+OK') ?? false) || (reply?.includes('busy') ?? false);
+      });
+    }
   }
 
   /** The cluster bus port (CLUSTER MEET needs it), once launched in cluster mode. */
@@ -235,41 +241,56 @@ export async function startRedisCluster(
   const replicas: RedisServer[] = [];
   if (opts.replicas === true) for (let i = 0; i < primaries; i++) replicas.push(await start('replica'));
   const all = [...nodes, ...replicas];
-  for (const node of all.slice(1)) await nodes[0]?.command(`CLUSTER MEET 127.0.0.1 ${node.port} ${node.bus}`);
-  await poll('redis cluster: every node knows every other', async () => {
-    for (const node of all) {
-      const info = await inlineCommand(node.port, 'CLUSTER INFO', 200, (r) =>
-        r.includes('cluster_known_nodes:'),
-      );
-      if (!(info?.includes(`cluster_known_nodes:${all.length}`) ?? false)) return false;
-    }
-    return true;
-  });
+  const first = nodes[0]!;
+  for (const node of all.slice(1)) await first.command(`CLUSTER MEET 127.0.0.1 ${node.port} ${node.bus}`);
+  // A MEET lost on a loaded machine (its connection timed out) is sent again, from the node that
+  // does not know the others yet.
+  await poll(
+    'redis cluster: every node knows every other',
+    async () => {
+      let whole = true;
+      for (const node of all) {
+        const info = await inlineCommand(node.port, 'CLUSTER INFO', 500, (r) =>
+          r.includes('cluster_known_nodes:'),
+        );
+        if (info?.includes(`cluster_known_nodes:${all.length}`) ?? false) continue;
+        whole = false;
+        if (node !== first) await node.command(`CLUSTER MEET 127.0.0.1 ${first.port} ${first.bus}`);
+      }
+      return whole;
+    },
+    30_000,
+  );
   for (const [i, replica] of replicas.entries()) {
-    const myId = await inlineCommand(nodes[i]?.port ?? 0, 'CLUSTER MYID', 1000, (r) =>
-      /\r\n[0-9a-f]{40}\r\n/.test(r),
-    );
-    const id = /\r\n([0-9a-f]{40})\r\n/.exec(myId ?? '')?.[1];
-    if (id === undefined) throw new Error(`redis cluster: no id from the primary on ${nodes[i]?.port}`);
-    const reply = await replica.command(`CLUSTER REPLICATE ${id}`);
-    if (!(reply?.startsWith('+OK') ?? false))
-      throw new Error(`redis cluster: CLUSTER REPLICATE said ${reply}`);
+    // Asked again until answered: on a loaded machine one connection may time out.
+    await poll(`redis cluster: ${replica.port} replicates ${nodes[i]?.port}`, async () => {
+      const myId = await inlineCommand(nodes[i]?.port ?? 0, 'CLUSTER MYID', 1000, (r) =>
+        /\r\n[0-9a-f]{40}\r\n/.test(r),
+      );
+      const id = /\r\n([0-9a-f]{40})\r\n/.exec(myId ?? '')?.[1];
+      if (id === undefined) return false;
+      return (await replica.command(`CLUSTER REPLICATE ${id}`))?.startsWith('+OK') ?? false;
+    });
   }
-  await poll('redis cluster: cluster_state:ok everywhere, replicas in sync', async () => {
-    for (const node of all) {
-      const info = await inlineCommand(node.port, 'CLUSTER INFO', 200, (r) =>
-        r.includes('cluster_known_nodes:'),
-      );
-      if (!(info?.includes('cluster_state:ok') ?? false)) return false;
-    }
-    for (const replica of replicas) {
-      const info = await inlineCommand(replica.port, 'INFO replication', 200, (r) =>
-        r.includes('master_link_status'),
-      );
-      if (!(info?.includes('master_link_status:up') ?? false)) return false;
-    }
-    return true;
-  });
+  await poll(
+    'redis cluster: cluster_state:ok everywhere, replicas in sync',
+    async () => {
+      for (const node of all) {
+        const info = await inlineCommand(node.port, 'CLUSTER INFO', 500, (r) =>
+          r.includes('cluster_known_nodes:'),
+        );
+        if (!(info?.includes('cluster_state:ok') ?? false)) return false;
+      }
+      for (const replica of replicas) {
+        const info = await inlineCommand(replica.port, 'INFO replication', 500, (r) =>
+          r.includes('master_link_status'),
+        );
+        if (!(info?.includes('master_link_status:up') ?? false)) return false;
+      }
+      return true;
+    },
+    30_000,
+  );
   return {
     nodes,
     replicas,
