@@ -1,6 +1,6 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { afterEach, describe, expect, it } from 'vitest';
-import { closedPort, connect, nameServer, readAll } from '../support/net.js';
+import { closedPort, connect, nameServer, readAll, waitFor } from '../support/net.js';
 import type { TestServer } from '../support/net.js';
 import { runCli, spawnSluice, tempFile } from '../support/process.js';
 import type { SluiceProcess } from '../support/process.js';
@@ -97,9 +97,15 @@ describe('workers: 2', () => {
     const pids = workerPids(p);
     expect(new Set(pids).size).toBe(2);
     expect(pids).not.toContain(p.child.pid);
-    // Both bound the same address.
-    const bound = p.logs.filter((l) => l.msg === 'listener bound' && l.address === `127.0.0.1:${port}`);
-    expect(new Set(bound.map((l) => l.pid))).toEqual(new Set(pids));
+    // Both bound the same address (a worker's log line may still be on its way through the pipe).
+    const boundBy = (): Set<unknown> =>
+      new Set(
+        p.logs
+          .filter((l) => l.msg === 'listener bound' && l.address === `127.0.0.1:${port}`)
+          .map((l) => l.pid),
+      );
+    await waitFor(() => boundBy().size === 2, 5000, 'both workers logged listener bound');
+    expect(boundBy()).toEqual(new Set(pids));
     // Connections from many source ports reach both workers (the kernel hashes the 4-tuple).
     let made = 0;
     await until('sessions on both workers', async () => {
