@@ -100,6 +100,47 @@ function echoTraffic(
   };
 }
 
+/**
+ * Two replicas, a and b, on `cluster`, with six pools of one echo backend each (spread over the
+ * primaries), and echo traffic through both already running.
+ */
+async function clusterFleet(cluster: RedisCluster): Promise<{
+  a: TestRuntime;
+  b: TestRuntime;
+  pfx: string;
+  traffic: ReturnType<typeof echoTraffic>;
+  /** Opens `n` more sessions through a in every pool, held until the end of the test. */
+  openEach: (n: number) => Promise<void>;
+  /** Waits until b counts `n` of a's sessions in every pool. */
+  countedBy: (n: number) => Promise<void>;
+}> {
+  const echo = await scope.server(echoServer());
+  const pfx = prefix();
+  const names = ['app', 'api', 'web', 'dns', 'db', 'mq'];
+  const pools = names.map((name) => ({ name, backends: [echo.address] }));
+  const [a, b] = (await Promise.all(['a', 'b'].map((id) => replica(yamlFor(cluster, pfx, id, pools))))) as [
+    TestRuntime,
+    TestRuntime,
+  ];
+  return {
+    a,
+    b,
+    pfx,
+    traffic: echoTraffic([a, b], names),
+    openEach: async (n) => {
+      for (const name of names) await openSessions(a.port(name), n);
+    },
+    countedBy: async (n) => {
+      for (const name of names)
+        await waitFor(
+          async () => (await backendOf(b.adminUrl, name, echo.address))?.connections.cluster === n,
+          10_000,
+          `b counts ${n} of a's sessions in ${name}`,
+        );
+    },
+  };
+}
+
 /** A redis-server's URL, or a Cluster's nodes. */
 function redisTarget(target: string | RedisCluster): string {
   if (typeof target === 'string') return `url: "${target}"`;
@@ -360,38 +401,28 @@ describe('replicas sharing a Redis Cluster: a primary stalls', () => {
     const cluster = await startRedisCluster(3);
     const stalled = cluster.nodes[0]!;
     scope.defer(() => Promise.resolve(stalled.resume())); // never leave it stopped
-    const echo = await scope.server(echoServer());
-    const pfx = prefix();
-    const names = ['app', 'api', 'web', 'dns', 'db', 'mq'];
-    const pools = names.map((name) => ({ name, backends: [echo.address] }));
-    const [a, b] = await Promise.all(['a', 'b'].map((id) => replica(yamlFor(cluster, pfx, id, pools))));
-    const traffic = echoTraffic([a!, b!], names);
+    const { a, b, traffic, openEach, countedBy } = await clusterFleet(cluster);
     await new Promise((r) => setTimeout(r, 300));
     stalled.pause();
-    for (const rt of [a!, b!])
+    for (const rt of [a, b])
       await waitFor(
         async () => (await rt.metric('sluice_state_sync_failures_total')) > 0,
         5000,
         'sync fails',
       );
     // Down, and it stays down while the primary stalls (the others' replies do not flip it up).
-    await waitFor(async () => (await a!.metric('sluice_state_store_up')) === 0, 5000, 'store down');
+    await waitFor(async () => (await a.metric('sluice_state_store_up')) === 0, 5000, 'store down');
     const seen = new Set<number>();
     for (let t = 0; t < 4 * HEARTBEAT; t += 50) {
-      seen.add(await a!.metric('sluice_state_store_up'));
+      seen.add(await a.metric('sluice_state_store_up'));
       await new Promise((r) => setTimeout(r, 50));
     }
     expect([...seen]).toEqual([0]);
     stalled.resume();
     // Shared again: sessions held open through a, in every pool, are counted by b.
-    await waitFor(async () => (await a!.metric('sluice_state_store_up')) === 1, 5000, 'store up');
-    for (const name of names) await openSessions(a!.port(name), 2);
-    for (const name of names)
-      await waitFor(
-        async () => (await backendOf(b!.adminUrl, name, echo.address))?.connections.cluster === 2,
-        5000,
-        `b counts a's sessions in ${name}`,
-      );
+    await waitFor(async () => (await a.metric('sluice_state_store_up')) === 1, 5000, 'store up');
+    await openEach(2);
+    await countedBy(2);
     const { ok, failures } = await traffic.stop();
     expect(failures).toEqual([]);
     expect(ok).toBeGreaterThan(20);
@@ -401,23 +432,10 @@ describe('replicas sharing a Redis Cluster: a primary stalls', () => {
 describe('replicas sharing a Redis Cluster: a primary dies and its replica takes over', () => {
   it('serves every client through the failover; counts are shared again on the new primary', async () => {
     const cluster = await startRedisCluster(3, { replicas: true, nodeTimeoutMs: 1000 });
-    const echo = await scope.server(echoServer());
-    const pfx = prefix();
-    const names = ['app', 'api', 'web', 'dns', 'db', 'mq'];
-    const pools = names.map((name) => ({ name, backends: [echo.address] }));
-    const [a, b] = await Promise.all(['a', 'b'].map((id) => replica(yamlFor(cluster, pfx, id, pools))));
-    const traffic = echoTraffic([a!, b!], names);
+    const { a, b, pfx, traffic, openEach, countedBy } = await clusterFleet(cluster);
     // A session held open through a in every pool, counted by b: the pools' keys are in place,
     // some of them on the primary about to die.
-    const countedBy = async (n: number): Promise<void> => {
-      for (const name of names)
-        await waitFor(
-          async () => (await backendOf(b!.adminUrl, name, echo.address))?.connections.cluster === n,
-          10_000,
-          `b counts ${n} of a's sessions in ${name}`,
-        );
-    };
-    for (const name of names) await openSessions(a!.port(name), 1);
+    await openEach(1);
     await countedBy(1);
     expect((await cluster.keys(`{${pfx}[}:]*`))[0]).toBeGreaterThan(0);
     const killedAt = Date.now();
@@ -429,10 +447,10 @@ describe('replicas sharing a Redis Cluster: a primary dies and its replica takes
     );
     const promotedAt = Date.now();
     // Shared again on the new primary: one more session through a in every pool, counted by b.
-    for (const name of names) await openSessions(a!.port(name), 1);
+    await openEach(1);
     await countedBy(2);
     const sharedAt = Date.now();
-    for (const rt of [a!, b!])
+    for (const rt of [a, b])
       await waitFor(async () => (await rt.metric('sluice_state_store_up')) === 1, 5000, 'store up');
     const { ok, failures } = await traffic.stop();
     console.info(
