@@ -160,19 +160,34 @@ export class RedisStore implements StateStore {
       this.#publishedAs = replicaId;
     }
     const whole = this.#publishes++ % WHOLE_EVERY === 0;
-    const groups = bySlot(counts, ([key]) => this.keys.of(key));
-    for (const slot of this.#countSlots) if (!groups.has(slot)) groups.set(slot, []);
+    const done = await this.#eachSlot(
+      bySlot(counts, ([key]) => this.keys.of(key)),
+      this.#countSlots,
+      (slot, entries) => this.#publishSlot(slot, replicaId, entries, ttlMs, whole),
+    );
+    this.#countSlots = done.held;
+    const failed = done.results.find((r) => r.result.status === 'rejected')?.result;
+    if (failed?.status === 'rejected') throw failed.reason;
+  }
+
+  /**
+   * Runs `step` for each slot of `groups`, and with nothing for each slot of `held` that has
+   * nothing now (which empties it there); with no slot at all, for the fleet's slot (which keeps
+   * this replica live). Answers each slot's result, and the slots that hold this replica's data
+   * after it: those given something, and those whose step failed (unknown).
+   */
+  async #eachSlot<T, R>(
+    groups: Map<SlotKeys, T[]>,
+    held: ReadonlySet<SlotKeys>,
+    step: (slot: SlotKeys, items: T[]) => Promise<R>,
+  ): Promise<{ results: { items: T[]; result: PromiseSettledResult<R> }[]; held: Set<SlotKeys> }> {
+    for (const slot of held) if (!groups.has(slot)) groups.set(slot, []);
     if (groups.size === 0) groups.set(this.keys, []);
-    const slots = [...groups.keys()];
-    const results = await Promise.allSettled(
-      slots.map((slot) => this.#publishSlot(slot, replicaId, groups.get(slot) ?? [], ttlMs, whole)),
-    );
-    // A slot stays on the list while it holds counts, or while emptying it failed.
-    this.#countSlots = new Set(
-      slots.filter((slot, i) => (groups.get(slot)?.length ?? 0) > 0 || results[i]?.status === 'rejected'),
-    );
-    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-    if (failed) throw failed.reason;
+    const slots = [...groups];
+    const settled = await Promise.allSettled(slots.map(([slot, items]) => step(slot, items)));
+    const results = slots.map(([, items], i) => ({ items, result: settled[i]! }));
+    const still = slots.filter(([, items], i) => items.length > 0 || settled[i]?.status === 'rejected');
+    return { results, held: new Set(still.map(([slot]) => slot)) };
   }
 
   async #publishSlot(
@@ -259,28 +274,23 @@ export class RedisStore implements StateStore {
     round: LimitRound,
   ): Promise<LimitAnswer> {
     const stamp = `${this.#stampBase}.${++this.#claimRounds}`;
-    const groups = bySlot(
-      claims.map((claim, index) => ({ claim, index })),
-      ({ claim }) => this.keys.of(claim.key),
+    const done = await this.#eachSlot(
+      bySlot(
+        claims.map((claim, index) => ({ claim, index })),
+        ({ claim }) => this.keys.of(claim.key),
+      ),
+      this.#limitSlots,
+      (slot, group) => this.#claimSlot(slot, replicaId, group, round, stamp),
     );
-    for (const slot of this.#limitSlots) if (!groups.has(slot)) groups.set(slot, []);
-    if (groups.size === 0) groups.set(this.keys, []);
-    const slots = [...groups.keys()];
-    const answers = await Promise.allSettled(
-      slots.map((slot) => this.#claimSlot(slot, replicaId, groups.get(slot) ?? [], round, stamp)),
-    );
-    this.#limitSlots = new Set(
-      slots.filter((slot, i) => (groups.get(slot)?.length ?? 0) > 0 || answers[i]?.status === 'rejected'),
-    );
+    this.#limitSlots = done.held;
     const grants: LimitGrant[] = new Array<LimitGrant>(claims.length);
     let replicas = 1;
     let lost = false;
-    for (const [i, answer] of answers.entries()) {
-      if (answer.status === 'rejected') throw answer.reason;
-      replicas = Math.max(replicas, answer.value.replicas);
-      lost ||= answer.value.lost;
-      const group = groups.get(slots[i]!) ?? [];
-      group.forEach(({ index }, j) => (grants[index] = answer.value.grants[j]!));
+    for (const { items, result } of done.results) {
+      if (result.status === 'rejected') throw result.reason;
+      replicas = Math.max(replicas, result.value.replicas);
+      lost ||= result.value.lost;
+      items.forEach(({ index }, j) => (grants[index] = result.value.grants[j]!));
     }
     return { replicas, lost, grants };
   }
