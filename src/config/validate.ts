@@ -156,6 +156,13 @@ function crossCheck(cfg: Config): ConfigProblem[] {
   });
   if (cfg.state.store === 'redis' && cfg.state.redis.sentinels && !cfg.state.redis.name)
     problems.push({ path: 'state.redis.name', message: 'required with sentinels' });
+  // sluice makes the Cluster hash tags from the prefix ({prefix}, {prefix:pool:<pool>}): a brace
+  // in it would make every key hash on part of the prefix, all pools in one slot.
+  if (cfg.state.store === 'redis' && cfg.state.redis.nodes && /[{}]/.test(cfg.state.redis.key_prefix))
+    problems.push({
+      path: 'state.redis.key_prefix',
+      message: 'must not contain { or } with nodes (sluice makes the Cluster hash tags itself)',
+    });
   problems.push(...quicProblems(cfg));
   const admin = adminProblem(cfg.admin);
   if (admin !== undefined) problems.push(admin);

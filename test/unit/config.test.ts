@@ -17,6 +17,17 @@ function problems(text: string): string[] {
   return [];
 }
 
+describe('state.redis', () => {
+  const withRedis = (redis: string): string => `${minimal}state: { store: redis, redis: ${redis} }\n`;
+  it('refuses a brace in key_prefix with Cluster nodes, naming the key', () => {
+    expect(problems(withRedis('{ nodes: ["10.0.0.1:6379"], key_prefix: "a{b}" }'))).toEqual([
+      'state.redis.key_prefix: must not contain { or } with nodes (sluice makes the Cluster hash tags itself)',
+    ]);
+    expect(problems(withRedis('{ nodes: ["10.0.0.1:6379"], key_prefix: "edge-eu" }'))).toEqual([]);
+    expect(problems(withRedis('{ key_prefix: "a{b}" }'))).toEqual([]);
+  });
+});
+
 describe('durations', () => {
   it.each([
     ['250ms', 250],
