@@ -2,6 +2,7 @@
 // Every result carries `errors`, the failures the client reported (0 for a clean run), and `why`,
 // a one-line account of them: a run with errors is a FAILED sample, never a rate.
 import { join } from 'node:path';
+import { asLoad } from './pin.mjs';
 import { ROOT, sluiceNode } from './setup.mjs';
 import { HOST, cpuSeconds, freePort, run, sleep, timeWaitCount } from './sys.mjs';
 
@@ -33,11 +34,18 @@ const BUSY = /server is busy/;
 export async function iperf(port, { seconds = 4, streams = 1 } = {}) {
   for (let attempt = 0; ; attempt++) {
     const r = await run(
-      'iperf3',
-      ['-c', HOST, '-p', String(port), '-t', String(seconds), '-P', String(streams), '-J'],
-      {
-        limitS: seconds + 20,
-      },
+      ...asLoad('iperf3', [
+        '-c',
+        HOST,
+        '-p',
+        String(port),
+        '-t',
+        String(seconds),
+        '-P',
+        String(streams),
+        '-J',
+      ]),
+      { limitS: seconds + 20 },
     );
     let j;
     try {
@@ -92,7 +100,7 @@ export async function wrk(port, { seconds = 4, connections = 50, close = false }
   if (close) args.push('-H', 'Connection: close');
   else args.push('--latency');
   args.push(`http://${HOST}:${port}/`);
-  const r = await run('wrk', args, { limitS: seconds + 15 });
+  const r = await run(...asLoad('wrk', args), { limitS: seconds + 15 });
   const said = (r.stderr || r.stdout).trim().slice(0, 200);
   if (r.code !== 0) return { requests: 0, errors: 1, why: `wrk exit ${r.code}: ${said}` };
   const w = parseWrk(r.stdout);

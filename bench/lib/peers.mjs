@@ -7,6 +7,7 @@
 import { spawn } from 'node:child_process';
 import { closeSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { pin } from './pin.mjs';
 import { ROOT, STREAM_MODULE, sluiceNode } from './setup.mjs';
 import { HOST, alive, freePort, own, pidFromFile, run, sleep, stopPid, tree, waitTcp } from './sys.mjs';
 
@@ -64,6 +65,7 @@ export async function startHaproxy(dir, routes, { threads = 1, name = 'haproxy' 
   if (r.code !== 0) throw new Error(`haproxy failed to start (exit ${r.code}): ${r.stderr.trim()}`);
   const pid = await pidFromFile(pidfile);
   for (const rt of routes) if (rt.proto !== 'udp') await waitTcp(port[rt.name]);
+  pin(pid, 'proxy');
   return peer(name, pid, port);
 }
 
@@ -102,6 +104,7 @@ export async function startNginxStream(dir, routes, { workers = 1, name = 'nginx
   });
   const pid = await startNginx(dir, name, `stream {\n${blocks.join('\n')}\n}`, { workers, module: true });
   for (const r of routes) if (r.proto !== 'udp') await waitTcp(port[r.name]);
+  pin(pid, 'proxy');
   return peer(name, pid, port);
 }
 
@@ -132,6 +135,7 @@ export async function startHttpBackend(dir, { extra = [], name = 'http-backend' 
   const pid = await startNginx(dir, name, body);
   await waitTcp(close);
   await waitTcp(keepalive);
+  pin(pid, 'load');
   return peer(name, pid, { close, keepalive });
 }
 
@@ -155,6 +159,7 @@ export async function startIperfServer(dir) {
   if (r.code !== 0) throw new Error(`iperf3 server failed (exit ${r.code}): ${r.stderr.trim()}`);
   const pid = await pidFromFile(pidfile);
   await waitTcp(port);
+  pin(pid, 'load');
   return peer('iperf3-server', pid, { iperf: port });
 }
 
@@ -295,6 +300,7 @@ export async function startSluice(
   }
   for (const r of routes)
     if ((r.proto ?? 'tcp') === 'tcp') await waitTcp(port[r.name], 5000, HOST, () => exited);
+  pin(child.pid, 'proxy');
   return peer(name, child.pid, port, {
     admin: `http://${HOST}:${admin}`,
     logFile: join(dir, `${name}.log`),

@@ -17,6 +17,7 @@ import {
   TCP_RATIOS,
 } from './common.mjs';
 
+export const pinnable = true;
 export const id = 'keepalive';
 export const title = 'Keep-alive requests per second and latency (wrk --latency)';
 export const what =

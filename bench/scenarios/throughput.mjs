@@ -17,6 +17,7 @@ import {
   TCP_RATIOS,
 } from './common.mjs';
 
+export const pinnable = true;
 export const id = 'throughput';
 export const title = 'Bulk throughput (iperf3, 4 s)';
 export const what =
