@@ -76,23 +76,24 @@ static napi_value js_init(napi_env env, napi_callback_info info) {
   if (in->epfd < 0) {
     int epfd = epoll_create1(EPOLL_CLOEXEC);
     if (epfd < 0) return throw_errno(env, "epoll_create1", errno, -1);
-    int err = uv_poll_init(in->loop, &in->epoll_watch, epfd);
-    if (err == 0) {
-      in->epoll_watch.data = in;
-      err = uv_poll_start(&in->epoll_watch, UV_READABLE, on_epoll);
-    }
+    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = LOOP_KEY};
+    int err = epoll_ctl(epfd, EPOLL_CTL_ADD, uv_backend_fd(in->loop), &ev) < 0 ? uv_translate_sys_error(errno) : 0;
+    if (err == 0) err = uv_prepare_init(in->loop, &in->waiter);
+    if (err == 0) err = uv_idle_init(in->loop, &in->spin);
     if (err == 0) err = uv_idle_init(in->loop, &in->later);
     if (err != 0) {
       close(epfd);
       napi_throw_error(env, NULL, uv_strerror(err));
       return NULL;
     }
+    in->waiter.data = in;
+    in->spin.data = in;
     in->later.data = in;
     in->epfd = epfd;
     in->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-    /* Referenced only while relays or acceptors are open (update_ref); the idle handle only while
-     * it has work (kick). */
-    uv_unref((uv_handle_t *)&in->epoll_watch);
+    /* The waiter runs only while relays or acceptors are open (update_ref), and keeps the loop
+     * alive then, as their sockets would; `spin` never does; `later` only while it has work. */
+    uv_unref((uv_handle_t *)&in->spin);
   }
   return NULL;
 }

@@ -89,12 +89,21 @@ void kick(instance *in) {
   if (uv_idle_start(&in->later, on_later) == 0) in->later_on = 1;
 }
 
-/* Keeps the process alive while relays or acceptors are open, as their sockets would. */
+/*
+ * Waits on the relay's set (on_wait) while relays, acceptors or flows are open, and keeps the
+ * process alive then, as their sockets would; leaves the loop to its own poll otherwise.
+ */
 void update_ref(instance *in) {
-  if (in->relays_open + in->acceptors.open + in->ulisteners.open + in->flows_open > 0)
-    uv_ref((uv_handle_t *)&in->epoll_watch);
-  else
-    uv_unref((uv_handle_t *)&in->epoll_watch);
+  int open = in->relays_open + in->acceptors.open + in->ulisteners.open + in->flows_open > 0;
+  if (open && !in->waiting) {
+    uv_prepare_start(&in->waiter, on_wait);
+    uv_idle_start(&in->spin, on_spin);
+    in->waiting = 1;
+  } else if (!open && in->waiting) {
+    uv_prepare_stop(&in->waiter);
+    uv_idle_stop(&in->spin);
+    in->waiting = 0;
+  }
 }
 
 /* Queues a record for JavaScript; the loop hands the queue over at the end of this turn. */

@@ -53,18 +53,26 @@ void on_later(uv_idle_t *h) {
   }
 }
 
-/* The loop says the epoll set has events: take them all, in batches. */
-void on_epoll(uv_poll_t *h, int status, int events) {
-  (void)status;
-  (void)events;
-  instance *in = h->data;
+/*
+ * Takes every event the epoll set has, in batches, waiting up to `timeout` ms for the first;
+ * returns how many were the relay's, or -1 when the loop's own descriptors are ready too (the
+ * loop should poll them now).
+ */
+static int take_events(instance *in, int timeout) {
   struct epoll_event evs[BATCH];
-  in->polling = 1;
+  int total = 0, loop_ready = 0;
   for (;;) {
-    int n = epoll_wait(in->epfd, evs, BATCH, 0);
-    if (n <= 0) break; /* 0, or EINTR: the loop polls again */
+    int n = epoll_wait(in->epfd, evs, BATCH, timeout);
+    if (n <= 0) break; /* 0, or EINTR: the loop runs its turn and comes back */
+    timeout = 0;
+    total += n;
     for (int k = 0; k < n; k++) {
       uint64_t key = evs[k].data.u64;
+      if (key == LOOP_KEY) {
+        loop_ready = 1;
+        total--;
+        continue;
+      }
       uint32_t gen = (uint32_t)(key >> 32);
       int kind = (int)((key >> KIND_SHIFT) & 3);
       int index = (int)((key & ((1u << KIND_SHIFT) - 1)) >> 1);
@@ -98,6 +106,46 @@ void on_epoll(uv_poll_t *h, int status, int events) {
     }
     if (n < BATCH) break;
   }
-  in->polling = 0;
-  hand_over(in);
+  return loop_ready ? -1 : total;
+}
+
+/*
+ * The loop's wait, in its prepare phase: while the relay has sockets open, the loop's own epoll
+ * descriptor is in the relay's set and the loop sleeps here, on the relay's set, for as long as
+ * it would have slept in its own poll (uv_backend_timeout without the `spin` handle); `spin`
+ * keeps the loop's own poll, which follows, from sleeping again. The relay's sockets are so in an
+ * epoll set that nothing else watches: adding one takes the plain path (no check for loops of
+ * nested sets), and their events wake this thread directly. After the records are handed over it
+ * looks again, up to WAKE_ROUNDS times while each look finds events: under load they arrive while
+ * JavaScript reads the records, and taking them here saves a turn of the loop.
+ */
+void on_wait(uv_prepare_t *h) {
+  instance *in = h->data;
+  uv_loop_t *loop = in->loop;
+  int timeout = 0;
+  /* Sleep only if the loop would: nothing queued for the relay's next turn, and what libuv says.
+   * uv_backend_timeout is 0 also while the loop has changes to its own descriptors to apply (a
+   * socket JavaScript opened or asked to write since its last poll), whose events could not
+   * wake this wait until its poll has registered them. */
+  if (!in->later_on) {
+    uv_idle_stop(&in->spin);
+    timeout = uv_backend_timeout(loop);
+    uv_idle_start(&in->spin, on_spin);
+  }
+  for (int round = 0; round < WAKE_ROUNDS; round++) {
+    in->polling = 1;
+    int n = take_events(in, round == 0 ? timeout : 0);
+    in->polling = 0;
+    /* After a sleep, the loop's clock moves on before the records are handed over: timers
+     * started for them from native code (libuv's uv_now, not Node's clock, which reads the time
+     * itself) count from now, not from before the sleep. */
+    if (round == 0 && timeout != 0) uv_update_time(loop);
+    hand_over(in);
+    if (n <= 0) break;
+  }
+}
+
+/* Active while the loop waits in on_wait: its presence keeps the loop's own poll from sleeping. */
+void on_spin(uv_idle_t *h) {
+  (void)h;
 }

@@ -6,10 +6,13 @@
  * sockets inside the kernel (splice(2) through a pipe), so no byte crosses into JavaScript and
  * no Buffer is allocated per read.
  *
- * The sockets are watched by one epoll set of the relay's own, itself watched by the Node.js event
- * loop (uv_poll on the epoll descriptor). A session's two sockets are registered once each,
- * edge-triggered, for input, output and the peer's FIN (EPOLLRDHUP), and leave the set when they
- * are closed: no epoll_ctl call while a session runs. Edge-triggered means every wake-up must be
+ * The sockets are watched by one epoll set of the relay's own. While it has sockets open, the
+ * Node.js event loop sleeps in that set (a prepare handle waits there for as long as the loop
+ * would have slept in its own poll), which also holds the loop's own epoll descriptor: the relay's
+ * sockets wake the thread directly, and adding one is the plain insert into a set nothing else
+ * watches, not the checked insert into a nested set. A session's two sockets are registered once
+ * each, edge-triggered, for input, output and the peer's FIN (EPOLLRDHUP), and leave the set when
+ * they are closed: no epoll_ctl call while a session runs. Edge-triggered means every wake-up must be
  * worked off: a direction reads until its source is drained (a short read), its destination is
  * full (then the destination's next output edge resumes it), or its budget for this turn is spent
  * (then the relay goes on a pending list that the loop's next turn continues; see `pending`).
@@ -80,6 +83,10 @@
 #define POOL_MAX 256
 /* Epoll events taken per epoll_wait call. */
 #define BATCH 128
+/* Looks at the epoll set per turn of the loop while each look finds events (see on_wait). */
+#ifndef WAKE_ROUNDS
+#define WAKE_ROUNDS 4
+#endif
 /* Records handed to JavaScript per call (the mailbox Float64Array holds MAIL_RECS × REC_LEN). */
 #define MAIL_RECS 256
 #define REC_LEN 8
@@ -210,6 +217,8 @@ typedef struct {
 /* Event keys: generation << 32 | kind << 30 | index << 1 | side. */
 #define KIND_SHIFT 30
 enum { KIND_RELAY = 0, KIND_ACCEPTOR = 1, KIND_UDP_LISTENER = 2, KIND_UDP_FLOW = 3 };
+/* The key of the loop's own epoll descriptor in the relay's set (no item has it: see on_wait). */
+#define LOOP_KEY UINT64_MAX
 #define KEY(gen, kind, index, side)                                                                 \
   (((uint64_t)(gen) << 32) | ((uint64_t)(kind) << KIND_SHIFT) | ((uint64_t)(index) << 1) | (uint64_t)(side))
 
@@ -237,7 +246,9 @@ struct instance {
   int src_listener;
   uv_loop_t *loop;
   int epfd;
-  uv_poll_t epoll_watch;
+  uv_prepare_t waiter; /* waits on the relay's set before the loop's own poll (on_wait) */
+  uv_idle_t spin;      /* active while `waiter` is: the loop's own poll must not sleep */
+  int waiting;         /* waiter and spin started */
   /* Runs the next loop turn while records wait or relays are pending (see kick). */
   uv_idle_t later;
   int later_on;
@@ -248,7 +259,7 @@ struct instance {
   record *queue; /* records not yet handed over */
   int qn, qcap;
   int dispatching; /* JavaScript is reading the mailbox: no nested hand-over */
-  int polling;     /* inside on_epoll, which hands records over at its end: no turn of its own needed */
+  int polling;     /* inside on_wait, which hands records over at its end: no turn of its own needed */
   relay *pending;  /* relays that stopped with bytes waiting */
   napi_async_context async;
   id_table relays; /* relay * */
@@ -313,7 +324,8 @@ void on_udp_flow(instance *in, udp_flow *f);
 
 /* ---- the loop: epoll events in, records out (loop.c) ---- */
 void on_later(uv_idle_t *h);
-void on_epoll(uv_poll_t *h, int status, int events);
+void on_wait(uv_prepare_t *h);
+void on_spin(uv_idle_t *h);
 
 /* ---- the JavaScript binding: init, listeners, shared helpers (binding.c) ---- */
 instance *get_instance(napi_env env);
