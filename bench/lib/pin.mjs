@@ -2,15 +2,49 @@
 // CPUs, so a connection-rate or CPU figure is one proxy core's own work, not how the scheduler
 // shares two cores between the proxy, wrk and nginx (which preempt one another differently for
 // each proxy). Without --pin nothing is pinned.
+//
+// --quota P (with --pin): each proxy also gets P % of its CPU and no more (a CPU cgroup of its
+// own, 10 ms period), so the proxy's core is the bottleneck of every run, as it is for a proxy at
+// capacity, rather than the load CPUs: the rate is then what the proxy carries on that share of
+// a core, and its CPU per connection is its cost when busy, not how often it idles and wakes.
 import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { tree } from './sys.mjs';
 
-let placement; // { proxy: '0', load: '1-N' } once pinning is on
+let placement; // { proxy: '0', load: '1-N', quota?: percent } once pinning is on
+const groups = []; // cgroup directories made for --quota, removed at exit
 
-/** Turns pinning on for this run: needs at least two CPUs. */
-export function pinCores(nproc) {
+const PERIOD_US = 10000;
+const V1 = '/sys/fs/cgroup/cpu';
+const V2 = '/sys/fs/cgroup';
+
+/** Where CPU cgroups are made here, and how a quota is written, or why it cannot be. */
+function cpuCgroups() {
+  if (existsSync(join(V1, 'cpu.cfs_quota_us')))
+    return {
+      root: V1,
+      limit: (dir, quotaUs) => {
+        writeFileSync(join(dir, 'cpu.cfs_period_us'), String(PERIOD_US));
+        writeFileSync(join(dir, 'cpu.cfs_quota_us'), String(quotaUs));
+      },
+    };
+  const controllers = join(V2, 'cgroup.controllers');
+  if (existsSync(controllers) && readFileSync(controllers, 'utf8').split(/\s+/).includes('cpu')) {
+    writeFileSync(join(V2, 'cgroup.subtree_control'), '+cpu');
+    return {
+      root: V2,
+      limit: (dir, quotaUs) => writeFileSync(join(dir, 'cpu.max'), `${quotaUs} ${PERIOD_US}`),
+    };
+  }
+  throw new Error('--quota: no CPU cgroup controller here (cgroup v1 cpu or v2 with cpu); run as root');
+}
+
+/** Turns pinning on for this run (and the quota, in percent of one CPU): needs two CPUs. */
+export function pinCores(nproc, quota = undefined) {
   if (nproc < 2) throw new Error(`--pin: needs at least 2 CPUs (the proxy's and the load's), have ${nproc}`);
-  placement = { proxy: '0', load: nproc === 2 ? '1' : `1-${nproc - 1}` };
+  placement = { proxy: '0', load: nproc === 2 ? '1' : `1-${nproc - 1}`, quota };
+  if (quota !== undefined) placement.cgroups = cpuCgroups();
   return placement;
 }
 
@@ -18,12 +52,36 @@ export const pinning = () => placement;
 
 /**
  * Moves every thread of `pid` and of its descendants (nginx workers, sluice workers) to the
- * role's CPUs: 'proxy' for a proxy under test, 'load' for a backend. A no-op without --pin.
+ * role's CPUs: 'proxy' for a proxy under test, 'load' for a backend. With --quota, a proxy's
+ * processes also go into a CPU cgroup of its own. A no-op without --pin.
  */
 export function pin(pid, role) {
   if (placement === undefined || pid === undefined) return;
-  for (const p of tree(pid))
+  const family = tree(pid);
+  for (const p of family)
     execFileSync('taskset', ['-a', '-p', '-c', placement[role], String(p)], { stdio: 'ignore' });
+  if (role !== 'proxy' || placement.quota === undefined) return;
+  const { root, limit } = placement.cgroups;
+  const dir = join(root, `sluice-bench-${process.pid}-${pid}`);
+  mkdirSync(dir);
+  groups.push(dir);
+  limit(dir, Math.round((PERIOD_US * placement.quota) / 100));
+  // cgroup.procs moves a whole process (all its threads) on v1 and v2 alike.
+  for (const p of family) writeFileSync(join(dir, 'cgroup.procs'), String(p));
+}
+
+/** Removes the cgroups --quota made (the processes in them are gone by then). */
+export function removeGroups() {
+  for (const dir of groups.splice(0)) {
+    try {
+      // A process still in it (one that outlived its stop) goes back to the root group first.
+      const left = readFileSync(join(dir, 'cgroup.procs'), 'utf8').split('\n').filter(Boolean);
+      for (const p of left) writeFileSync(join(placement.cgroups.root, 'cgroup.procs'), p);
+      rmdirSync(dir);
+    } catch {
+      /* gone already, or still busy: nothing more to do */
+    }
+  }
 }
 
 /** [cmd, args] for a load generator: run through taskset on the load CPUs with --pin. */

@@ -20,10 +20,25 @@ export async function startPeers(samples, starters) {
   return peers;
 }
 
-/** The peers in a different order each repetition, so no peer always runs first (or last). */
+/**
+ * The peers in a different order each repetition, so no peer always runs first (or last) and no
+ * peer always runs right after the same one (what a run leaves behind, such as its TIME_WAIT
+ * sockets, weighs on the next): a shuffle seeded by the repetition, the same on every machine.
+ */
 export function rotate(list, rep) {
-  const k = rep % list.length;
-  return [...list.slice(k), ...list.slice(0, k)];
+  let seed = (rep + 1) * 0x9e3779b9;
+  const next = () => {
+    seed = (seed + 0x6d2b79f5) | 0;
+    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+  const out = [...list];
+  for (let i = out.length - 1; i > 0; i--) {
+    const j = Math.floor(next() * (i + 1));
+    [out[i], out[j]] = [out[j], out[i]];
+  }
+  return out;
 }
 
 export async function stopAll(procs) {
