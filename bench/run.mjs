@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { ROOT, buildSluice, ensureTools, machineInfo } from './lib/setup.mjs';
 import { fillTimeWait } from './lib/load.mjs';
-import { pin, pinCores, removeGroups } from './lib/pin.mjs';
+import { pin, pinCores, quotaCores, removeGroups } from './lib/pin.mjs';
 import { cpuTimes, stealShare, timeWaitCount } from './lib/sys.mjs';
 import * as throughput from './scenarios/throughput.mjs';
 import * as connrate from './scenarios/connrate.mjs';
@@ -33,8 +33,11 @@ const HELP = `usage: npm run bench -- [--only ${SCENARIOS.map((s) => s.id).join(
                 per-core figures (${SCENARIOS.filter((s) => s.pinnable)
                   .map((s) => s.id)
                   .join(', ')} only)
-  --quota P     with --pin: each proxy gets P % of CPU 0 and no more (a CPU cgroup of its own),
-                so the proxy's core, not the load's, is the bottleneck of every run
+  --quota P     each proxy gets P % of a CPU per thread or worker it runs and no more (a CPU
+                cgroup of its own), so the proxy, not the load, is the bottleneck of every run
+                (${SCENARIOS.filter((s) => s.boundable)
+                  .map((s) => s.id)
+                  .join(', ')} only)
 Runs as root on loopback only; installs haproxy, nginx, iperf3 and wrk with apt-get when missing.`;
 
 const { values } = parseArgs({
@@ -73,23 +76,33 @@ if (values.pin && unpinnable.length)
     `--pin: ${unpinnable.join(', ')} cannot run pinned (their proxies need more than one CPU or pin themselves)`,
   );
 const quota = values.quota === undefined ? undefined : Number(values.quota);
-if (quota !== undefined && (!values.pin || !Number.isInteger(quota) || quota < 1 || quota > 100))
-  throw new Error(`--quota: expected --pin and a whole percentage from 1 to 100, got ${values.quota}`);
+const unboundable = wanted.filter((w) => !SCENARIOS.find((s) => s.id === w).boundable);
+if (quota !== undefined && unboundable.length)
+  throw new Error(
+    `--quota: ${unboundable.join(', ')} cannot run with a quota (their load is not wrk or iperf3 through one proxy)`,
+  );
+if (quota !== undefined && (!Number.isInteger(quota) || quota < 1 || quota > 100))
+  throw new Error(`--quota: expected a whole percentage from 1 to 100, got ${values.quota}`);
 const command = `npm run bench${process.argv.length > 2 ? ` -- ${process.argv.slice(2).join(' ')}` : ''}`;
 
 ensureTools();
 buildSluice();
 const info = machineInfo();
-const placement = values.pin ? pinCores(info.nproc, quota) : undefined;
+const placement = values.pin ? pinCores(info.nproc) : undefined;
+if (quota !== undefined) quotaCores(quota);
 if (placement !== undefined) pin(process.pid, 'load');
 process.on('exit', removeGroups);
 const dir = mkdtempSync(join(tmpdir(), 'sluice-bench-'));
 console.log(`bench: ${command}\nbench: configs and logs in ${dir}`);
-const share = quota === undefined ? '' : ` (${quota} % of it each, --quota)`;
-if (placement !== undefined)
-  console.log(
-    `bench: --pin: proxies on CPU ${placement.proxy}${share}, load generators and backends on CPU ${placement.load}`,
-  );
+const pinned =
+  placement === undefined
+    ? 'nothing pinned: proxy, load generator and backend share every CPU'
+    : `\`--pin\`: each proxy alone on CPU ${placement.proxy}; wrk, iperf3 and the backends on CPU ${placement.load}`;
+const bounded =
+  quota === undefined
+    ? ''
+    : `; \`--quota ${quota}\`: each proxy held to ${quota} % of a CPU per thread or worker`;
+console.log(`bench: ${pinned}${bounded}`);
 console.log(
   `bench: ${info.nproc} CPUs (${info.cpu}), ${info.kernel}, Node ${info.node}, ${info.haproxy}, ${info.nginx}`,
 );
@@ -134,11 +147,11 @@ const steal = `${(100 * stealShare(cpuBefore, cpuTimes())).toFixed(1)} %`;
 const twRow = tw > 0 ? `\n| \`--tw ${tw}\` (topped up before each scenario) | ${fills.join('; ')} |` : '';
 
 const sharing =
-  placement === undefined
-    ? 'Load generator, proxy and backend share the same\ncores, so absolute numbers are low and noisy (about ±20 %): read the ratios.'
-    : quota === undefined
-      ? `Each proxy has CPU ${placement.proxy} to itself (\`--pin\`), so its rate and CPU are one core's\nwork; the load generator and the backends share the other CPUs. Read the ratios.`
-      : `Each proxy has ${quota} % of CPU ${placement.proxy} and no more (\`--pin --quota ${quota}\`): its share of a core,\nnot the load generator or the backends on the other CPUs, bounds every run, so the rate is what\nthat share carries and the CPU per connection is the proxy's cost when busy. Read the ratios.`;
+  quota !== undefined
+    ? `Each proxy is held to ${quota} % of a CPU per thread or worker it runs (\`--quota\`, a CPU cgroup each): that\nshare, not the load generator or the backends, bounds every run, so the rate is what it carries\nand the CPU per connection is the proxy's cost when busy. Read the ratios.`
+    : placement === undefined
+      ? 'Load generator, proxy and backend share the same\ncores, so absolute numbers are low and noisy (about ±20 %): read the ratios.'
+      : `Each proxy has CPU ${placement.proxy} to itself (\`--pin\`), so its rate and CPU are one core's\nwork; the load generator and the backends share the other CPUs. Read the ratios.`;
 
 const header = `# sluice benchmark results
 
@@ -157,7 +170,7 @@ Generated by \`${command}\` on ${info.date} (${Math.round((Date.now() - started)
 | CPU steal (/proc/stat, start → end) | ${steal} of all CPU time |
 | TIME_WAIT (\`ss -s\`) | ${count(twBefore)} at the start, ${count(twAfter)} at the end (the kernel keeps at most ${count(twMax)}) |${twRow}
 | tools | ${info.iperf3}; ${info.wrk} |
-| placement | ${placement === undefined ? 'nothing pinned: proxy, load generator and backend share every CPU' : `\`--pin\`: each proxy alone on CPU ${placement.proxy}${share}; wrk, iperf3 and the backends on CPU ${placement.load}`} |
+| placement | ${pinned}${bounded} |
 
 Method: every peer listens on its own 127.0.0.1 port and
 they run interleaved within each repetition (in a new order each repetition). Cells are the

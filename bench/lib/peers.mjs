@@ -7,7 +7,7 @@
 import { spawn } from 'node:child_process';
 import { closeSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { pin } from './pin.mjs';
+import { bound, pin } from './pin.mjs';
 import { ROOT, STREAM_MODULE, sluiceNode } from './setup.mjs';
 import { HOST, alive, freePort, own, pidFromFile, run, sleep, stopPid, tree, waitTcp } from './sys.mjs';
 
@@ -66,6 +66,7 @@ export async function startHaproxy(dir, routes, { threads = 1, name = 'haproxy' 
   const pid = await pidFromFile(pidfile);
   for (const rt of routes) if (rt.proto !== 'udp') await waitTcp(port[rt.name]);
   pin(pid, 'proxy');
+  bound(pid, threads);
   return peer(name, pid, port);
 }
 
@@ -105,6 +106,7 @@ export async function startNginxStream(dir, routes, { workers = 1, name = 'nginx
   const pid = await startNginx(dir, name, `stream {\n${blocks.join('\n')}\n}`, { workers, module: true });
   for (const r of routes) if (r.proto !== 'udp') await waitTcp(port[r.name]);
   pin(pid, 'proxy');
+  bound(pid, workers);
   return peer(name, pid, port);
 }
 
@@ -301,6 +303,7 @@ export async function startSluice(
   for (const r of routes)
     if ((r.proto ?? 'tcp') === 'tcp') await waitTcp(port[r.name], 5000, HOST, () => exited);
   pin(child.pid, 'proxy');
+  bound(child.pid, workers);
   return peer(name, child.pid, port, {
     admin: `http://${HOST}:${admin}`,
     logFile: join(dir, `${name}.log`),

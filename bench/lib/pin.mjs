@@ -3,16 +3,18 @@
 // shares two cores between the proxy, wrk and nginx (which preempt one another differently for
 // each proxy). Without --pin nothing is pinned.
 //
-// --quota P (with --pin): each proxy also gets P % of its CPU and no more (a CPU cgroup of its
-// own, 10 ms period), so the proxy's core is the bottleneck of every run, as it is for a proxy at
-// capacity, rather than the load CPUs: the rate is then what the proxy carries on that share of
-// a core, and its CPU per connection is its cost when busy, not how often it idles and wakes.
+// --quota P: each proxy also gets P % of a CPU per core it is configured for (one thread or
+// worker: P % of one CPU; two: P % of two) and no more, in a CPU cgroup of its own (10 ms
+// period), so the proxy is the bottleneck of every run, as a proxy at capacity is, rather than
+// the load generator and backends: the rate is what that share carries, and the CPU per
+// connection is the proxy's cost when busy, not how often it idles and wakes.
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { tree } from './sys.mjs';
 
-let placement; // { proxy: '0', load: '1-N', quota?: percent } once pinning is on
+let placement; // { proxy: '0', load: '1-N' } once pinning is on
+let quota; // { percent, cgroups } once the quota is on
 const groups = []; // cgroup directories made for --quota, removed at exit
 
 const PERIOD_US = 10000;
@@ -40,34 +42,42 @@ function cpuCgroups() {
   throw new Error('--quota: no CPU cgroup controller here (cgroup v1 cpu or v2 with cpu); run as root');
 }
 
-/** Turns pinning on for this run (and the quota, in percent of one CPU): needs two CPUs. */
-export function pinCores(nproc, quota = undefined) {
+/** Turns pinning on for this run: needs two CPUs. */
+export function pinCores(nproc) {
   if (nproc < 2) throw new Error(`--pin: needs at least 2 CPUs (the proxy's and the load's), have ${nproc}`);
-  placement = { proxy: '0', load: nproc === 2 ? '1' : `1-${nproc - 1}`, quota };
-  if (quota !== undefined) placement.cgroups = cpuCgroups();
+  placement = { proxy: '0', load: nproc === 2 ? '1' : `1-${nproc - 1}` };
   return placement;
 }
 
-export const pinning = () => placement;
+/** Turns the quota on for this run: P % of a CPU per core a proxy is configured for. */
+export function quotaCores(percent) {
+  quota = { percent, cgroups: cpuCgroups() };
+  return quota;
+}
 
 /**
  * Moves every thread of `pid` and of its descendants (nginx workers, sluice workers) to the
- * role's CPUs: 'proxy' for a proxy under test, 'load' for a backend. With --quota, a proxy's
- * processes also go into a CPU cgroup of its own. A no-op without --pin.
+ * role's CPUs: 'proxy' for a proxy under test, 'load' for a backend. A no-op without --pin.
  */
 export function pin(pid, role) {
   if (placement === undefined || pid === undefined) return;
-  const family = tree(pid);
-  for (const p of family)
+  for (const p of tree(pid))
     execFileSync('taskset', ['-a', '-p', '-c', placement[role], String(p)], { stdio: 'ignore' });
-  if (role !== 'proxy' || placement.quota === undefined) return;
-  const { root, limit } = placement.cgroups;
+}
+
+/**
+ * With --quota, puts a proxy's processes (`pid` and its descendants) into a CPU cgroup of their
+ * own limited to P % of `cores` CPUs. A no-op without --quota.
+ */
+export function bound(pid, cores = 1) {
+  if (quota === undefined || pid === undefined) return;
+  const { root, limit } = quota.cgroups;
   const dir = join(root, `sluice-bench-${process.pid}-${pid}`);
   mkdirSync(dir);
   groups.push(dir);
-  limit(dir, Math.round((PERIOD_US * placement.quota) / 100));
+  limit(dir, Math.round((PERIOD_US * cores * quota.percent) / 100));
   // cgroup.procs moves a whole process (all its threads) on v1 and v2 alike.
-  for (const p of family) writeFileSync(join(dir, 'cgroup.procs'), String(p));
+  for (const p of tree(pid)) writeFileSync(join(dir, 'cgroup.procs'), String(p));
 }
 
 /** Removes the cgroups --quota made (the processes in them are gone by then). */
@@ -76,7 +86,7 @@ export function removeGroups() {
     try {
       // A process still in it (one that outlived its stop) goes back to the root group first.
       const left = readFileSync(join(dir, 'cgroup.procs'), 'utf8').split('\n').filter(Boolean);
-      for (const p of left) writeFileSync(join(placement.cgroups.root, 'cgroup.procs'), p);
+      for (const p of left) writeFileSync(join(quota.cgroups.root, 'cgroup.procs'), p);
       rmdirSync(dir);
     } catch {
       /* gone already, or still busy: nothing more to do */

@@ -19,6 +19,7 @@ import {
 } from './common.mjs';
 
 export const pinnable = true;
+export const boundable = true;
 export const id = 'connrate';
 export const title = 'New connections per second (wrk, Connection: close)';
 export const what = `wrk -t1 -c50 -d4s -H 'Connection: close' through each proxy to nginx (\`keepalive_timeout 0; return 200 "ok";\`); 1 s pause between runs for TIME_WAIT. CPU-ms/1k = proxy CPU per 1,000 connections. "errors" = wrk socket errors + non-2xx, summed over all runs. "sluice (access log)" runs \`log: {level: info, access_log: true}\` with stdout to a file.`;

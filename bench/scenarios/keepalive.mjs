@@ -18,6 +18,7 @@ import {
 } from './common.mjs';
 
 export const pinnable = true;
+export const boundable = true;
 export const id = 'keepalive';
 export const title = 'Keep-alive requests per second and latency (wrk --latency)';
 export const what =

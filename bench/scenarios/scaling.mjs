@@ -15,6 +15,7 @@ import { sleep } from '../lib/sys.mjs';
 import { measureConnRate } from './connrate.mjs';
 import { cpuPer, measured, newSamples, rotate, startPeers, stopAll, warmUp } from './common.mjs';
 
+export const boundable = true;
 export const id = 'scaling';
 export const title = 'Scaling to 2 cores (connection rate and 4-stream throughput)';
 export const what =

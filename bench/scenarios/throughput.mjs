@@ -18,6 +18,7 @@ import {
 } from './common.mjs';
 
 export const pinnable = true;
+export const boundable = true;
 export const id = 'throughput';
 export const title = 'Bulk throughput (iperf3, 4 s)';
 export const what =
