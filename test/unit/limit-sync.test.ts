@@ -149,6 +149,36 @@ function startRound(r: Replica): void {
     .finally(() => (r.round = undefined));
 }
 
+/**
+ * Replicas a, b and c with a cluster-scoped limit of `max` on one ManualStore, registered and
+ * through their first round. `heartbeat` moves the clock on a second and runs a round on each of
+ * `back`: answered by the store one by one, or with the store down, all started and then failed.
+ */
+async function manualFleet(max: number, logs?: readonly LogSink[]) {
+  const clock = new ManualClock(0);
+  const store = new ManualStore(clock);
+  const rs = ['a', 'b', 'c'].map((id, i) => replicaOn(store, clock, id, max, logs?.[i]));
+  for (const id of ['a', 'b', 'c']) await store.publishCounts(id, new Map(), 60_000);
+  const answerAll = (): Promise<void> => answerEvery(store);
+  const heartbeat = async (back: readonly Replica[] = rs): Promise<void> => {
+    clock.advance(1000);
+    if (store.down) {
+      for (const r of back) startRound(r);
+      await flush();
+      return;
+    }
+    for (const r of back) {
+      startRound(r);
+      await answerAll();
+    }
+  };
+  for (const r of rs) {
+    startRound(r);
+    await answerAll();
+  }
+  return { clock, store, rs, answerAll, heartbeat };
+}
+
 describe('fair shares', () => {
   it('split what is free over the replicas, in whole connections that add up to it', () => {
     for (const [free, n] of [
@@ -243,16 +273,8 @@ describe('LimitSync: grants, holds and falling back', () => {
   });
 
   it('keeps the holds through failed claims, falls back at the TTL, logs each change once', async () => {
-    const clock = new ManualClock(0);
-    const store = new ManualStore(clock);
     const logs = [new LogSink(), new LogSink(), new LogSink()];
-    const rs = ['a', 'b', 'c'].map((id, i) => replicaOn(store, clock, id, 31, logs[i]));
-    for (const id of ['a', 'b', 'c']) await store.publishCounts(id, new Map(), 60_000);
-    const answerAll = (): Promise<void> => answerEvery(store);
-    for (const r of rs) {
-      startRound(r);
-      await answerAll();
-    }
+    const { clock, store, rs, answerAll, heartbeat } = await manualFleet(31, logs);
     expect(rs.map((r) => r.l.cap)).toEqual([11, 10, 10]);
     rs.forEach((r) => r.l.admit(4));
     const sentAt = clock.now();
@@ -273,11 +295,7 @@ describe('LimitSync: grants, holds and falling back', () => {
     clock.advance(1);
     expect(rs.every((r) => r.sync.fallback)).toBe(true);
     expect(rs.map((r) => r.l.cap)).toEqual([10, 10, 10]); // floor(31 / 3)
-    for (let i = 0; i < 5; i++) {
-      clock.advance(1000);
-      for (const r of rs) startRound(r);
-      await flush();
-    }
+    for (let i = 0; i < 5; i++) await heartbeat();
     expect(rs.map((r) => r.l.cap)).toEqual([10, 10, 10]);
     const fellBack = 'cluster limits on local shares (limit / live replicas) until the state store answers';
     expect(logs.map((l) => l.find(fellBack).length)).toEqual([1, 1, 1]);
@@ -291,38 +309,19 @@ describe('LimitSync: grants, holds and falling back', () => {
     // Settling: each keeps its local share (now in the store) for 3 heartbeats, then grows again.
     expect(rs.map((r) => r.l.cap)).toEqual([10, 10, 10]);
     for (let i = 0; i < 4; i++) {
-      clock.advance(1000);
-      for (const r of rs) {
-        startRound(r);
-        await answerAll();
-      }
+      await heartbeat();
       expect(rs.reduce((n, r) => n + r.l.cap, 0)).toBeLessThanOrEqual(31);
     }
     expect(rs.reduce((n, r) => n + r.l.cap, 0)).toBe(31);
   });
 
   it('back from local shares one by one, grows nothing before the others are back or presumed gone', async () => {
-    const clock = new ManualClock(0);
-    const store = new ManualStore(clock);
-    const rs = ['a', 'b', 'c'].map((id) => replicaOn(store, clock, id, 31));
-    for (const id of ['a', 'b', 'c']) await store.publishCounts(id, new Map(), 60_000);
-    const answerAll = (): Promise<void> => answerEvery(store);
-    const heartbeat = async (back: readonly Replica[]): Promise<void> => {
-      clock.advance(1000);
-      for (const r of back) {
-        startRound(r);
-        await answerAll();
-      }
-    };
-    for (const r of rs) {
-      startRound(r);
-      await answerAll();
-    }
+    const { store, rs, heartbeat } = await manualFleet(31);
     rs.forEach((r) => r.l.admit(20));
     expect(rs.map((r) => r.l.open)).toEqual([11, 10, 10]);
     // Redis dies; everyone falls back to 10 (a keeps its 11).
     store.down = true;
-    for (let i = 0; i < 4; i++) await heartbeat(rs);
+    for (let i = 0; i < 4; i++) await heartbeat();
     expect(rs.every((r) => r.sync.fallback)).toBe(true);
     // It comes back empty, and the replicas reconnect one by one, 3 heartbeats apart.
     store.wipe();
@@ -340,7 +339,7 @@ describe('LimitSync: grants, holds and falling back', () => {
       expect(rs[0]!.l.open + rs[1]!.l.open).toBe(21);
     }
     for (let i = 0; i < 6; i++) {
-      await heartbeat(rs);
+      await heartbeat();
       rs.forEach((r) => r.l.admit(20));
       expect(rs.reduce((n, r) => n + r.l.open, 0)).toBeLessThanOrEqual(31);
     }
@@ -348,31 +347,15 @@ describe('LimitSync: grants, holds and falling back', () => {
   });
 
   it('grows without a replica that does not come back, once it is presumed gone', async () => {
-    const clock = new ManualClock(0);
-    const store = new ManualStore(clock);
-    const rs = ['a', 'b', 'c'].map((id) => replicaOn(store, clock, id, 30));
-    for (const id of ['a', 'b', 'c']) await store.publishCounts(id, new Map(), 60_000);
-    const answerAll = (): Promise<void> => answerEvery(store);
-    for (const r of rs) {
-      startRound(r);
-      await answerAll();
-    }
+    const { store, rs, heartbeat } = await manualFleet(30);
     store.down = true;
-    for (let i = 0; i < 4; i++) {
-      clock.advance(1000);
-      for (const r of rs) startRound(r);
-      await flush();
-    }
+    for (let i = 0; i < 4; i++) await heartbeat();
     store.wipe();
     store.down = false;
     const caps: number[] = [];
     for (let i = 0; i < 12; i++) {
-      clock.advance(1000);
-      for (const r of rs.slice(0, 2)) {
-        startRound(r);
-        await answerAll();
-        r.l.admit(30);
-      }
+      await heartbeat(rs.slice(0, 2));
+      for (const r of rs.slice(0, 2)) r.l.admit(30);
       caps.push(rs[0]!.l.cap + rs[1]!.l.cap);
     }
     // Held at their local shares (10 each) for 3 TTLs from the return, then the 30 split over two.
