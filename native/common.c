@@ -95,14 +95,13 @@ void kick(instance *in) {
  */
 void update_ref(instance *in) {
   int open = in->relays_open + in->acceptors.open + in->ulisteners.open + in->flows_open > 0;
-  if (open && !in->waiting) {
+  int waiting = uv_is_active((uv_handle_t *)&in->waiter);
+  if (open && !waiting) {
     uv_prepare_start(&in->waiter, on_wait);
     uv_idle_start(&in->spin, on_spin);
-    in->waiting = 1;
-  } else if (!open && in->waiting) {
+  } else if (!open && waiting) {
     uv_prepare_stop(&in->waiter);
     uv_idle_stop(&in->spin);
-    in->waiting = 0;
   }
 }
 

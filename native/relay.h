@@ -248,7 +248,6 @@ struct instance {
   int epfd;
   uv_prepare_t waiter; /* waits on the relay's set before the loop's own poll (on_wait) */
   uv_idle_t spin;      /* active while `waiter` is: the loop's own poll must not sleep */
-  int waiting;         /* waiter and spin started */
   /* Runs the next loop turn while records wait or relays are pending (see kick). */
   uv_idle_t later;
   int later_on;
