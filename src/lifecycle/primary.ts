@@ -24,7 +24,7 @@ import { SdNotify } from './sd-notify.js';
 import { COUNTS_INTERVAL_MS } from './worker-agent.js';
 import type { Counts } from './worker-protocol.js';
 import { WorkerSlot } from './worker-slot.js';
-import { readWorkerConfig, workerCount } from './workers.js';
+import { queuedResetWarning, readWorkerConfig, workerCount } from './workers.js';
 
 /** A worker crashing this often within CRASH_WINDOW_MS makes the primary give up (exit 1). */
 const MAX_CRASHES = 5;
@@ -86,6 +86,8 @@ export class Primary implements AdminSource {
   async start(): Promise<void> {
     const cfg = this.#cfg;
     await probeListeners(cfg.listeners);
+    const queued = queuedResetWarning(cfg);
+    if (queued !== undefined) this.#logger.warn({ sysctl: 'net.ipv4.tcp_migrate_req' }, queued);
     this.#admin.setTokenFile(cfg.admin.token_file);
     await this.#admin.listen(cfg.admin.listen.host, cfg.admin.listen.port);
     this.#wireSignals();

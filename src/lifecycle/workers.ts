@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { parseConfigText, readConfigText } from '../config/load.js';
 import type { Config } from '../config/schema.js';
@@ -54,6 +55,33 @@ export function reusePortUnsupported(
   const versionOk = major > 23 || (major === 23 && minor >= 1) || (major === 22 && minor >= 12);
   if (versionOk && REUSEPORT_PLATFORMS.has(platform)) return undefined;
   return `needs SO_REUSEPORT (Node >= 22.12 on Linux or FreeBSD); this is Node ${version} on ${platform}`;
+}
+
+/** Linux (>= 5.14): whether a closing reuseport listener hands its queued connections to another. */
+const MIGRATE_REQ = '/proc/sys/net/ipv4/tcp_migrate_req';
+
+/**
+ * What happens to the connections queued at a worker that exits, when it is worth a warning: the
+ * kernel completes handshakes into each worker's own accept queue, and when that worker's
+ * listening socket closes (a crash, a kill) the connections waiting there are reset, unless
+ * `net.ipv4.tcp_migrate_req` is 1, which moves them to another socket of the reuseport group.
+ * Undefined when the sysctl is 1, on other platforms, and when no listener is TCP (UDP
+ * datagrams queued at a worker are lost with it either way, as datagrams may be).
+ */
+export function queuedResetWarning(
+  cfg: Config,
+  read: () => string = () => readFileSync(MIGRATE_REQ, 'utf8'),
+  platform: string = process.platform,
+): string | undefined {
+  if (platform !== 'linux' || !cfg.listeners.some((l) => l.protocol === 'tcp')) return undefined;
+  let value: string;
+  try {
+    value = read().trim();
+  } catch {
+    return 'this kernel has no net.ipv4.tcp_migrate_req (Linux < 5.14): a worker that exits resets the connections waiting in its accept queue';
+  }
+  if (value !== '0') return undefined;
+  return 'net.ipv4.tcp_migrate_req is 0: a worker that exits resets the connections waiting in its accept queue; set it to 1 (sysctl and /etc/sysctl.d) so the kernel hands them to the other workers';
 }
 
 /** Share of a host-wide limit for one of `n` workers: 0 (off) stays 0, otherwise at least 1. */

@@ -1,4 +1,4 @@
-import { readFileSync, writeFileSync } from 'node:fs';
+import { accessSync, constants, readFileSync, writeFileSync } from 'node:fs';
 import { afterEach, describe, expect, it } from 'vitest';
 import { closedPort, connect, nameServer, readAll, waitFor } from '../support/net.js';
 import type { TestServer } from '../support/net.js';
@@ -91,6 +91,38 @@ pools:
   return { p, port, path };
 }
 
+/** Linux >= 5.14: a closing reuseport listener hands its queued connections to another. */
+const MIGRATE_REQ = '/proc/sys/net/ipv4/tcp_migrate_req';
+
+function canSetMigrateReq(): boolean {
+  try {
+    accessSync(MIGRATE_REQ, constants.W_OK);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Stops one live worker, opens `n` connections at once (the kernel completes every handshake;
+ * those hashed to the stopped worker wait in its accept queue), kills it and returns how many
+ * exchanges failed, with the pid it killed.
+ */
+async function killWithQueue(
+  p: SluiceProcess,
+  port: number,
+  n = 40,
+): Promise<{ failed: number; victim: number }> {
+  const victim = workerPids(p).find((pid) => tryKill(pid, 0)) ?? 0;
+  expect(tryKill(victim, 'SIGSTOP')).toBe(true);
+  const exchanges = Array.from({ length: n }, () => exchange(port));
+  // The other worker answers its share meanwhile; the stopped one's share stays queued.
+  await new Promise((r) => setTimeout(r, 500));
+  expect(tryKill(victim, 'SIGKILL')).toBe(true);
+  const answers = await Promise.all(exchanges);
+  return { failed: answers.filter((a) => a !== 'b1').length, victim };
+}
+
 describe('workers: 2', () => {
   it('two worker processes serve one port and /metrics sums them', async () => {
     const { p, port } = await start();
@@ -158,6 +190,35 @@ describe('workers: 2', () => {
     await ready(p);
     for (let i = 0; i < 10; i++) expect(await exchange(port)).toBe('b1');
   });
+
+  // Needs root (CI runs as root): the setting is the network namespace's own.
+  it.skipIf(!canSetMigrateReq())(
+    "a killed worker's queued connections are served by the other with net.ipv4.tcp_migrate_req = 1",
+    async () => {
+      const before = readFileSync(MIGRATE_REQ, 'utf8').trim();
+      try {
+        writeFileSync(MIGRATE_REQ, '0');
+        const { p, port } = await start();
+        const warned = p.logs.find((l) => l.sysctl === 'net.ipv4.tcp_migrate_req');
+        expect(warned?.level).toBe('warn');
+        expect(String(warned?.msg)).toMatch(/tcp_migrate_req is 0: a worker that exits resets/);
+        // The kernel's default: the connections waiting at the killed worker are reset.
+        const reset = await killWithQueue(p, port);
+        expect(reset.failed).toBeGreaterThan(0);
+        await p.waitForLog(
+          (l) => l.msg === 'worker ready' && l.worker_pid !== undefined && l.worker_pid !== reset.victim,
+          15_000,
+        );
+        await ready(p);
+        // Migrated: the other worker accepts them and every exchange completes.
+        writeFileSync(MIGRATE_REQ, '1');
+        const migrated = await killWithQueue(p, port);
+        expect(migrated.failed).toBe(0);
+      } finally {
+        writeFileSync(MIGRATE_REQ, before);
+      }
+    },
+  );
 
   it('SIGHUP reloads every worker; an invalid file is rejected once by the primary', async () => {
     const { p, path } = await start();
