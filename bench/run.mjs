@@ -1,12 +1,12 @@
 // sluice benchmark suite: sluice against HAProxy (mode tcp) and nginx (stream) side by side on
 // loopback. `npm run bench -- --help` for options.
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { ROOT, buildSluice, ensureTools, machineInfo } from './lib/setup.mjs';
 import { fillTimeWait } from './lib/load.mjs';
-import { pin, pinCores, quotaCores, removeGroups } from './lib/pin.mjs';
+import { pin, pinCores, placementText, quotaCores, removeGroups } from './lib/pin.mjs';
 import { cpuTimes, stealShare, timeWaitCount } from './lib/sys.mjs';
 import * as throughput from './scenarios/throughput.mjs';
 import * as connrate from './scenarios/connrate.mjs';
@@ -29,8 +29,9 @@ const HELP = `usage: npm run bench -- [--only ${SCENARIOS.map((s) => s.id).join(
   --keep        keep the temp dir with the generated configs and the proxies' logs
   --tw N        before each scenario, top the machine up to about N sockets in TIME_WAIT
                 (loopback connections that a local server closes first), as after a busy minute
-  --pin         each proxy alone on CPU 0, load generators and backends on the other CPUs:
-                per-core figures (${SCENARIOS.filter((s) => s.pinnable)
+  --pin         each proxy alone on CPU 0 (CPUs 0-1 for scaling, which then needs 3 CPUs),
+                load generators and backends on the other CPUs: per-core figures
+                (${SCENARIOS.filter((s) => s.pinCpus)
                   .map((s) => s.id)
                   .join(', ')} only)
   --quota P     each proxy gets P % of a CPU per thread or worker it runs and no more (a CPU
@@ -70,10 +71,10 @@ if (unknown.length)
   throw new Error(
     `--only: unknown scenario ${unknown.join(', ')}; known: ${SCENARIOS.map((s) => s.id).join(', ')}`,
   );
-const unpinnable = wanted.filter((w) => !SCENARIOS.find((s) => s.id === w).pinnable);
+const unpinnable = wanted.filter((w) => !SCENARIOS.find((s) => s.id === w).pinCpus);
 if (values.pin && unpinnable.length)
   throw new Error(
-    `--pin: ${unpinnable.join(', ')} cannot run pinned (their proxies need more than one CPU or pin themselves)`,
+    `--pin: ${unpinnable.join(', ')} cannot run pinned (their proxies pin themselves or run alone)`,
   );
 const quota = values.quota === undefined ? undefined : Number(values.quota);
 const unboundable = wanted.filter((w) => !SCENARIOS.find((s) => s.id === w).boundable);
@@ -83,21 +84,32 @@ if (quota !== undefined && unboundable.length)
   );
 if (quota !== undefined && (!Number.isInteger(quota) || quota < 1 || quota > 100))
   throw new Error(`--quota: expected a whole percentage from 1 to 100, got ${values.quota}`);
+const chosen = SCENARIOS.filter((s) => wanted.includes(s.id));
+/** With --pin, each scenario's placement, checked for every scenario before anything runs. */
+const placements = new Map();
+for (const s of values.pin ? chosen : []) {
+  try {
+    placements.set(s.id, pinCores(availableParallelism(), s.pinCpus));
+  } catch (err) {
+    throw new Error(`${s.id}: ${err.message}`);
+  }
+}
 const command = `npm run bench${process.argv.length > 2 ? ` -- ${process.argv.slice(2).join(' ')}` : ''}`;
 
 ensureTools();
 buildSluice();
 const info = machineInfo();
-const placement = values.pin ? pinCores(info.nproc) : undefined;
 if (quota !== undefined) quotaCores(quota);
-if (placement !== undefined) pin(process.pid, 'load');
 process.on('exit', removeGroups);
 const dir = mkdtempSync(join(tmpdir(), 'sluice-bench-'));
 console.log(`bench: ${command}\nbench: configs and logs in ${dir}`);
+const placed = [...new Set([...placements.values()].map(placementText))];
 const pinned =
-  placement === undefined
+  placed.length === 0
     ? 'nothing pinned: proxy, load generator and backend share every CPU'
-    : `\`--pin\`: each proxy alone on CPU ${placement.proxy}; wrk, iperf3 and the backends on CPU ${placement.load}`;
+    : placed.length === 1
+      ? placed[0]
+      : [...placements].map(([id, p]) => `${id}: ${placementText(p)}`).join('; ');
 const bounded =
   quota === undefined
     ? ''
@@ -128,8 +140,12 @@ console.log(`bench: ${count(twBefore)} sockets in TIME_WAIT at the start`);
 const fills = [];
 const sections = [];
 const started = Date.now();
-for (const sc of SCENARIOS.filter((s) => wanted.includes(s.id))) {
+for (const sc of chosen) {
   console.log(`\nbench: running ${sc.id}: ${sc.title}`);
+  if (values.pin) {
+    pinCores(info.nproc, sc.pinCpus);
+    pin(process.pid, 'load');
+  }
   if (tw > 0) fills.push(`${sc.id} ${await topUpTimeWait(tw)}`);
   let body;
   try {
@@ -149,9 +165,9 @@ const twRow = tw > 0 ? `\n| \`--tw ${tw}\` (topped up before each scenario) | ${
 const sharing =
   quota !== undefined
     ? `Each proxy is held to ${quota} % of a CPU per thread or worker it runs (\`--quota\`, a CPU cgroup each): that\nshare, not the load generator or the backends, bounds every run, so the rate is what it carries\nand the CPU per connection is the proxy's cost when busy. Read the ratios.`
-    : placement === undefined
+    : placed.length === 0
       ? 'Load generator, proxy and backend share the same\ncores, so absolute numbers are low and noisy (about ±20 %): read the ratios.'
-      : `Each proxy has CPU ${placement.proxy} to itself (\`--pin\`), so its rate and CPU are one core's\nwork; the load generator and the backends share the other CPUs. Read the ratios.`;
+      : `Each proxy has its CPUs to itself (\`--pin\`), so its rate and CPU are those cores'\nwork; the load generator and the backends share the other CPUs. Read the ratios.`;
 
 const header = `# sluice benchmark results
 

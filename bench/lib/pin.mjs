@@ -1,7 +1,8 @@
-// --pin: each proxy under test alone on CPU 0, the load generators and backends on the other
-// CPUs, so a connection-rate or CPU figure is one proxy core's own work, not how the scheduler
-// shares two cores between the proxy, wrk and nginx (which preempt one another differently for
-// each proxy). Without --pin nothing is pinned.
+// --pin: each proxy under test alone on CPU 0 (CPUs 0-1 for the scaling scenario's two-core
+// proxies), the load generators and backends on the other CPUs, so a connection-rate or CPU
+// figure is the proxy cores' own work, not how the scheduler shares the cores between the proxy,
+// wrk and nginx (which preempt one another differently for each proxy). Without --pin nothing
+// is pinned.
 //
 // --quota P: each proxy also gets P % of a CPU per core it is configured for (one thread or
 // worker: P % of one CPU; two: P % of two) and no more, in a CPU cgroup of its own (10 ms
@@ -42,11 +43,27 @@ function cpuCgroups() {
   throw new Error('--quota: no CPU cgroup controller here (cgroup v1 cpu or v2 with cpu); run as root');
 }
 
-/** Turns pinning on for this run: needs two CPUs. */
-export function pinCores(nproc) {
-  if (nproc < 2) throw new Error(`--pin: needs at least 2 CPUs (the proxy's and the load's), have ${nproc}`);
-  placement = { proxy: '0', load: nproc === 2 ? '1' : `1-${nproc - 1}` };
+/** "0", "0-1": CPUs from `a` to `b`, as taskset reads them. */
+const span = (a, b) => (a === b ? `${a}` : `${a}-${b}`);
+
+/**
+ * Turns pinning on for a scenario whose proxies run on `proxyCpus` CPUs: CPUs 0 to proxyCpus - 1
+ * for the proxy under test, the others for the load generators and backends. Needs one CPU more
+ * than the proxy's.
+ */
+export function pinCores(nproc, proxyCpus = 1) {
+  if (nproc < proxyCpus + 1)
+    throw new Error(
+      `--pin: needs at least ${proxyCpus + 1} CPUs (${proxyCpus} for the proxy, one or more for the load), have ${nproc}`,
+    );
+  placement = { proxy: span(0, proxyCpus - 1), load: span(proxyCpus, nproc - 1) };
   return placement;
+}
+
+/** What a placement reads as in the report. */
+export function placementText({ proxy, load }) {
+  const cpus = (s) => (s.includes('-') ? `CPUs ${s}` : `CPU ${s}`);
+  return `\`--pin\`: each proxy alone on ${cpus(proxy)}; wrk, iperf3 and the backends on ${cpus(load)}`;
 }
 
 /** Turns the quota on for this run: P % of a CPU per core a proxy is configured for. */

@@ -18,7 +18,8 @@ import {
   TCP_RATIOS,
 } from './common.mjs';
 
-export const pinnable = true;
+/** With --pin: the CPUs each proxy gets to itself. */
+export const pinCpus = 1;
 export const boundable = true;
 export const id = 'connrate';
 export const title = 'New connections per second (wrk, Connection: close)';

@@ -17,7 +17,8 @@ import {
   TCP_RATIOS,
 } from './common.mjs';
 
-export const pinnable = true;
+/** With --pin: the CPUs each proxy gets to itself. */
+export const pinCpus = 1;
 export const boundable = true;
 export const id = 'keepalive';
 export const title = 'Keep-alive requests per second and latency (wrk --latency)';

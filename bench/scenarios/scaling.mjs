@@ -16,6 +16,8 @@ import { measureConnRate } from './connrate.mjs';
 import { cpuPer, measured, newSamples, rotate, startPeers, stopAll, warmUp } from './common.mjs';
 
 export const boundable = true;
+/** With --pin: CPUs 0-1 for each proxy (threads, workers), the load on the others (needs 3+). */
+export const pinCpus = 2;
 export const id = 'scaling';
 export const title = 'Scaling to 2 cores (connection rate and 4-stream throughput)';
 export const what =

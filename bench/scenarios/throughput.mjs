@@ -17,7 +17,8 @@ import {
   TCP_RATIOS,
 } from './common.mjs';
 
-export const pinnable = true;
+/** With --pin: the CPUs each proxy gets to itself. */
+export const pinCpus = 1;
 export const boundable = true;
 export const id = 'throughput';
 export const title = 'Bulk throughput (iperf3, 4 s)';
