@@ -91,7 +91,7 @@ for (const s of values.pin ? chosen : []) {
   try {
     placements.set(s.id, pinCores(availableParallelism(), s.pinCpus));
   } catch (err) {
-    throw new Error(`${s.id}: ${err.message}`);
+    throw new Error(`${s.id}: ${err.message}`, { cause: err });
   }
 }
 const command = `npm run bench${process.argv.length > 2 ? ` -- ${process.argv.slice(2).join(' ')}` : ''}`;
