@@ -12,7 +12,8 @@
 //     node/bin/node  node/LICENSE     the runtime pinned by package-lock.json (`node` package)
 //     app/                            package.json, bin/, dist/, node_modules/ (production only),
 //                                     build/sluice_relay.node, examples/
-//     share/                          sluice.service, sluice.yaml, build-info.txt, doc/,
+//     share/                          sluice.service, sluice.socket (optional socket activation),
+//                                     sluice.yaml, build-info.txt, doc/,
 //                                     grafana/ and prometheus/ when deploy/ has them
 //
 // The release fails when the relay needs a newer glibc than the bundled node itself does, so the
@@ -248,6 +249,7 @@ writeFileSync(
   join(share, 'sluice.service'),
   releaseUnit(readFileSync(join(root, 'systemd', 'sluice.service'), 'utf8')),
 );
+copyFileSync(join(root, 'systemd', 'sluice.socket'), join(share, 'sluice.socket'));
 copyFileSync(join(packaging, 'sluice.yaml'), join(share, 'sluice.yaml'));
 mkdirSync(join(share, 'doc'));
 copyFileSync(join(root, 'README.md'), join(share, 'doc', 'README.md'));

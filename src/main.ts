@@ -3,10 +3,12 @@ import { loadConfigFile } from './config/load.js';
 import { armExitBackstop } from './lifecycle/exit-backstop.js';
 import { Runtime } from './lifecycle/runtime.js';
 import { SdNotify } from './lifecycle/sd-notify.js';
+import { PassedSockets } from './lifecycle/socket-activation.js';
 import { workerCount } from './lifecycle/workers.js';
 import { createStore } from './state/create.js';
 import { createLogger } from './telemetry/logger.js';
 import { systemClock, systemRandom } from './util/clock.js';
+import { EXIT_CONFIG, UserError } from './util/exit.js';
 
 /**
  * `sluice run`: the composition root. Loads the config, builds the runtime, binds, and wires
@@ -14,6 +16,12 @@ import { systemClock, systemRandom } from './util/clock.js';
  */
 export async function run(configPath: string, cfg: Config): Promise<void> {
   const workers = workerCount(cfg.workers);
+  const passed = PassedSockets.fromEnv();
+  if (workers > 1 && passed.size > 0)
+    throw new UserError(
+      'workers: socket activation (sockets passed by systemd) needs workers: 1; each worker binds its own sockets',
+      EXIT_CONFIG,
+    );
   if (workers > 1) {
     // Multi-core: this process becomes the primary; workers run the code below, minus admin.
     const { runPrimary } = await import('./lifecycle/run-primary.js');
@@ -28,6 +36,7 @@ export async function run(configPath: string, cfg: Config): Promise<void> {
     random: systemRandom,
     store,
     reloadConfig: () => loadConfigFile(configPath),
+    passed,
   });
 
   let stopping = false;

@@ -8,6 +8,7 @@ import { backendJson, backendSamples, poolJson } from '../admin/views.js';
 import type { Config, ListenerConfig } from '../config/schema.js';
 import { TcpListener } from '../listener/tcp.js';
 import { ListenerSet } from './listener-set.js';
+import type { PassedSockets } from './socket-activation.js';
 import { ConfigError, configWarnings } from '../config/validate.js';
 import { UdpListener } from '../listener/udp.js';
 import type { Listener, TcpListenerDeps } from '../listener/listener.js';
@@ -33,6 +34,8 @@ export interface RuntimeDeps {
   readonly store: StateStore;
   /** Reads and checks the config file again (reload). Throws ConfigError. */
   readonly reloadConfig: () => Promise<Config>;
+  /** Listening sockets systemd passed (socket activation); TCP listeners on their addresses adopt them. */
+  readonly passed?: PassedSockets;
 }
 
 /** Sweep often enough for the shortest configured timeout, but never more than 20 times a second. */
@@ -157,6 +160,11 @@ export class Runtime implements AdminApi {
     await this.listeners.apply(cfg.listeners);
     this.overload.start();
     this.#logBound(cfg.listeners.map((l) => l.name));
+    for (const s of this.#deps.passed?.unused() ?? [])
+      this.logger.warn(
+        { socket: s },
+        'systemd passed a socket that no TCP listener binds: connections to it wait unanswered (sluice adopts ListenStream sockets whose address a listener names)',
+      );
     this.#logWarnings(cfg);
     await this.#deps.store.start();
     this.#sync.start();
@@ -336,7 +344,12 @@ export class Runtime implements AdminApi {
       const l = this.listeners.get(name);
       if (l !== undefined)
         this.logger.info(
-          { listener: l.name, address: l.boundAddress, protocol: l.config.protocol },
+          {
+            listener: l.name,
+            address: l.boundAddress,
+            protocol: l.config.protocol,
+            ...(l instanceof TcpListener && l.passed ? { socket: 'systemd' } : {}),
+          },
           'listener bound',
         );
     }
@@ -393,7 +406,9 @@ export class Runtime implements AdminApi {
           passive: (pool, backend, ok) => this.pools.report(pool, backend, ok),
         }),
     };
-    return cfg.protocol === 'udp' ? new UdpListener(cfg, deps) : new TcpListener(cfg, deps);
+    return cfg.protocol === 'udp'
+      ? new UdpListener(cfg, deps)
+      : new TcpListener(cfg, deps, this.#deps.passed?.take(cfg));
   }
 
   *#udpFlows(): Iterable<{ listener: string; flows: number }> {

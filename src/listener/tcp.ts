@@ -84,9 +84,12 @@ export class TcpListener implements Listener, PrefaceHost, AcceptOwner {
   admitted = 0;
   /** The splice relay accepting this listener's connections, and its acceptor id. */
   #acceptor: { relay: SpliceRelay; id: number } | undefined;
+  /** A listening socket systemd passed for this address (socket activation), adopted instead of binding. */
+  readonly #passedFd: number | undefined;
 
-  constructor(cfg: ListenerConfig, deps: TcpListenerDeps) {
+  constructor(cfg: ListenerConfig, deps: TcpListenerDeps, passedFd?: number) {
     this.name = cfg.name;
+    this.#passedFd = passedFd;
     this.#cfg = cfg;
     this.#deps = deps;
     this.logger = deps.logger.child({ listener: cfg.name });
@@ -134,6 +137,11 @@ export class TcpListener implements Listener, PrefaceHost, AcceptOwner {
     for (const s of [...this.sessions]) s.close(reason);
   }
 
+  /** True when this listener took a socket systemd passed instead of binding its own. */
+  get passed(): boolean {
+    return this.#passedFd !== undefined;
+  }
+
   /** Binds the socket. Rejects with a one-line message such as `listener "web": 0.0.0.0:443 already in use`. */
   listen(): Promise<void> {
     const { host, port } = this.#cfg.bind;
@@ -141,7 +149,14 @@ export class TcpListener implements Listener, PrefaceHost, AcceptOwner {
       const onError = (err: NodeJS.ErrnoException): void => reject(listenError(this.name, host, port, err));
       this.#server.once('error', onError);
       const opts = { host, port, backlog: 4096, ipv6Only: host === '::' ? false : undefined };
-      this.#server.listen(TcpListener.reusePort ? { ...opts, reusePort: true } : opts, () => {
+      // A passed socket is listening already; listen() on it again only sets the same backlog.
+      const how =
+        this.#passedFd !== undefined
+          ? { fd: this.#passedFd, backlog: 4096 }
+          : TcpListener.reusePort
+            ? { ...opts, reusePort: true }
+            : opts;
+      this.#server.listen(how, () => {
         this.#server.off('error', onError);
         const a = this.#server.address();
         this.boundAddress = a !== null && typeof a === 'object' ? formatHostPort(a.address, a.port) : '';

@@ -137,6 +137,7 @@ describe.skipIf(!hasCc)(
         'app/build/sluice_relay.node',
         'app/examples/demo.yaml',
         'share/sluice.service',
+        'share/sluice.socket',
         'share/sluice.yaml',
       ])
         expect(entries, path).toContain(`${NAME}/${path}`);

@@ -99,3 +99,25 @@ describe('systemd/sluice.service', () => {
     expect(r.status).toBe(0);
   });
 });
+
+describe('systemd/sluice.socket', () => {
+  const SOCKET = fileURLToPath(new URL('../../systemd/sluice.socket', import.meta.url));
+  const socket = parseUnit(readFileSync(SOCKET, 'utf8'));
+
+  it('passes TCP listening sockets to sluice.service (same name), with its backlog', () => {
+    expect(socket.get('Socket')?.get('ListenStream')).toEqual(['0.0.0.0:443']);
+    expect(socket.get('Socket')?.get('Backlog')).toEqual(['4096']);
+    expect(socket.get('Socket')?.has('Accept')).toBe(false); // one service for all connections
+    expect(socket.get('Install')?.get('WantedBy')).toEqual(['sockets.target']);
+  });
+
+  const analyze = spawnSync('systemd-analyze', ['--version']);
+  it.skipIf(analyze.error !== undefined)('passes systemd-analyze verify beside the service', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'sluice-unit-'));
+    writeFileSync(join(dir, 'sluice.service'), text.replaceAll('/usr/local/bin/sluice', BIN));
+    writeFileSync(join(dir, 'sluice.socket'), readFileSync(SOCKET, 'utf8'));
+    const r = spawnSync('systemd-analyze', ['verify', join(dir, 'sluice.socket')], { encoding: 'utf8' });
+    expect(`${r.stdout}${r.stderr}`.trim()).toBe('');
+    expect(r.status).toBe(0);
+  });
+});

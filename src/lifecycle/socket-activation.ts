@@ -1,0 +1,140 @@
+import { readFileSync, readlinkSync } from 'node:fs';
+import { endianness } from 'node:os';
+import type { ListenerConfig } from '../config/schema.js';
+import { formatHostPort } from '../config/values.js';
+import { ipWords } from '../util/cidr.js';
+
+/**
+ * Listening sockets passed by systemd socket activation (sd_listen_fds(3)): a `.socket` unit
+ * binds the addresses and keeps them open across restarts of the service, which receives them
+ * as descriptors 3, 4, … with LISTEN_PID (its own pid) and LISTEN_FDS (how many). A listener
+ * whose protocol and bind address match one adopts it instead of binding: connections that
+ * arrive while sluice restarts wait in the socket's backlog instead of being refused.
+ */
+export interface PassedSocket {
+  readonly fd: number;
+  /** 'tcp' for a listening TCP socket, 'udp' for a UDP one; 'other' for anything else. */
+  readonly protocol: 'tcp' | 'udp' | 'other';
+  /** Bound address as /proc/net reports it ('' for 'other'). */
+  readonly host: string;
+  readonly port: number;
+}
+
+const FIRST_FD = 3;
+const LISTEN = '0A'; // TCP_LISTEN in /proc/net/tcp's st column
+
+/** One word of /proc/net's address, printed in host byte order, as its four bytes in network order. */
+function wordBytes(hex: string): number[] {
+  const bytes = [0, 2, 4, 6].map((i) => parseInt(hex.slice(i, i + 2), 16));
+  return endianness() === 'LE' ? bytes.reverse() : bytes;
+}
+
+/** `0100007F:1F90` (tcp) or a 32-hex-digit address (tcp6) → host and port. */
+export function parseProcAddress(text: string): { host: string; port: number } {
+  const [hex = '', portHex = ''] = text.split(':');
+  const port = parseInt(portHex, 16);
+  if (hex.length === 8) return { host: wordBytes(hex).join('.'), port };
+  const bytes = [0, 8, 16, 24].flatMap((i) => wordBytes(hex.slice(i, i + 8)));
+  const groups = [];
+  for (let i = 0; i < 16; i += 2) groups.push((((bytes[i] ?? 0) << 8) | (bytes[i + 1] ?? 0)).toString(16));
+  return { host: groups.join(':'), port };
+}
+
+/** The socket behind `fd`, from /proc: its inode, then the /proc/net table that lists it. */
+export function describeFd(
+  fd: number,
+  read: (path: string) => string = (p) => readFileSync(p, 'utf8'),
+  link: (path: string) => string = readlinkSync,
+): PassedSocket {
+  let target = '';
+  try {
+    target = link(`/proc/self/fd/${fd}`);
+  } catch {
+    /* not open */
+  }
+  const inode = /^socket:\[(\d+)\]$/.exec(target)?.[1];
+  const tables = [
+    ['tcp', '/proc/net/tcp'],
+    ['tcp', '/proc/net/tcp6'],
+    ['udp', '/proc/net/udp'],
+    ['udp', '/proc/net/udp6'],
+  ] as const;
+  for (const [protocol, path] of inode === undefined ? [] : tables) {
+    let text: string;
+    try {
+      text = read(path);
+    } catch {
+      continue; // no IPv6 on this host
+    }
+    for (const line of text.split('\n').slice(1)) {
+      const f = line.trim().split(/\s+/);
+      // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+      if (f[9] !== inode || (protocol === 'tcp' && f[3] !== LISTEN)) continue;
+      return { fd, protocol, ...parseProcAddress(f[1] ?? '') };
+    }
+  }
+  return { fd, protocol: 'other', host: '', port: 0 };
+}
+
+/** 0.0.0.0 and :: both mean every address here (a dual-stack :: socket takes IPv4 too). */
+function isWildcard(words: readonly number[]): boolean {
+  return words[0] === 0 && words[1] === 0 && (words[2] === 0 || words[2] === 0xffff) && words[3] === 0;
+}
+
+function sameHost(a: string, b: string): boolean {
+  const wa = ipWords(a);
+  const wb = ipWords(b);
+  if (wa === undefined || wb === undefined) return false;
+  return (isWildcard(wa) && isWildcard(wb)) || wa.every((w, i) => w === wb[i]);
+}
+
+/** The sockets systemd passed to this process, taken by listeners as they bind. */
+export class PassedSockets {
+  readonly #left: PassedSocket[];
+
+  constructor(sockets: readonly PassedSocket[]) {
+    this.#left = [...sockets];
+  }
+
+  /**
+   * Reads LISTEN_PID / LISTEN_FDS once and removes them (and LISTEN_FDNAMES) from the environment,
+   * as sd_listen_fds does, so that no child process takes them for its own. None when LISTEN_PID
+   * names another process (they were meant for a parent).
+   */
+  static fromEnv(
+    env: NodeJS.ProcessEnv = process.env,
+    pid: number = process.pid,
+    describe: (fd: number) => PassedSocket = describeFd,
+  ): PassedSockets {
+    const forUs = env.LISTEN_PID === String(pid);
+    const n = Number(env.LISTEN_FDS);
+    delete env.LISTEN_PID;
+    delete env.LISTEN_FDS;
+    delete env.LISTEN_FDNAMES;
+    if (!forUs || !Number.isInteger(n) || n <= 0) return new PassedSockets([]);
+    return new PassedSockets(Array.from({ length: n }, (_, i) => describe(FIRST_FD + i)));
+  }
+
+  get size(): number {
+    return this.#left.length;
+  }
+
+  /** The descriptor of the passed socket for `cfg`'s protocol and bind address, once; or undefined. */
+  take(cfg: ListenerConfig): number | undefined {
+    const i = this.#left.findIndex(
+      (s) => s.protocol === cfg.protocol && s.port === cfg.bind.port && sameHost(s.host, cfg.bind.host),
+    );
+    if (i < 0) return undefined;
+    const [s] = this.#left.splice(i, 1);
+    return s?.fd;
+  }
+
+  /** What no listener took, as one line each for the log. */
+  unused(): string[] {
+    return this.#left.map((s) =>
+      s.protocol === 'other'
+        ? `descriptor ${s.fd} is not a listening TCP or UDP socket`
+        : `${s.protocol} ${formatHostPort(s.host, s.port)} (descriptor ${s.fd})`,
+    );
+  }
+}

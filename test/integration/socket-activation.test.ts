@@ -1,0 +1,114 @@
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { afterEach, describe, expect, it } from 'vitest';
+import { closedPort, connect, nameServer, readAll } from '../support/net.js';
+import type { TestServer } from '../support/net.js';
+import { SLUICE, spawnSluice, tempFile } from '../support/process.js';
+import type { SluiceProcess } from '../support/process.js';
+
+/** Holds listening sockets as a systemd .socket unit does and starts sluice on them (sd_listen_fds). */
+const HOLDER = fileURLToPath(new URL('../support/socket-holder.py', import.meta.url));
+
+const open: { procs: SluiceProcess[]; servers: TestServer[] } = { procs: [], servers: [] };
+
+afterEach(async () => {
+  for (const p of open.procs.splice(0)) p.kill('SIGTERM'); // the holder stops what it started
+  for (const s of open.servers.splice(0)) await s.close();
+});
+
+function yaml(port: number, backend: string, workers = 1, relay = 'auto'): string {
+  return `
+admin: { listen: 127.0.0.1:0 }
+workers: ${workers}
+relay: ${relay}
+shutdown: { drain_timeout: 2s }
+listeners:
+  - { name: web, bind: 127.0.0.1:${port}, pool: p }
+pools:
+  - name: p
+    health: { active: { type: none } }
+    backends: [ { address: ${backend} } ]
+`;
+}
+
+/** One proxied exchange: the backend's name, or undefined when the connection failed. */
+async function exchange(port: number): Promise<string | undefined> {
+  try {
+    const s = await connect(port);
+    s.end();
+    return (await readAll(s)).toString();
+  } catch {
+    return undefined;
+  }
+}
+
+async function backend(): Promise<TestServer> {
+  const b = await nameServer('b1');
+  open.servers.push(b);
+  return b;
+}
+
+describe('socket activation (sockets passed by systemd)', () => {
+  it.each(['splice', 'stream'])(
+    'adopts the passed socket, and a restart refuses no connection: they wait in its backlog (relay: %s)',
+    async (relay) => {
+      const b = await backend();
+      const port = await closedPort();
+      const p = await spawnSluice(yaml(port, b.address, 1, relay), 15_000, [
+        'python3',
+        HOLDER,
+        `127.0.0.1:${port}`,
+        '--',
+      ]);
+      open.procs.push(p);
+      const bound = p.logs.find((l) => l.msg === 'listener bound' && l.listener === 'web');
+      expect(bound?.socket).toBe('systemd');
+      expect(bound?.address).toBe(`127.0.0.1:${port}`);
+      expect(await exchange(port)).toBe('b1');
+
+      // Stop it; with no sluice running, clients connect anyway (the socket is the holder's).
+      const first = Number(bound?.pid);
+      process.kill(first, 'SIGTERM');
+      await p.waitForLog((l) => l.msg === 'stopped' && l.pid === first);
+      const during = Array.from({ length: 20 }, () => exchange(port));
+      await new Promise((r) => setTimeout(r, 300));
+      p.child.kill('SIGUSR1'); // the holder starts sluice again on the same socket
+      const second = await p.waitForLog((l) => l.msg === 'sluice ready' && l.pid !== first, 15_000);
+      expect(second.pid).not.toBe(first);
+      expect(await Promise.all(during)).toEqual(new Array<string>(20).fill('b1'));
+      expect(await exchange(port)).toBe('b1');
+      expect(second.relay).toBe(relay);
+    },
+  );
+
+  it('warns about a passed socket that no listener names, and serves the others', async () => {
+    const b = await backend();
+    const port = await closedPort();
+    const spare = await closedPort();
+    const p = await spawnSluice(yaml(port, b.address), 15_000, [
+      'python3',
+      HOLDER,
+      `127.0.0.1:${port}`,
+      `127.0.0.1:${spare}`,
+      '--',
+    ]);
+    open.procs.push(p);
+    const warned = await p.waitForLog((l) => l.level === 'warn' && typeof l.socket === 'string');
+    expect(warned.socket).toBe(`tcp 127.0.0.1:${spare} (descriptor 4)`);
+    expect(String(warned.msg)).toMatch(/no TCP listener binds/);
+    expect(await exchange(port)).toBe('b1');
+  });
+
+  it('refuses workers > 1 with exit 78 naming the key', async () => {
+    const b = await backend();
+    const port = await closedPort();
+    const path = tempFile('sluice.yaml', yaml(port, b.address, 2));
+    const r = spawnSync(
+      'python3',
+      [HOLDER, '--exec', `127.0.0.1:${port}`, '--', process.execPath, SLUICE, 'run', '-c', path],
+      { encoding: 'utf8', timeout: 15_000 },
+    );
+    expect(r.status).toBe(78);
+    expect(r.stderr).toMatch(/^sluice: workers: socket activation .* needs workers: 1/m);
+  });
+});
