@@ -152,6 +152,9 @@ napi_value watch_socket(napi_env env, watch_table *t, int kind, napi_callback_in
   watched *w = &t->e[i];
   w->gen++;
   struct epoll_event ev = {.events = EPOLLIN, .data.u64 = KEY(w->gen, kind, i, 0)};
+  /* A listening socket several workers share (socket activation): a new connection wakes one
+   * relay that is waiting, not all of them. Each reuseport socket has one watcher anyway. */
+  if (kind == KIND_ACCEPTOR) ev.events |= EPOLLEXCLUSIVE;
   if (epoll_ctl(in->epfd, EPOLL_CTL_ADD, dup, &ev) < 0) {
     int err = errno;
     close(dup);

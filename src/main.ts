@@ -8,7 +8,6 @@ import { workerCount } from './lifecycle/workers.js';
 import { createStore } from './state/create.js';
 import { createLogger } from './telemetry/logger.js';
 import { systemClock, systemRandom } from './util/clock.js';
-import { EXIT_CONFIG, UserError } from './util/exit.js';
 
 /**
  * `sluice run`: the composition root. Loads the config, builds the runtime, binds, and wires
@@ -17,15 +16,10 @@ import { EXIT_CONFIG, UserError } from './util/exit.js';
 export async function run(configPath: string, cfg: Config): Promise<void> {
   const workers = workerCount(cfg.workers);
   const passed = PassedSockets.fromEnv();
-  if (workers > 1 && passed.size > 0)
-    throw new UserError(
-      'workers: socket activation (sockets passed by systemd) needs workers: 1; each worker binds its own sockets',
-      EXIT_CONFIG,
-    );
   if (workers > 1) {
     // Multi-core: this process becomes the primary; workers run the code below, minus admin.
     const { runPrimary } = await import('./lifecycle/run-primary.js');
-    return runPrimary(configPath, cfg, workers);
+    return runPrimary(configPath, cfg, workers, passed);
   }
   const logger = createLogger(cfg.log.level);
   const notify = new SdNotify(logger);

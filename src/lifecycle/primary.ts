@@ -21,6 +21,7 @@ import type { WorkerAnswer, WorkerView } from './primary-merge.js';
 import { PrimaryMetrics } from './primary-metrics.js';
 import { probeListeners } from './primary-probe.js';
 import { SdNotify } from './sd-notify.js';
+import type { PassedSockets } from './socket-activation.js';
 import { COUNTS_INTERVAL_MS } from './worker-agent.js';
 import type { Counts } from './worker-protocol.js';
 import { WorkerSlot } from './worker-slot.js';
@@ -52,6 +53,8 @@ export class Primary implements AdminSource {
   readonly #admin: AdminServer;
   readonly #slots: WorkerSlot[];
   readonly #metrics: PrimaryMetrics;
+  /** Listening sockets systemd passed (socket activation): kept open here, shared by every worker. */
+  readonly #passed: PassedSockets | undefined;
   #state: 'starting' | 'running' | 'draining' = 'starting';
   #reloading: Promise<ReloadResult> | undefined;
   #siblingTimer: NodeJS.Timeout | undefined;
@@ -65,7 +68,8 @@ export class Primary implements AdminSource {
     { pool: string; address: string; verb: 'drain' | 'enable' | 'disable' }
   >();
 
-  constructor(path: string, text: string, cfg: Config, workers: number) {
+  constructor(path: string, text: string, cfg: Config, workers: number, passed?: PassedSockets) {
+    this.#passed = passed;
     this.#path = path;
     this.#text = text;
     this.#cfg = cfg;
@@ -85,8 +89,10 @@ export class Primary implements AdminSource {
   /** Checks the ports, binds admin, starts every worker; rejects with a UserError if one fails. */
   async start(): Promise<void> {
     const cfg = this.#cfg;
-    await probeListeners(cfg.listeners);
-    const queued = queuedResetWarning(cfg);
+    // A passed socket is systemd's: its address is taken on purpose, and its queue is shared.
+    const own = cfg.listeners.filter((l) => l.protocol !== 'tcp' || this.#passed?.has(l) !== true);
+    await probeListeners(own);
+    const queued = queuedResetWarning({ ...cfg, listeners: own });
     if (queued !== undefined) this.#logger.warn({ sysctl: 'net.ipv4.tcp_migrate_req' }, queued);
     this.#admin.setTokenFile(cfg.admin.token_file);
     await this.#admin.listen(cfg.admin.listen.host, cfg.admin.listen.port);
@@ -111,13 +117,18 @@ export class Primary implements AdminSource {
   #spawn(s: WorkerSlot): void {
     s.restartTimer = undefined;
     this.#startedWith.set(s, this.#text);
-    s.spawn({
-      t: 'start',
-      text: this.#text,
-      index: s.index,
-      workers: this.#slots.length,
-      admin: this.#admin.boundAddress,
-    });
+    const { passed, stdio } = this.#passed?.forWorkers() ?? { passed: [], stdio: [] };
+    s.spawn(
+      {
+        t: 'start',
+        text: this.#text,
+        index: s.index,
+        workers: this.#slots.length,
+        admin: this.#admin.boundAddress,
+        passed,
+      },
+      stdio,
+    );
     this.#logger.info({ worker: s.index, worker_pid: s.pid }, 'worker started');
   }
 

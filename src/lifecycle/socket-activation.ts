@@ -21,6 +21,8 @@ export interface PassedSocket {
 }
 
 const FIRST_FD = 3;
+/** Where a worker finds them: after its IPC channel (descriptor 3), from 4 on. */
+const WORKER_FIRST_FD = 4;
 const LISTEN = '0A'; // TCP_LISTEN in /proc/net/tcp's st column
 
 /** One word of /proc/net's address, printed in host byte order, as its four bytes in network order. */
@@ -90,9 +92,12 @@ function sameHost(a: string, b: string): boolean {
 
 /** The sockets systemd passed to this process, taken by listeners as they bind. */
 export class PassedSockets {
+  /** Every socket passed, taken or not. */
+  readonly all: readonly PassedSocket[];
   readonly #left: PassedSocket[];
 
   constructor(sockets: readonly PassedSocket[]) {
+    this.all = [...sockets];
     this.#left = [...sockets];
   }
 
@@ -119,14 +124,35 @@ export class PassedSockets {
     return this.#left.length;
   }
 
+  /** Whether one of the sockets not yet taken is for `cfg`'s protocol and bind address. */
+  has(cfg: ListenerConfig): boolean {
+    return this.#find(cfg) >= 0;
+  }
+
   /** The descriptor of the passed socket for `cfg`'s protocol and bind address, once; or undefined. */
   take(cfg: ListenerConfig): number | undefined {
-    const i = this.#left.findIndex(
-      (s) => s.protocol === cfg.protocol && s.port === cfg.bind.port && sameHost(s.host, cfg.bind.host),
-    );
+    const i = this.#find(cfg);
     if (i < 0) return undefined;
     const [s] = this.#left.splice(i, 1);
     return s?.fd;
+  }
+
+  /**
+   * For worker processes: every socket as a worker sees it (from descriptor 4, after the IPC
+   * channel), and the `stdio` entries of `fork` that put them there. All workers share each
+   * socket: the kernel queues its connections once, and whichever worker is free accepts them.
+   */
+  forWorkers(): { passed: PassedSocket[]; stdio: number[] } {
+    return {
+      passed: this.all.map((s, k) => ({ ...s, fd: WORKER_FIRST_FD + k })),
+      stdio: this.all.map((s) => s.fd),
+    };
+  }
+
+  #find(cfg: ListenerConfig): number {
+    return this.#left.findIndex(
+      (s) => s.protocol === cfg.protocol && s.port === cfg.bind.port && sameHost(s.host, cfg.bind.host),
+    );
   }
 
   /** What no listener took, as one line each for the log. */

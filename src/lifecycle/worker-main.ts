@@ -15,6 +15,7 @@ import { createLogger } from '../telemetry/logger.js';
 import { systemClock, systemRandom } from '../util/clock.js';
 import { EXIT_CONFIG, EXIT_FAILURE } from '../util/exit.js';
 import { Runtime } from './runtime.js';
+import { PassedSockets } from './socket-activation.js';
 import { WorkerAgent } from './worker-agent.js';
 import { parseToWorker } from './worker-protocol.js';
 import type { FromWorker, ToWorker } from './worker-protocol.js';
@@ -58,6 +59,7 @@ async function start(m: Extract<ToWorker, { t: 'start' }>): Promise<void> {
     random: systemRandom,
     store,
     reloadConfig: () => Promise.resolve(workerConfig(pending, m.workers, m.index)),
+    passed: new PassedSockets(m.passed),
   });
   runtime.admin.disable(m.admin);
   const agent = new WorkerAgent(runtime, { siblings: store.kind === 'memory', send: (msg) => send(msg) });

@@ -4,6 +4,8 @@
  * trusted.
  */
 
+import type { PassedSocket } from './socket-activation.js';
+
 /** Open sessions and flows per backend key (`pool/address`). */
 export type Counts = [key: string, n: number][];
 
@@ -15,8 +17,11 @@ export type Request =
   | { t: 'req'; id: number; op: 'view' };
 
 export type ToWorker =
-  /** The config text to run (the primary read and validated it), and the worker's place. */
-  | { t: 'start'; text: string; index: number; workers: number; admin: string }
+  /**
+   * The config text to run (the primary read and validated it), and the worker's place; the
+   * listening sockets systemd passed to the primary, as the worker's descriptors (shared by all).
+   */
+  | { t: 'start'; text: string; index: number; workers: number; admin: string; passed: PassedSocket[] }
   | Request
   /** Sessions open on the other workers of this host, per backend key (least-connections). */
   | { t: 'siblings'; counts: Counts }
@@ -41,6 +46,21 @@ function isCounts(v: unknown): v is Counts {
 }
 
 const VERBS: ReadonlySet<unknown> = new Set(['drain', 'enable', 'disable']);
+const PROTOCOLS: ReadonlySet<unknown> = new Set(['tcp', 'udp', 'other']);
+
+function isPassed(v: unknown): v is PassedSocket[] {
+  return (
+    Array.isArray(v) &&
+    v.every(
+      (s) =>
+        isRecord(s) &&
+        Number.isInteger(s.fd) &&
+        PROTOCOLS.has(s.protocol) &&
+        typeof s.host === 'string' &&
+        typeof s.port === 'number',
+    )
+  );
+}
 
 /** Parses a message received by a worker; undefined when it has the wrong shape. */
 export function parseToWorker(m: unknown): ToWorker | undefined {
@@ -50,8 +70,9 @@ export function parseToWorker(m: unknown): ToWorker | undefined {
       return typeof m.text === 'string' &&
         typeof m.index === 'number' &&
         typeof m.workers === 'number' &&
-        typeof m.admin === 'string'
-        ? { t: 'start', text: m.text, index: m.index, workers: m.workers, admin: m.admin }
+        typeof m.admin === 'string' &&
+        isPassed(m.passed)
+        ? { t: 'start', text: m.text, index: m.index, workers: m.workers, admin: m.admin, passed: m.passed }
         : undefined;
     case 'siblings':
       return isCounts(m.counts) ? { t: 'siblings', counts: m.counts } : undefined;

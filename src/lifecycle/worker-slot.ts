@@ -49,7 +49,7 @@ export class WorkerSlot {
   }
 
   /** Forks a worker process and sends it `start`. */
-  spawn(start: Extract<ToWorker, { t: 'start' }>): void {
+  spawn(start: Extract<ToWorker, { t: 'start' }>, passedFds: readonly number[] = []): void {
     const env = { ...process.env };
     delete env.NOTIFY_SOCKET; // only the primary speaks to systemd
     const child = fork(WORKER_ENTRY, [], {
@@ -57,7 +57,8 @@ export class WorkerSlot {
       // Own process group: a terminal's Ctrl-C reaches the primary only, which then drains the
       // workers in order. A worker whose primary dies sees the IPC channel close and drains.
       detached: true,
-      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+      // Sockets systemd passed to the primary follow the IPC channel (see PassedSockets.forWorkers).
+      stdio: ['ignore', 'inherit', 'inherit', 'ipc', ...passedFds],
     });
     this.child = child;
     this.ready = false;

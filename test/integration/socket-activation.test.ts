@@ -1,9 +1,8 @@
-import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
-import { closedPort, connect, nameServer, readAll } from '../support/net.js';
+import { closedPort, connect, nameServer, readAll, waitFor } from '../support/net.js';
 import type { TestServer } from '../support/net.js';
-import { SLUICE, spawnSluice, tempFile } from '../support/process.js';
+import { spawnSluice } from '../support/process.js';
 import type { SluiceProcess } from '../support/process.js';
 
 /** Holds listening sockets as a systemd .socket unit does and starts sluice on them (sd_listen_fds). */
@@ -12,7 +11,10 @@ const HOLDER = fileURLToPath(new URL('../support/socket-holder.py', import.meta.
 const open: { procs: SluiceProcess[]; servers: TestServer[] } = { procs: [], servers: [] };
 
 afterEach(async () => {
-  for (const p of open.procs.splice(0)) p.kill('SIGTERM'); // the holder stops what it started
+  for (const p of open.procs.splice(0)) {
+    p.kill('SIGTERM'); // the holder kills what it started; workers run in their own group
+    for (const l of p.logs.filter((x) => x.msg === 'worker started')) tryKill(Number(l.worker_pid));
+  }
   for (const s of open.servers.splice(0)) await s.close();
 });
 
@@ -29,6 +31,14 @@ pools:
     health: { active: { type: none } }
     backends: [ { address: ${backend} } ]
 `;
+}
+
+function tryKill(pid: number): void {
+  try {
+    process.kill(pid, 'SIGKILL');
+  } catch {
+    /* gone already */
+  }
 }
 
 /** One proxied exchange: the backend's name, or undefined when the connection failed. */
@@ -99,16 +109,34 @@ describe('socket activation (sockets passed by systemd)', () => {
     expect(await exchange(port)).toBe('b1');
   });
 
-  it('refuses workers > 1 with exit 78 naming the key', async () => {
-    const b = await backend();
-    const port = await closedPort();
-    const path = tempFile('sluice.yaml', yaml(port, b.address, 2));
-    const r = spawnSync(
-      'python3',
-      [HOLDER, '--exec', `127.0.0.1:${port}`, '--', process.execPath, SLUICE, 'run', '-c', path],
-      { encoding: 'utf8', timeout: 15_000 },
-    );
-    expect(r.status).toBe(78);
-    expect(r.stderr).toMatch(/^sluice: workers: socket activation .* needs workers: 1/m);
-  });
+  it.each(['splice', 'stream'])(
+    'workers: 2 share the passed socket, and a killed worker leaves no queued connection behind (relay: %s)',
+    async (relay) => {
+      const b = await backend();
+      const port = await closedPort();
+      const p = await spawnSluice(yaml(port, b.address, 2, relay), 20_000, [
+        'python3',
+        HOLDER,
+        `127.0.0.1:${port}`,
+        '--',
+      ]);
+      open.procs.push(p);
+      const adopted = (): number[] => [
+        ...new Set(
+          p.logs
+            .filter((l) => l.msg === 'listener bound' && l.socket === 'systemd')
+            .map((l) => Number(l.pid)),
+        ),
+      ];
+      await waitFor(() => adopted().length === 2, 5000, 'both workers adopted the socket');
+      // One queue for both: nothing for a reuseport group to lose, so no warning about it.
+      expect(p.logs.some((l) => l.sysctl === 'net.ipv4.tcp_migrate_req')).toBe(false);
+      const [victim = 0] = adopted();
+      process.kill(victim, 'SIGSTOP');
+      const exchanges = Array.from({ length: 40 }, () => exchange(port));
+      await new Promise((r) => setTimeout(r, 500));
+      process.kill(victim, 'SIGKILL');
+      expect(await Promise.all(exchanges)).toEqual(new Array<string>(40).fill('b1'));
+    },
+  );
 });

@@ -3,6 +3,11 @@ import { describe, expect, it } from 'vitest';
 import { parseConfigText } from '../../src/config/load.js';
 import { PassedSockets, describeFd, parseProcAddress } from '../../src/lifecycle/socket-activation.js';
 import type { PassedSocket } from '../../src/lifecycle/socket-activation.js';
+import { parseToWorker } from '../../src/lifecycle/worker-protocol.js';
+
+const LISTENER = `listeners: [{ name: l, bind: "0.0.0.0:443", pool: p }]
+pools: [{ name: p, health: { active: { type: none } }, backends: [{ address: "127.0.0.1:7001" }] }]
+`;
 
 const LE = endianness() === 'LE';
 
@@ -123,5 +128,24 @@ pools: [{ name: p, health: { active: { type: none } }, backends: [{ address: "12
       'udp 127.0.0.1:53 (descriptor 3)',
       'descriptor 4 is not a listening TCP or UDP socket',
     ]);
+  });
+});
+
+describe('passed sockets for workers', () => {
+  const tcp = (fd: number, port: number): PassedSocket => ({ fd, protocol: 'tcp', host: '0.0.0.0', port });
+
+  it('puts them after the IPC channel, from descriptor 4, with the primary descriptors as fork stdio', () => {
+    const passed = new PassedSockets([tcp(3, 443), tcp(4, 80)]);
+    passed.take(parseConfigText(LISTENER).listeners[0]!); // taken or not, every worker gets all
+    expect(passed.forWorkers()).toEqual({ passed: [tcp(4, 443), tcp(5, 80)], stdio: [3, 4] });
+  });
+
+  it('travel in the start message, checked like the rest of it', () => {
+    const start = { t: 'start', text: 'x', index: 1, workers: 2, admin: '127.0.0.1:9090' };
+    expect(parseToWorker({ ...start, passed: [tcp(4, 443)] })).toEqual({ ...start, passed: [tcp(4, 443)] });
+    expect(parseToWorker({ ...start, passed: [] })).toEqual({ ...start, passed: [] });
+    expect(parseToWorker(start)).toBeUndefined();
+    expect(parseToWorker({ ...start, passed: [{ ...tcp(4, 443), fd: '4' }] })).toBeUndefined();
+    expect(parseToWorker({ ...start, passed: [{ ...tcp(4, 443), protocol: 'sctp' }] })).toBeUndefined();
   });
 });
