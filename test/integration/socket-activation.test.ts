@@ -1,3 +1,4 @@
+import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
 import { closedPort, connect, nameServer, readAll, waitFor } from '../support/net.js';
@@ -90,6 +91,34 @@ describe('socket activation (sockets passed by systemd)', () => {
       expect(second.relay).toBe(relay);
     },
   );
+
+  // systemd's own implementation of the protocol (LISTEN_PID, LISTEN_FDS, LISTEN_FDNAMES), where installed.
+  const activate = spawnSync('systemd-socket-activate', ['--version']);
+  it.skipIf(activate.error !== undefined)('adopts a socket passed by systemd-socket-activate', async () => {
+    const b = await backend();
+    const port = await closedPort();
+    // It starts the service at the first connection, which then waits in the backlog for sluice.
+    const first = (async () => {
+      for (let i = 0; i < 100; i++) {
+        const answer = await exchange(port);
+        if (answer !== undefined) return answer;
+        await new Promise((r) => setTimeout(r, 50)); // refused: not listening yet
+      }
+      return undefined;
+    })();
+    const p = await spawnSluice(yaml(port, b.address), 15_000, [
+      'systemd-socket-activate',
+      '--listen',
+      `127.0.0.1:${port}`,
+      '--fdname',
+      'web',
+    ]);
+    open.procs.push(p);
+    const bound = p.logs.find((l) => l.msg === 'listener bound' && l.listener === 'web');
+    expect(bound?.socket).toBe('systemd');
+    expect(await first).toBe('b1');
+    expect(await exchange(port)).toBe('b1');
+  });
 
   it('warns about a passed socket that no listener names, and serves the others', async () => {
     const b = await backend();
