@@ -8,7 +8,7 @@ import { backendJson, backendSamples, poolJson } from '../admin/views.js';
 import type { Config, ListenerConfig } from '../config/schema.js';
 import { TcpListener } from '../listener/tcp.js';
 import { ListenerSet } from './listener-set.js';
-import type { PassedSockets } from './socket-activation.js';
+import { PassedSockets } from './socket-activation.js';
 import { ConfigError, configWarnings } from '../config/validate.js';
 import { UdpListener } from '../listener/udp.js';
 import type { Listener, TcpListenerDeps } from '../listener/listener.js';
@@ -157,14 +157,10 @@ export class Runtime implements AdminApi {
     this.admin.setTokenFile(cfg.admin.token_file);
     this.pools.apply(cfg.pools);
     await this.admin.listen(cfg.admin.listen.host, cfg.admin.listen.port);
+    this.#warnUnusedSockets(cfg);
     await this.listeners.apply(cfg.listeners);
     this.overload.start();
     this.#logBound(cfg.listeners.map((l) => l.name));
-    for (const s of this.#deps.passed?.unused() ?? [])
-      this.logger.warn(
-        { socket: s },
-        'systemd passed a socket that no TCP listener binds: connections to it wait unanswered (sluice adopts ListenStream sockets whose address a listener names)',
-      );
     this.#logWarnings(cfg);
     await this.#deps.store.start();
     this.#sync.start();
@@ -332,6 +328,22 @@ export class Runtime implements AdminApi {
     // A limit that became cluster-wide admits nothing until it is granted: claim it now.
     if (hasSharedLimits(next)) void this.#sync.syncNow();
     return { ok: true };
+  }
+
+  /**
+   * Passed sockets that no TCP listener of `cfg` will adopt, said before binding: a UDP listener
+   * on the same address then fails with "already in use", and this line says why.
+   */
+  #warnUnusedSockets(cfg: Config): void {
+    const passed = this.#deps.passed;
+    if (passed === undefined || passed.all.length === 0) return;
+    const probe = new PassedSockets(passed.all);
+    for (const l of cfg.listeners) if (l.protocol === 'tcp') probe.take(l);
+    for (const s of probe.unused())
+      this.logger.warn(
+        { socket: s },
+        'systemd passed a socket that no TCP listener binds: connections to it wait unanswered (sluice adopts ListenStream sockets whose address a listener names)',
+      );
   }
 
   /** What `sluice validate` warns about, once per start or reload. */
