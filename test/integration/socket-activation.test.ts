@@ -1,9 +1,9 @@
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
-import { closedPort, connect, nameServer, readAll, waitFor } from '../support/net.js';
+import { answer, closedPort, nameServer, waitFor } from '../support/net.js';
 import type { TestServer } from '../support/net.js';
-import { spawnSluice } from '../support/process.js';
+import { spawnSluice, tryKill } from '../support/process.js';
 import type { SluiceProcess } from '../support/process.js';
 
 /** Holds listening sockets as a systemd .socket unit does and starts sluice on them (sd_listen_fds). */
@@ -34,25 +34,6 @@ pools:
 `;
 }
 
-function tryKill(pid: number): void {
-  try {
-    process.kill(pid, 'SIGKILL');
-  } catch {
-    /* gone already */
-  }
-}
-
-/** One proxied exchange: the backend's name, or undefined when the connection failed. */
-async function exchange(port: number): Promise<string | undefined> {
-  try {
-    const s = await connect(port);
-    s.end();
-    return (await readAll(s)).toString();
-  } catch {
-    return undefined;
-  }
-}
-
 async function backend(): Promise<TestServer> {
   const b = await nameServer('b1');
   open.servers.push(b);
@@ -75,19 +56,19 @@ describe('socket activation (sockets passed by systemd)', () => {
       const bound = p.logs.find((l) => l.msg === 'listener bound' && l.listener === 'web');
       expect(bound?.socket).toBe('systemd');
       expect(bound?.address).toBe(`127.0.0.1:${port}`);
-      expect(await exchange(port)).toBe('b1');
+      expect(await answer(port)).toBe('b1');
 
       // Stop it; with no sluice running, clients connect anyway (the socket is the holder's).
       const first = Number(bound?.pid);
       process.kill(first, 'SIGTERM');
       await p.waitForLog((l) => l.msg === 'stopped' && l.pid === first);
-      const during = Array.from({ length: 20 }, () => exchange(port));
+      const during = Array.from({ length: 20 }, () => answer(port));
       await new Promise((r) => setTimeout(r, 300));
       p.child.kill('SIGUSR1'); // the holder starts sluice again on the same socket
       const second = await p.waitForLog((l) => l.msg === 'sluice ready' && l.pid !== first, 15_000);
       expect(second.pid).not.toBe(first);
       expect(await Promise.all(during)).toEqual(new Array<string>(20).fill('b1'));
-      expect(await exchange(port)).toBe('b1');
+      expect(await answer(port)).toBe('b1');
       expect(second.relay).toBe(relay);
     },
   );
@@ -100,8 +81,8 @@ describe('socket activation (sockets passed by systemd)', () => {
     // It starts the service at the first connection, which then waits in the backlog for sluice.
     const first = (async () => {
       for (let i = 0; i < 100; i++) {
-        const answer = await exchange(port);
-        if (answer !== undefined) return answer;
+        const reply = await answer(port);
+        if (reply !== undefined) return reply;
         await new Promise((r) => setTimeout(r, 50)); // refused: not listening yet
       }
       return undefined;
@@ -117,7 +98,7 @@ describe('socket activation (sockets passed by systemd)', () => {
     const bound = p.logs.find((l) => l.msg === 'listener bound' && l.listener === 'web');
     expect(bound?.socket).toBe('systemd');
     expect(await first).toBe('b1');
-    expect(await exchange(port)).toBe('b1');
+    expect(await answer(port)).toBe('b1');
   });
 
   it('warns about a passed socket that no listener names, and serves the others', async () => {
@@ -135,7 +116,7 @@ describe('socket activation (sockets passed by systemd)', () => {
     const warned = await p.waitForLog((l) => l.level === 'warn' && typeof l.socket === 'string');
     expect(warned.socket).toBe(`tcp 127.0.0.1:${spare} (descriptor 4)`);
     expect(String(warned.msg)).toMatch(/no TCP listener binds/);
-    expect(await exchange(port)).toBe('b1');
+    expect(await answer(port)).toBe('b1');
   });
 
   it.each(['splice', 'stream'])(
@@ -162,7 +143,7 @@ describe('socket activation (sockets passed by systemd)', () => {
       expect(p.logs.some((l) => l.sysctl === 'net.ipv4.tcp_migrate_req')).toBe(false);
       const [victim = 0] = adopted();
       process.kill(victim, 'SIGSTOP');
-      const exchanges = Array.from({ length: 40 }, () => exchange(port));
+      const exchanges = Array.from({ length: 40 }, () => answer(port));
       await new Promise((r) => setTimeout(r, 500));
       process.kill(victim, 'SIGKILL');
       expect(await Promise.all(exchanges)).toEqual(new Array<string>(40).fill('b1'));

@@ -1,8 +1,8 @@
 import { accessSync, constants, readFileSync, writeFileSync } from 'node:fs';
 import { afterEach, describe, expect, it } from 'vitest';
-import { closedPort, connect, nameServer, readAll, waitFor } from '../support/net.js';
+import { answer, closedPort, connect, nameServer, waitFor } from '../support/net.js';
 import type { TestServer } from '../support/net.js';
-import { runCli, spawnSluice, tempFile } from '../support/process.js';
+import { runCli, spawnSluice, tempFile, tryKill } from '../support/process.js';
 import type { SluiceProcess } from '../support/process.js';
 
 const open: { procs: SluiceProcess[]; servers: TestServer[] } = { procs: [], servers: [] };
@@ -14,15 +14,6 @@ afterEach(async () => {
   }
   for (const s of open.servers.splice(0)) await s.close();
 });
-
-function tryKill(pid: number, signal: NodeJS.Signals | 0 = 'SIGKILL'): boolean {
-  try {
-    process.kill(pid, signal);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 /** PIDs of the workers the primary started (from its log). */
 function workerPids(p: SluiceProcess): number[] {
@@ -48,17 +39,6 @@ async function ready(p: SluiceProcess): Promise<void> {
   await until('/readyz 200', async () =>
     (await fetch(`${p.adminUrl}/readyz`)).status === 200 ? true : undefined,
   );
-}
-
-/** One proxied exchange: the backend's name, or undefined when the connection failed. */
-async function exchange(port: number): Promise<string | undefined> {
-  try {
-    const s = await connect(port);
-    s.end();
-    return (await readAll(s)).toString();
-  } catch {
-    return undefined;
-  }
 }
 
 function metric(text: string, line: string): number | undefined {
@@ -115,7 +95,7 @@ async function killWithQueue(
 ): Promise<{ failed: number; victim: number }> {
   const victim = workerPids(p).find((pid) => tryKill(pid, 0)) ?? 0;
   expect(tryKill(victim, 'SIGSTOP')).toBe(true);
-  const exchanges = Array.from({ length: n }, () => exchange(port));
+  const exchanges = Array.from({ length: n }, () => answer(port));
   // The other worker answers its share meanwhile; the stopped one's share stays queued.
   await new Promise((r) => setTimeout(r, 500));
   expect(tryKill(victim, 'SIGKILL')).toBe(true);
@@ -141,7 +121,7 @@ describe('workers: 2', () => {
     // Connections from many source ports reach both workers (the kernel hashes the 4-tuple).
     let made = 0;
     await until('sessions on both workers', async () => {
-      expect(await exchange(port)).toBe('b1');
+      expect(await answer(port)).toBe('b1');
       made++;
       const seen = new Set(p.logs.filter((l) => l.msg === 'session').map((l) => l.pid));
       return seen.size === 2 || made >= 200 ? seen : undefined;
@@ -183,12 +163,12 @@ describe('workers: 2', () => {
     expect(tryKill(victim ?? 0)).toBe(true);
     await p.waitForLog((l) => l.msg === 'worker exited' && l.signal === 'SIGKILL');
     // Between the crash and the restart the other worker has the port alone.
-    for (let i = 0; i < 10; i++) expect(await exchange(port)).toBe('b1');
+    for (let i = 0; i < 10; i++) expect(await answer(port)).toBe('b1');
     const restarted = await p.waitForLog((l) => l.msg === 'worker ready', 15_000);
     expect(restarted.worker_pid).not.toBe(victim);
     expect(tryKill(survivor ?? 0, 0)).toBe(true);
     await ready(p);
-    for (let i = 0; i < 10; i++) expect(await exchange(port)).toBe('b1');
+    for (let i = 0; i < 10; i++) expect(await answer(port)).toBe('b1');
   });
 
   // Needs root (CI runs as root): the setting is the network namespace's own.

@@ -96,6 +96,17 @@ export function untilClosed(s: net.Socket): Promise<{ data: Buffer; reset: boole
   });
 }
 
+/** Connects, half-closes at once and returns what the peer sends, or undefined when the connection fails. */
+export async function answer(port: number, host = '127.0.0.1'): Promise<string | undefined> {
+  try {
+    const s = await connect(port, host);
+    s.end();
+    return (await readAll(s)).toString();
+  } catch {
+    return undefined;
+  }
+}
+
 /** Sends `text`, half-closes, and returns the whole reply. */
 export async function exchange(port: number, text: string | Buffer, host = '127.0.0.1'): Promise<string> {
   const s = await connect(port, host);

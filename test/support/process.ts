@@ -60,6 +60,16 @@ export function runCli(
   });
 }
 
+/** Sends `signal` to `pid`; false when no such process is left. */
+export function tryKill(pid: number, signal: NodeJS.Signals | 0 = 'SIGKILL'): boolean {
+  try {
+    process.kill(pid, signal);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /** A forked `sluice run` and what it has logged. */
 export interface SluiceProcess {
   readonly child: ChildProcess;
