@@ -125,13 +125,17 @@ bool copy_buffer(napi_env env, napi_value v, char **out, size_t *len) {
   return true;
 }
 
-/* Reads (epoll, level-triggered) a dup of a socket JavaScript bound; its index, or a throw. */
+/* Reads (epoll, level-triggered) a dup of a socket JavaScript bound; its index, or a throw. A
+ * second argument `shared` (true: other processes watch the same socket) makes its readiness
+ * wake one of their waiting relays, not all of them (EPOLLEXCLUSIVE). */
 napi_value watch_socket(napi_env env, watch_table *t, int kind, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
+  size_t argc = 2;
+  napi_value argv[2];
   int32_t fd;
+  bool shared = false;
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   CHECK(napi_get_value_int32(env, argv[0], &fd));
+  if (argc > 1) napi_get_value_bool(env, argv[1], &shared);
   instance *in = get_instance(env);
   if (in->epfd < 0) {
     napi_throw_error(env, NULL, "sluice relay: init() first");
@@ -152,9 +156,7 @@ napi_value watch_socket(napi_env env, watch_table *t, int kind, napi_callback_in
   watched *w = &t->e[i];
   w->gen++;
   struct epoll_event ev = {.events = EPOLLIN, .data.u64 = KEY(w->gen, kind, i, 0)};
-  /* A listening socket several workers share (socket activation): a new connection wakes one
-   * relay that is waiting, not all of them. Each reuseport socket has one watcher anyway. */
-  if (kind == KIND_ACCEPTOR) ev.events |= EPOLLEXCLUSIVE;
+  if (shared) ev.events |= EPOLLEXCLUSIVE;
   if (epoll_ctl(in->epfd, EPOLL_CTL_ADD, dup, &ev) < 0) {
     int err = errno;
     close(dup);
@@ -188,7 +190,7 @@ napi_value unwatch_socket(napi_env env, watch_table *t, napi_callback_info info)
   return NULL;
 }
 
-/* listen(fd) => id: accepts the connections of a bound, listening TCP socket */
+/* listen(fd, shared?) => id: accepts the connections of a bound, listening TCP socket */
 static napi_value js_listen(napi_env env, napi_callback_info info) {
   return watch_socket(env, &get_instance(env)->acceptors, KIND_ACCEPTOR, info);
 }

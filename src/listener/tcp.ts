@@ -176,7 +176,8 @@ export class TcpListener implements Listener, PrefaceHost, AcceptOwner {
     const relay = this.#deps.splice;
     const fd = streamFd(this.#server);
     if (relay === undefined || fd === undefined) return;
-    this.#acceptor = { relay, id: relay.listen(this, fd) };
+    // A passed socket is shared by every worker of the host; a reuseport socket is this one's.
+    this.#acceptor = { relay, id: relay.listen(this, fd, this.#passedFd !== undefined) };
     this.#server.close();
   }
 

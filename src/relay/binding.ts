@@ -33,8 +33,11 @@ interface Addon {
   udpSend(flow: number, payload: Buffer): number;
   udpInfo(flow: number): boolean;
   udpClose(flow: number): void;
-  /** Accepts the connections of a listening descriptor (dup'ed); returns its id. */
-  listen(fd: number): number;
+  /**
+   * Accepts the connections of a listening descriptor (dup'ed); returns its id. `shared`: other
+   * processes accept from the same socket, and a connection wakes one of them (EPOLLEXCLUSIVE).
+   */
+  listen(fd: number, shared?: boolean): number;
   unlisten(id: number): void;
   /** "ip port" of a socket's local address ('' when unknown). */
   sockname(fd: number): string;
@@ -243,9 +246,10 @@ export class SpliceRelay {
   /**
    * Accepts the connections of a bound, listening socket (the relay keeps its own copy of the
    * descriptor, so the net.Server may close): each goes to owner.accepted() with TCP_NODELAY set.
+   * `shared`: other processes (workers) accept from the same socket too.
    */
-  listen(owner: AcceptOwner, fd: number): number {
-    const id = this.#addon.listen(fd);
+  listen(owner: AcceptOwner, fd: number, shared = false): number {
+    const id = this.#addon.listen(fd, shared);
     acceptOwners[id] = owner;
     return id;
   }

@@ -3,7 +3,7 @@ import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
 import { answer, closedPort, nameServer, waitFor } from '../support/net.js';
 import type { TestServer } from '../support/net.js';
-import { spawnSluice, tryKill } from '../support/process.js';
+import { exclusiveWatches, spawnSluice, tryKill } from '../support/process.js';
 import type { SluiceProcess } from '../support/process.js';
 
 /** Holds listening sockets as a systemd .socket unit does and starts sluice on them (sd_listen_fds). */
@@ -139,6 +139,8 @@ describe('socket activation (sockets passed by systemd)', () => {
         ),
       ];
       await waitFor(() => adopted().length === 2, 5000, 'both workers adopted the socket');
+      // The splice relay watches the shared socket so that a connection wakes one worker.
+      if (relay === 'splice') for (const pid of adopted()) expect(exclusiveWatches(pid)).toBe(1);
       // One queue for both: nothing for a reuseport group to lose, so no warning about it.
       expect(p.logs.some((l) => l.sysctl === 'net.ipv4.tcp_migrate_req')).toBe(false);
       const [victim = 0] = adopted();

@@ -2,7 +2,7 @@ import { accessSync, constants, readFileSync, writeFileSync } from 'node:fs';
 import { afterEach, describe, expect, it } from 'vitest';
 import { answer, closedPort, connect, nameServer, waitFor } from '../support/net.js';
 import type { TestServer } from '../support/net.js';
-import { runCli, spawnSluice, tempFile, tryKill } from '../support/process.js';
+import { exclusiveWatches, runCli, spawnSluice, tempFile, tryKill } from '../support/process.js';
 import type { SluiceProcess } from '../support/process.js';
 
 const open: { procs: SluiceProcess[]; servers: TestServer[] } = { procs: [], servers: [] };
@@ -118,6 +118,8 @@ describe('workers: 2', () => {
       );
     await waitFor(() => boundBy().size === 2, 5000, 'both workers logged listener bound');
     expect(boundBy()).toEqual(new Set(pids));
+    // Each worker's socket of the reuseport group is its own: nothing to wake one of.
+    for (const pid of pids) expect(exclusiveWatches(pid)).toBe(0);
     // Connections from many source ports reach both workers (the kernel hashes the 4-tuple).
     let made = 0;
     await until('sessions on both workers', async () => {

@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
@@ -68,6 +68,25 @@ export function tryKill(pid: number, signal: NodeJS.Signals | 0 = 'SIGKILL'): bo
   } catch {
     return false;
   }
+}
+
+/** EPOLLEXCLUSIVE in an epoll entry's event mask (/proc/PID/fdinfo of an epoll descriptor). */
+const EPOLLEXCLUSIVE = 1 << 28;
+
+/** How many epoll entries of process `pid` wake only one of the processes waiting on their file. */
+export function exclusiveWatches(pid: number): number {
+  let n = 0;
+  for (const fd of readdirSync(`/proc/${pid}/fdinfo`)) {
+    let text: string;
+    try {
+      text = readFileSync(`/proc/${pid}/fdinfo/${fd}`, 'utf8');
+    } catch {
+      continue; // closed meanwhile
+    }
+    for (const m of text.matchAll(/^tfd:\s*\d+\s+events:\s*([0-9a-f]+)/gm))
+      if ((parseInt(m[1] ?? '0', 16) & EPOLLEXCLUSIVE) !== 0) n++;
+  }
+  return n;
 }
 
 /** A forked `sluice run` and what it has logged. */
