@@ -152,12 +152,18 @@ export async function spawnSluice(
         check();
       }),
   };
-  const ready = await Promise.race([
-    proc.waitForLog((l) => l.msg === 'sluice ready', timeoutMs),
-    exited.then((code) => {
-      throw new Error(`sluice exited with ${code} before it was ready: ${stderr}`);
-    }),
-  ]);
+  let ready: Record<string, unknown>;
+  try {
+    ready = await Promise.race([
+      proc.waitForLog((l) => l.msg === 'sluice ready', timeoutMs),
+      exited.then((code) => {
+        throw new Error(`sluice exited with ${code} before it was ready: ${stderr}`);
+      }),
+    ]);
+  } catch (err) {
+    child.kill('SIGKILL'); // not ready: the caller never gets it to stop
+    throw err;
+  }
   proc.adminUrl = `http://${String(ready.admin)}`;
   for (const l of logs)
     if (l.msg === 'listener bound')
