@@ -90,7 +90,7 @@ export class Primary implements AdminSource {
   async start(): Promise<void> {
     const cfg = this.#cfg;
     // A passed socket is systemd's: its address is taken on purpose, and its queue is shared.
-    const own = cfg.listeners.filter((l) => l.protocol !== 'tcp' || this.#passed?.has(l) !== true);
+    const own = cfg.listeners.filter((l) => this.#passed?.has(l) !== true);
     await probeListeners(own);
     const queued = queuedResetWarning({ ...cfg, listeners: own });
     if (queued !== undefined) this.#logger.warn({ sysctl: 'net.ipv4.tcp_migrate_req' }, queued);

@@ -8,7 +8,7 @@ import { backendJson, backendSamples, poolJson } from '../admin/views.js';
 import type { Config, ListenerConfig } from '../config/schema.js';
 import { TcpListener } from '../listener/tcp.js';
 import { ListenerSet } from './listener-set.js';
-import { PassedSockets } from './socket-activation.js';
+import type { PassedSockets } from './socket-activation.js';
 import { ConfigError, configWarnings } from '../config/validate.js';
 import { UdpListener } from '../listener/udp.js';
 import type { Listener, TcpListenerDeps } from '../listener/listener.js';
@@ -335,11 +335,7 @@ export class Runtime implements AdminApi {
    * on the same address then fails with "already in use", and this line says why.
    */
   #warnUnusedSockets(cfg: Config): void {
-    const passed = this.#deps.passed;
-    if (passed === undefined || passed.all.length === 0) return;
-    const probe = new PassedSockets(passed.all);
-    for (const l of cfg.listeners) if (l.protocol === 'tcp') probe.take(l);
-    for (const s of probe.unused())
+    for (const s of this.#deps.passed?.unadopted(cfg.listeners) ?? [])
       this.logger.warn(
         { socket: s },
         'systemd passed a socket that no TCP listener binds: connections to it wait unanswered (sluice adopts ListenStream sockets whose address a listener names)',

@@ -90,6 +90,16 @@ function sameHost(a: string, b: string): boolean {
   return (isWildcard(wa) && isWildcard(wb)) || wa.every((w, i) => w === wb[i]);
 }
 
+/** Whether listener `cfg` adopts socket `s`: a TCP listener bound where the socket is. */
+function adopts(cfg: ListenerConfig, s: PassedSocket): boolean {
+  return (
+    cfg.protocol === 'tcp' &&
+    s.protocol === 'tcp' &&
+    s.port === cfg.bind.port &&
+    sameHost(s.host, cfg.bind.host)
+  );
+}
+
 /** The sockets systemd passed to this process, taken by listeners as they bind. */
 export class PassedSockets {
   /** Every socket passed, taken or not. */
@@ -120,16 +130,12 @@ export class PassedSockets {
     return new PassedSockets(Array.from({ length: n }, (_, i) => describe(FIRST_FD + i)));
   }
 
-  get size(): number {
-    return this.#left.length;
-  }
-
-  /** Whether one of the sockets not yet taken is for `cfg`'s protocol and bind address. */
+  /** Whether one of the sockets not yet taken is for `cfg` (a TCP listener on its address). */
   has(cfg: ListenerConfig): boolean {
     return this.#find(cfg) >= 0;
   }
 
-  /** The descriptor of the passed socket for `cfg`'s protocol and bind address, once; or undefined. */
+  /** The descriptor of the passed socket for `cfg` (a TCP listener on its address), once; or undefined. */
   take(cfg: ListenerConfig): number | undefined {
     const i = this.#find(cfg);
     if (i < 0) return undefined;
@@ -150,14 +156,13 @@ export class PassedSockets {
   }
 
   #find(cfg: ListenerConfig): number {
-    return this.#left.findIndex(
-      (s) => s.protocol === cfg.protocol && s.port === cfg.bind.port && sameHost(s.host, cfg.bind.host),
-    );
+    return this.#left.findIndex((s) => adopts(cfg, s));
   }
 
-  /** What no listener took, as one line each for the log. */
-  unused(): string[] {
-    return this.#left.map((s) =>
+  /** The sockets that none of `listeners` adopts, as one line each for the log. */
+  unadopted(listeners: readonly ListenerConfig[]): string[] {
+    const left = this.all.filter((s) => !listeners.some((l) => adopts(l, s)));
+    return left.map((s) =>
       s.protocol === 'other'
         ? `descriptor ${s.fd} is not a listening TCP or UDP socket`
         : `${s.protocol} ${formatHostPort(s.host, s.port)} (descriptor ${s.fd})`,

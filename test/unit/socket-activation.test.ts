@@ -95,15 +95,15 @@ pools: [{ name: p, health: { active: { type: none } }, backends: [{ address: "12
     const seen: number[] = [];
     const passed = PassedSockets.fromEnv(env, 100, (fd) => (seen.push(fd), sock(fd, '127.0.0.1', 8000 + fd)));
     expect(seen).toEqual([3, 4]);
-    expect(passed.size).toBe(2);
+    expect(passed.all.map((s) => s.fd)).toEqual([3, 4]);
     expect(env).toEqual({ PATH: '/bin' });
   });
 
   it('ignores sockets meant for another process (LISTEN_PID), but still clears the variables', () => {
     const env: NodeJS.ProcessEnv = { LISTEN_PID: '99', LISTEN_FDS: '1' };
-    expect(PassedSockets.fromEnv(env, 100, () => sock(3, '127.0.0.1', 80)).size).toBe(0);
+    expect(PassedSockets.fromEnv(env, 100, () => sock(3, '127.0.0.1', 80)).all).toEqual([]);
     expect(env).toEqual({});
-    expect(PassedSockets.fromEnv({}, 100).size).toBe(0);
+    expect(PassedSockets.fromEnv({}, 100).all).toEqual([]);
   });
 
   it('gives each socket to the first listener with its protocol and address, once', () => {
@@ -113,7 +113,7 @@ pools: [{ name: p, health: { active: { type: none } }, backends: [{ address: "12
     expect(passed.take(listener('[::1]:443'))).toBe(4);
     expect(passed.take(listener('127.0.0.1:443'))).toBe(3);
     expect(passed.take(listener('127.0.0.1:443'))).toBeUndefined();
-    expect(passed.size).toBe(0);
+    expect(passed.has(listener('[::1]:443'))).toBe(false);
   });
 
   it('takes 0.0.0.0 and :: for one another (a dual-stack socket serves IPv4 too)', () => {
@@ -121,13 +121,20 @@ pools: [{ name: p, health: { active: { type: none } }, backends: [{ address: "12
     expect(new PassedSockets([sock(3, '0.0.0.0', 443)]).take(listener('[::]:443'))).toBe(3);
   });
 
-  it('matches the protocol, and lists what nobody took', () => {
-    const passed = new PassedSockets([sock(3, '127.0.0.1', 53, 'udp'), sock(4, '', 0, 'other')]);
+  it('gives TCP listeners TCP sockets only, and lists what no listener adopts', () => {
+    const passed = new PassedSockets([
+      sock(3, '127.0.0.1', 53, 'udp'),
+      sock(4, '', 0, 'other'),
+      sock(5, '127.0.0.1', 443),
+    ]);
+    const udp = listener('127.0.0.1:53', 'udp');
     expect(passed.take(listener('127.0.0.1:53'))).toBeUndefined();
-    expect(passed.unused()).toEqual([
+    expect(passed.take(udp)).toBeUndefined(); // Node cannot adopt a datagram socket
+    expect(passed.unadopted([udp, listener('127.0.0.1:443')])).toEqual([
       'udp 127.0.0.1:53 (descriptor 3)',
       'descriptor 4 is not a listening TCP or UDP socket',
     ]);
+    expect(passed.unadopted([])).toHaveLength(3);
   });
 });
 
