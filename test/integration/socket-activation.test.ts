@@ -9,6 +9,11 @@ import type { SluiceProcess } from '../support/process.js';
 /** Holds listening sockets as a systemd .socket unit does and starts sluice on them (sd_listen_fds). */
 const HOLDER = fileURLToPath(new URL('../support/socket-holder.py', import.meta.url));
 
+/** What spawnSluice puts in front of node to run sluice on sockets held on these loopback ports. */
+function held(...ports: number[]): string[] {
+  return ['python3', HOLDER, ...ports.map((p) => `127.0.0.1:${p}`), '--'];
+}
+
 const open: { procs: SluiceProcess[]; servers: TestServer[] } = { procs: [], servers: [] };
 
 afterEach(async () => {
@@ -46,12 +51,7 @@ describe('socket activation (sockets passed by systemd)', () => {
     async (relay) => {
       const b = await backend();
       const port = await closedPort();
-      const p = await spawnSluice(yaml(port, b.address, 1, relay), 15_000, [
-        'python3',
-        HOLDER,
-        `127.0.0.1:${port}`,
-        '--',
-      ]);
+      const p = await spawnSluice(yaml(port, b.address, 1, relay), 15_000, held(port));
       open.procs.push(p);
       const bound = p.logs.find((l) => l.msg === 'listener bound' && l.listener === 'web');
       expect(bound?.socket).toBe('systemd');
@@ -105,13 +105,7 @@ describe('socket activation (sockets passed by systemd)', () => {
     const b = await backend();
     const port = await closedPort();
     const spare = await closedPort();
-    const p = await spawnSluice(yaml(port, b.address), 15_000, [
-      'python3',
-      HOLDER,
-      `127.0.0.1:${port}`,
-      `127.0.0.1:${spare}`,
-      '--',
-    ]);
+    const p = await spawnSluice(yaml(port, b.address), 15_000, held(port, spare));
     open.procs.push(p);
     const warned = await p.waitForLog((l) => l.level === 'warn' && typeof l.socket === 'string');
     expect(warned.socket).toBe(`tcp 127.0.0.1:${spare} (descriptor 4)`);
@@ -124,12 +118,7 @@ describe('socket activation (sockets passed by systemd)', () => {
     async (relay) => {
       const b = await backend();
       const port = await closedPort();
-      const p = await spawnSluice(yaml(port, b.address, 2, relay), 20_000, [
-        'python3',
-        HOLDER,
-        `127.0.0.1:${port}`,
-        '--',
-      ]);
+      const p = await spawnSluice(yaml(port, b.address, 2, relay), 20_000, held(port));
       open.procs.push(p);
       const adopted = (): number[] => [
         ...new Set(
